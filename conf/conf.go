@@ -1,0 +1,157 @@
+// Package conf is the one configuration schema for every hopless component: the node
+// side (the in-process balancer and the NRI plugin), registryd on the masters, and the
+// installer. Files are TOML. Load* functions decode strictly (an unknown key is an
+// error), apply defaults in one place (defaults.go) and validate; every error names the
+// file, the field and what is wrong, for example
+//
+//	node.toml: registry[0].endpoint[2].weight: must be > 0, got 0
+package conf
+
+// Endpoint is one master registry that clients may send requests to.
+type Endpoint struct {
+	// URL is the endpoint's base URL, scheme and host[:port] only,
+	// e.g. "https://127.0.1.1:5001".
+	URL string `toml:"url"`
+	// Weight is the endpoint's relative share of requests. Default 1; must be > 0.
+	Weight int `toml:"weight"`
+	// Local marks the endpoint that runs on the same node; the balancer may prefer it.
+	Local bool `toml:"local"`
+}
+
+// TLS is the client side of a TLS connection.
+type TLS struct {
+	// CA is a PEM bundle that verifies the server. Empty means the system roots.
+	CA string `toml:"ca"`
+	// Cert and Key are an optional client certificate, both or neither.
+	Cert string `toml:"cert"`
+	Key  string `toml:"key"`
+	// Insecure allows plain http:// URLs. TLS is required unless this is set.
+	Insecure bool `toml:"insecure"`
+}
+
+// Auth says how a client authenticates.
+type Auth struct {
+	// CredentialsFile holds "username:password" on one line. It must have mode 0600
+	// or stricter. Its content is never logged.
+	CredentialsFile string `toml:"credentials_file"`
+}
+
+// Timeouts bound every step of a request to an endpoint.
+type Timeouts struct {
+	// Dial bounds the TCP and TLS handshake. Default 1s.
+	Dial Duration `toml:"dial"`
+	// ResponseHeader bounds the wait for response headers before the endpoint is
+	// ejected. Default 3s.
+	ResponseHeader Duration `toml:"response_header"`
+	// Stall aborts a body that delivers no bytes for this long. Default 5s.
+	Stall Duration `toml:"stall"`
+	// HealthInterval is the period of the active GET /v2/ check. Default 1s.
+	HealthInterval Duration `toml:"health_interval"`
+	// HealthTimeout bounds one active check. Default 500ms.
+	HealthTimeout Duration `toml:"health_timeout"`
+	// HedgeMin and HedgeMax bound the adaptive hedge delay. Defaults 100ms and 1s.
+	HedgeMin Duration `toml:"hedge_min"`
+	HedgeMax Duration `toml:"hedge_max"`
+}
+
+// Registry is one image host whose pulls a node sends to the masters.
+type Registry struct {
+	// Host is the image host as written in image references, e.g.
+	// "registry.d8-system.svc:5001". Pulls of other hosts are untouched.
+	Host string `toml:"host"`
+	// Endpoints are the masters that serve Host.
+	Endpoints []Endpoint `toml:"endpoint"`
+	TLS       TLS        `toml:"tls"`
+	Auth      Auth       `toml:"auth"`
+	Timeouts  Timeouts   `toml:"timeouts"`
+	// Fallback sends a pull to the image host itself when every endpoint is down.
+	Fallback bool `toml:"fallback"`
+}
+
+// Node is the node-side configuration shared by the in-process balancer and the NRI
+// plugin (node.toml).
+type Node struct {
+	Registries []Registry `toml:"registry"`
+}
+
+// Registryd is the configuration of the master daemon (registryd.toml).
+type Registryd struct {
+	Server   Server    `toml:"server"`
+	Metrics  Metrics   `toml:"metrics"`
+	Storage  Storage   `toml:"storage"`
+	Upstream []Upstream `toml:"upstream"`
+	Log      Log       `toml:"log"`
+}
+
+// Server is registryd's client-facing listener.
+type Server struct {
+	// Listen is host:port. Default ":5001".
+	Listen string `toml:"listen"`
+	// TLSCert and TLSKey are the server's certificate and key (PEM). Required unless
+	// Insecure is set.
+	TLSCert string `toml:"tls_cert"`
+	TLSKey  string `toml:"tls_key"`
+	// Insecure serves plain HTTP. Only for tests behind another TLS hop.
+	Insecure bool `toml:"insecure"`
+	// ShutdownTimeout bounds the graceful shutdown on SIGTERM. Default 10s.
+	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+}
+
+// Metrics is the separate Prometheus listener. An empty Listen disables it.
+type Metrics struct {
+	Listen string `toml:"listen"`
+}
+
+// Storage is where registryd keeps its cache.
+type Storage struct {
+	// Root is the directory of the filesystem driver. Required.
+	Root string `toml:"root"`
+}
+
+// Upstream is a registry that registryd caches from.
+type Upstream struct {
+	// URL is the upstream's base URL, e.g. "https://registry.example".
+	URL string `toml:"url"`
+	// LocalPrefix is the repository prefix clients use, default "system/deckhouse".
+	// A request for LocalPrefix/X is fetched from upstream as Path/X.
+	LocalPrefix string `toml:"local_prefix"`
+	// Path is the upstream repository path that LocalPrefix maps to, e.g. "deckhouse/ce".
+	// Empty maps LocalPrefix/X to X.
+	Path string `toml:"path"`
+	// TTL is how long unused cached content is kept. Default 168h.
+	TTL  Duration `toml:"ttl"`
+	TLS  TLS      `toml:"tls"`
+	Auth Auth     `toml:"auth"`
+}
+
+// Log configures structured logging.
+type Log struct {
+	// Level is one of debug, info, warn, error. Default info.
+	Level string `toml:"level"`
+}
+
+// Install is the installer's own configuration (install.toml).
+type Install struct {
+	// Mode is "inprocess" (our containerd build) or "stock" (stock containerd plus the
+	// NRI plugin). Default "inprocess".
+	Mode string `toml:"mode"`
+	// HostRoot is where the node's root filesystem is mounted in the installer's
+	// container. Default "/host".
+	HostRoot string `toml:"host_root"`
+	// BinDir receives the binaries, relative to HostRoot. Default "/opt/hopless/bin".
+	BinDir string `toml:"bin_dir"`
+	// ConfDir receives node.toml and the CA, relative to HostRoot. Default "/etc/hopless".
+	ConfDir string `toml:"conf_dir"`
+	// ContainerdConfig is containerd's config.toml, relative to HostRoot. Default
+	// "/etc/containerd/config.toml".
+	ContainerdConfig string `toml:"containerd_config"`
+	// HostsDir is containerd's config_path for hosts.toml, relative to HostRoot. Default
+	// "/etc/containerd/registry.d".
+	HostsDir string `toml:"hosts_dir"`
+	// NRIPluginDir and NRIConfDir are where containerd looks for pre-installed NRI
+	// plugins and their configs. Defaults "/opt/nri/plugins" and "/etc/nri/conf.d".
+	NRIPluginDir string `toml:"nri_plugin_dir"`
+	NRIConfDir   string `toml:"nri_conf_dir"`
+	// NRIIndex is the two-digit launch order of the NRI plugin. Default "10".
+	NRIIndex string `toml:"nri_index"`
+}
