@@ -76,11 +76,11 @@ type Node struct {
 
 // Registryd is the configuration of the master daemon (registryd.toml).
 type Registryd struct {
-	Server   Server    `toml:"server"`
-	Metrics  Metrics   `toml:"metrics"`
-	Storage  Storage   `toml:"storage"`
+	Server   Server     `toml:"server"`
+	Metrics  Metrics    `toml:"metrics"`
+	Storage  Storage    `toml:"storage"`
 	Upstream []Upstream `toml:"upstream"`
-	Log      Log       `toml:"log"`
+	Log      Log        `toml:"log"`
 }
 
 // Server is registryd's client-facing listener.

@@ -55,7 +55,7 @@ func (n *Node) applyDefaults(raw map[string]any, base string) {
 }
 
 func (r *Registryd) applyDefaults(raw map[string]any, base string) {
-	if r.Server.Listen == "" {
+	if !present(raw, "server", "listen") {
 		r.Server.Listen = DefaultListen
 	}
 	setDuration(&r.Server.ShutdownTimeout, raw, DefaultShutdownTimeout, "server", "shutdown_timeout")
@@ -71,7 +71,7 @@ func (r *Registryd) applyDefaults(raw map[string]any, base string) {
 		u.TLS.resolvePaths(base)
 		u.Auth.CredentialsFile = resolve(base, u.Auth.CredentialsFile)
 	}
-	if r.Log.Level == "" {
+	if !present(raw, "log", "level") {
 		r.Log.Level = DefaultLogLevel
 	}
 }

@@ -3,8 +3,14 @@ package conf
 import (
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"reflect"
+	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/BurntSushi/toml"
@@ -82,9 +88,15 @@ func decodeFile(path string, v any) (map[string]any, error) {
 
 // decode decodes text strictly into v and also returns the raw key tree, which
 // applyDefaults uses to tell an absent key from an explicit zero.
+//
+// The raw tree is decoded first and checked against v's type by checkTable, so that an
+// unknown key, a value of the wrong type or a bad duration is reported with its exact
+// indexed path (registry[1].endpoint[0].wieght). The TOML decoder alone names only the
+// unindexed key and matches keys case-insensitively, which would let "Weight = 0"
+// through and hide it from present.
 func decode(name, text string, v any) (map[string]any, error) {
-	md, err := toml.Decode(text, v)
-	if err != nil {
+	raw := map[string]any{}
+	if _, err := toml.Decode(text, &raw); err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
 			if pe.LastKey != "" {
@@ -94,6 +106,14 @@ func decode(name, text string, v any) (map[string]any, error) {
 		}
 		return nil, fmt.Errorf("%s: %v: %w", name, err, errdefs.ErrInvalidArgument)
 	}
+	if errs := checkTable(name, "", raw, reflect.TypeOf(v).Elem()); len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	// checkTable has vetted every key and value; these are backstops.
+	md, err := toml.Decode(text, v)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v: %w", name, err, errdefs.ErrInvalidArgument)
+	}
 	if und := md.Undecoded(); len(und) > 0 {
 		var errs []error
 		for _, k := range und {
@@ -101,11 +121,130 @@ func decode(name, text string, v any) (map[string]any, error) {
 		}
 		return nil, errors.Join(errs...)
 	}
-	raw := map[string]any{}
-	if _, err := toml.Decode(text, &raw); err != nil {
-		return nil, fmt.Errorf("%s: %v: %w", name, err, errdefs.ErrInvalidArgument)
-	}
 	return raw, nil
+}
+
+var durationType = reflect.TypeFor[Duration]()
+
+// checkTable reports every key of the TOML table m that matches no field of the struct
+// type t exactly, and every value that does not fit its field. prefix is the field path
+// of m ("" for the document).
+func checkTable(file, prefix string, m map[string]any, t reflect.Type) []error {
+	fields := map[string]reflect.Type{}
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+		switch name {
+		case "-":
+			continue
+		case "":
+			name = f.Name
+		}
+		fields[name] = f.Type
+	}
+	var errs []error
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		p := joinKey(prefix, k)
+		ft, ok := fields[k]
+		if !ok {
+			errs = append(errs, fieldErr(file, p, "unknown key"))
+			continue
+		}
+		errs = append(errs, checkValue(file, p, m[k], ft)...)
+	}
+	return errs
+}
+
+func checkValue(file, p string, v any, t reflect.Type) []error {
+	wrong := func(want string) []error {
+		return []error{fieldErr(file, p, "must be %s, got %s", want, tomlType(v))}
+	}
+	switch {
+	case t == durationType:
+		s, ok := v.(string)
+		if !ok {
+			return wrong(`a duration string such as "500ms"`)
+		}
+		var d Duration
+		if err := d.UnmarshalText([]byte(s)); err != nil {
+			return []error{fieldErr(file, p, "%v", err)}
+		}
+	case t.Kind() == reflect.String:
+		if _, ok := v.(string); !ok {
+			return wrong("a string")
+		}
+	case t.Kind() == reflect.Bool:
+		if _, ok := v.(bool); !ok {
+			return wrong("true or false")
+		}
+	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Int64:
+		n, ok := v.(int64)
+		if !ok {
+			return wrong("an integer")
+		}
+		if reflect.New(t).Elem().OverflowInt(n) {
+			return []error{fieldErr(file, p, "integer %d is out of range", n)}
+		}
+	case t.Kind() == reflect.Struct:
+		m, ok := v.(map[string]any)
+		if !ok {
+			return wrong("a table")
+		}
+		return checkTable(file, p, m, t)
+	case t.Kind() == reflect.Slice:
+		var elems []any
+		switch s := v.(type) {
+		case []map[string]any:
+			for _, e := range s {
+				elems = append(elems, e)
+			}
+		case []any:
+			elems = s
+		default:
+			return wrong("an array")
+		}
+		var errs []error
+		for i, e := range elems {
+			errs = append(errs, checkValue(file, fmt.Sprintf("%s[%d]", p, i), e, t.Elem())...)
+		}
+		return errs
+	}
+	return nil
+}
+
+// tomlType describes a decoded TOML value for an error message.
+func tomlType(v any) string {
+	switch v := v.(type) {
+	case string:
+		return fmt.Sprintf("string %q", v)
+	case int64:
+		return fmt.Sprintf("integer %d", v)
+	case float64:
+		return fmt.Sprintf("float %v", v)
+	case bool:
+		return fmt.Sprintf("boolean %v", v)
+	case map[string]any:
+		return "a table"
+	case []any, []map[string]any:
+		return "an array"
+	default:
+		return "a date-time"
+	}
+}
+
+var bareKeyRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+func joinKey(prefix, k string) string {
+	if !bareKeyRE.MatchString(k) {
+		k = strconv.Quote(k)
+	}
+	if prefix == "" {
+		return k
+	}
+	return prefix + "." + k
 }
 
 // present reports whether the key path (strings for table keys, ints for array
@@ -169,16 +308,26 @@ func resolve(base, p string) string {
 }
 
 // ReadCredentials reads a "username:password" file, refusing one that group or
-// others can read.
+// others can read. Errors name the file but never quote its content.
 func ReadCredentials(path string) (user, pass string, err error) {
-	fi, err := os.Stat(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return "", "", fmt.Errorf("credentials file %s: %w", path, err)
+	}
+	defer f.Close()
+	// Stat the open file, not the path, so that the mode checked is that of the
+	// content read.
+	fi, err := f.Stat()
+	if err != nil {
+		return "", "", fmt.Errorf("credentials file %s: %w", path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return "", "", fmt.Errorf("credentials file %s: not a regular file", path)
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
 		return "", "", fmt.Errorf("credentials file %s: mode %#o is too open, want 0600", path, perm)
 	}
-	b, err := os.ReadFile(path)
+	b, err := io.ReadAll(f)
 	if err != nil {
 		return "", "", fmt.Errorf("credentials file %s: %w", path, err)
 	}

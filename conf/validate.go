@@ -8,6 +8,7 @@ import (
 	"os"
 	"path"
 	"regexp"
+	"strconv"
 	"strings"
 )
 
@@ -28,10 +29,10 @@ func (n *Node) Validate(file string) error {
 		f := fmt.Sprintf("registry[%d]", i)
 		if err := checkHost(r.Host); err != nil {
 			add(fieldErr(file, f+".host", "%v", err))
-		} else if prev, dup := hosts[r.Host]; dup {
+		} else if prev, dup := hosts[strings.ToLower(r.Host)]; dup {
 			add(fieldErr(file, f+".host", "duplicate host %q, also registry[%d]", r.Host, prev))
 		} else {
-			hosts[r.Host] = i
+			hosts[strings.ToLower(r.Host)] = i
 		}
 		if len(r.Endpoints) == 0 {
 			add(fieldErr(file, f+".endpoint", "at least one [[registry.endpoint]] is required"))
@@ -95,8 +96,11 @@ func (t TLS) validate(file, f string) []error {
 			errs = append(errs, fieldErr(file, f+"."+p.name, "%v", err))
 		}
 	}
-	if (t.Cert == "") != (t.Key == "") {
-		errs = append(errs, fieldErr(file, f, "cert and key must be set together"))
+	switch {
+	case t.Cert != "" && t.Key == "":
+		errs = append(errs, fieldErr(file, f+".key", "is required when cert is set"))
+	case t.Cert == "" && t.Key != "":
+		errs = append(errs, fieldErr(file, f+".cert", "is required when key is set"))
 	}
 	return errs
 }
@@ -108,6 +112,9 @@ func (a Auth) validate(file, f string) error {
 	fi, err := os.Stat(a.CredentialsFile)
 	if err != nil {
 		return fieldErr(file, f+".credentials_file", "%v", fileProblem(a.CredentialsFile, err))
+	}
+	if !fi.Mode().IsRegular() {
+		return fieldErr(file, f+".credentials_file", "%s is not a regular file", a.CredentialsFile)
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
 		return fieldErr(file, f+".credentials_file", "%s has mode %#o, want 0600 or stricter", a.CredentialsFile, perm)
@@ -127,8 +134,11 @@ func (r *Registryd) Validate(file string) error {
 		add(fieldErr(file, "server.listen", "%v", err))
 	}
 	if !r.Server.Insecure {
-		if r.Server.TLSCert == "" || r.Server.TLSKey == "" {
-			add(fieldErr(file, "server", "tls_cert and tls_key are required (or insecure = true)"))
+		if r.Server.TLSCert == "" {
+			add(fieldErr(file, "server.tls_cert", "is required unless server.insecure = true"))
+		}
+		if r.Server.TLSKey == "" {
+			add(fieldErr(file, "server.tls_key", "is required unless server.insecure = true"))
 		}
 	}
 	add(prefixed(file, "server.tls_cert", checkFile(r.Server.TLSCert)))
@@ -139,8 +149,8 @@ func (r *Registryd) Validate(file string) error {
 	if r.Metrics.Listen != "" {
 		if err := checkListen(r.Metrics.Listen); err != nil {
 			add(fieldErr(file, "metrics.listen", "%v", err))
-		} else if r.Metrics.Listen == r.Server.Listen {
-			add(fieldErr(file, "metrics.listen", "must differ from server.listen %q", r.Server.Listen))
+		} else if listenConflict(r.Metrics.Listen, r.Server.Listen) {
+			add(fieldErr(file, "metrics.listen", "%q conflicts with server.listen %q", r.Metrics.Listen, r.Server.Listen))
 		}
 	}
 	if r.Storage.Root == "" {
@@ -196,11 +206,13 @@ func (in *Install) Validate(file string) error {
 			errs = append(errs, fieldErr(file, p.name, "must be a clean absolute path, got %q", p.v))
 		}
 	}
-	if !regexp.MustCompile(`^[0-9]{2}$`).MatchString(in.NRIIndex) {
+	if !nriIndexRE.MatchString(in.NRIIndex) {
 		errs = append(errs, fieldErr(file, "nri_index", "must be two digits, got %q", in.NRIIndex))
 	}
 	return errors.Join(errs...)
 }
+
+var nriIndexRE = regexp.MustCompile(`^[0-9]{2}$`)
 
 func prefixed(file, field string, err error) error {
 	if err == nil {
@@ -228,10 +240,31 @@ func checkURL(s string, insecure bool) (string, error) {
 	default:
 		return "", fmt.Errorf("bad URL %q: scheme must be https", s)
 	}
-	if u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+	if u.Hostname() == "" || u.User != nil || u.Opaque != "" || (u.Path != "" && u.Path != "/") ||
+		u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
 		return "", fmt.Errorf("bad URL %q: want scheme://host[:port] only", s)
 	}
-	return u.Scheme + "://" + strings.ToLower(u.Host), nil
+	host, port := strings.ToLower(u.Hostname()), u.Port()
+	if strings.HasSuffix(u.Host, ":") {
+		return "", fmt.Errorf("bad URL %q: empty port", s)
+	}
+	if port != "" {
+		if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+			return "", fmt.Errorf("bad URL %q: port must be 1-65535", s)
+		}
+	}
+	// The canonical form drops the scheme's default port, so that https://h and
+	// https://h:443 are the same endpoint.
+	if (u.Scheme == "https" && port == "443") || (u.Scheme == "http" && port == "80") {
+		port = ""
+	}
+	if port == "" {
+		if strings.Contains(host, ":") {
+			host = "[" + host + "]"
+		}
+		return u.Scheme + "://" + host, nil
+	}
+	return u.Scheme + "://" + net.JoinHostPort(host, port), nil
 }
 
 // hostRE matches a registry host as written in image references.
@@ -259,6 +292,23 @@ func checkListen(s string) error {
 		return fmt.Errorf("bad address %q: bad port", s)
 	}
 	return nil
+}
+
+// listenConflict reports whether two valid listen addresses would bind the same port:
+// the same port on the same address, or on any address when either is a wildcard.
+func listenConflict(a, b string) bool {
+	ha, pa, _ := net.SplitHostPort(a)
+	hb, pb, _ := net.SplitHostPort(b)
+	na, errA := net.LookupPort("tcp", pa)
+	nb, errB := net.LookupPort("tcp", pb)
+	if errA != nil || errB != nil || na != nb {
+		return false
+	}
+	wild := func(h string) bool { return h == "" || net.ParseIP(h).IsUnspecified() }
+	if wild(ha) || wild(hb) {
+		return true
+	}
+	return net.ParseIP(ha).Equal(net.ParseIP(hb))
 }
 
 // repoPathRE follows the distribution reference grammar for path components.

@@ -1,0 +1,86 @@
+// Command registryd is the hopless master daemon: a read-only pull-through cache in
+// front of one upstream registry.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/hopless/hopless/conf"
+	"github.com/hopless/hopless/internal/version"
+	"github.com/hopless/hopless/registryd/server"
+)
+
+func main() {
+	if err := run(os.Args, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintf(os.Stderr, "registryd: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return newApp(stdout, stderr).RunContext(ctx, args)
+}
+
+func newApp(stdout, stderr io.Writer) *cli.App {
+	return &cli.App{
+		Name:      "registryd",
+		Usage:     "hopless master registry: a read-only pull-through cache",
+		Version:   version.Version,
+		Writer:    stdout,
+		ErrWriter: stderr,
+		Commands: []*cli.Command{
+			{
+				Name:  "serve",
+				Usage: "serve the cache",
+				Flags: []cli.Flag{
+					&cli.StringFlag{
+						Name:     "config",
+						Aliases:  []string{"c"},
+						Usage:    "registryd.toml `FILE`",
+						Required: true,
+					},
+				},
+				Action: func(c *cli.Context) error {
+					return serve(c.Context, c.String("config"), stderr)
+				},
+			},
+			{
+				Name:  "version",
+				Usage: "print the version",
+				Action: func(c *cli.Context) error {
+					_, err := fmt.Fprintf(stdout, "registryd %s\n", version.Version)
+					return err
+				},
+			},
+		},
+	}
+}
+
+func serve(ctx context.Context, path string, stderr io.Writer) error {
+	cfg, err := conf.LoadRegistryd(path)
+	if err != nil {
+		// conf's message already names the file and the field.
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.Log.Level)); err != nil {
+		return fmt.Errorf("%s: log.level: %w", path, err)
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+	log.Info("starting registryd", "version", version.Version, "config", path)
+	s, err := server.New(ctx, cfg, server.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	return s.Run(ctx)
+}

@@ -1,0 +1,232 @@
+package server
+
+import (
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Request kinds, the values of the kind label and log field.
+const (
+	kindManifest = "manifest"
+	kindBlob     = "blob"
+	kindTags     = "tags"
+	kindBase     = "base"
+	kindHealth   = "health"
+	kindOther    = "other"
+)
+
+const unsupportedBody = `{"errors":[{"code":"UNSUPPORTED","message":"registryd is a read-only pull-through cache"}]}` + "\n"
+
+// routes is the client-facing handler: health endpoints, the read-only guard and the
+// path alias in front of distribution, all wrapped in one access log and metrics record.
+func (s *Server) routes(registry http.Handler) http.Handler {
+	up := s.cfg.Upstream[0]
+	return s.observe(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/healthz":
+			writeText(w, http.StatusOK, "ok")
+		case r.URL.Path == "/readyz":
+			if err := s.ready(); err != nil {
+				writeText(w, http.StatusServiceUnavailable, "not ready: "+err.Error())
+				return
+			}
+			writeText(w, http.StatusOK, "ok")
+		case isV2(r.URL.Path) && isWrite(r.Method):
+			w.Header().Set("Allow", "GET, HEAD")
+			w.Header().Set("Content-Type", "application/json; charset=utf-8")
+			w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+			w.WriteHeader(http.StatusMethodNotAllowed)
+			_, _ = w.Write([]byte(unsupportedBody))
+		default:
+			r2 := new(http.Request)
+			*r2 = *r
+			r2.URL = rewriteURL(r.URL, up.LocalPrefix, up.Path)
+			registry.ServeHTTP(w, r2)
+		}
+	}))
+}
+
+// ready reports why the server cannot serve pulls, or nil.
+func (s *Server) ready() error {
+	if s.app == nil {
+		return fmt.Errorf("distribution app is not built")
+	}
+	return checkStorage(s.cfg.Storage.Root)
+}
+
+// checkStorage verifies that root is a directory in which a file can be created.
+func checkStorage(root string) error {
+	fi, err := os.Stat(root)
+	if err != nil {
+		return fmt.Errorf("storage root: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("storage root %s is not a directory", root)
+	}
+	f, err := os.CreateTemp(root, ".readyz-*")
+	if err != nil {
+		return fmt.Errorf("storage root %s is not writable: %w", root, err)
+	}
+	name := f.Name()
+	cerr := f.Close()
+	rerr := os.Remove(name)
+	if cerr != nil || rerr != nil {
+		return fmt.Errorf("storage root %s: probe file: %w", root, firstErr(cerr, rerr))
+	}
+	return nil
+}
+
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func writeText(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	_, _ = w.Write([]byte(msg + "\n"))
+}
+
+func isV2(p string) bool {
+	return p == "/v2" || strings.HasPrefix(p, "/v2/")
+}
+
+func isWrite(method string) bool {
+	switch method {
+	case http.MethodPut, http.MethodPost, http.MethodPatch, http.MethodDelete:
+		return true
+	}
+	return false
+}
+
+// observe records every request exactly once, after it completes: one access log
+// line and the request and byte counters.
+func (s *Server) observe(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &recorder{ResponseWriter: w}
+		// Taken before the alias rewrite, so the log shows what the client asked for.
+		path := r.URL.Path
+		kind := requestKind(path)
+		defer func() {
+			status := rec.statusCode()
+			s.metrics.HTTPRequests.WithLabelValues(methodLabel(r.Method), kind, strconv.Itoa(status)).Inc()
+			s.metrics.HTTPResponseBytes.WithLabelValues(kind).Add(float64(rec.bytes))
+
+			attrs := []slog.Attr{
+				slog.String("method", r.Method),
+				slog.String("path", path),
+				slog.String("kind", kind),
+				slog.Int("status", status),
+				slog.Int64("bytes", rec.bytes),
+				slog.Duration("duration", time.Since(start)),
+				slog.String("remote", r.RemoteAddr),
+			}
+			if rg := r.Header.Get("Range"); rg != "" {
+				attrs = append(attrs, slog.String("range", rg))
+			}
+			// Probes arrive every few seconds; keep them out of the info log.
+			level := slog.LevelInfo
+			if kind == kindHealth {
+				level = slog.LevelDebug
+			}
+			s.log.LogAttrs(r.Context(), level, "request", attrs...)
+		}()
+		next.ServeHTTP(rec, r)
+	})
+}
+
+// requestKind classifies a client path by the registry API route it names.
+func requestKind(p string) string {
+	switch p {
+	case "/healthz", "/readyz":
+		return kindHealth
+	case "/v2", "/v2/":
+		return kindBase
+	}
+	rest, ok := strings.CutPrefix(p, "/v2/")
+	if !ok {
+		return kindOther
+	}
+	// The route is decided by the last two components; everything before them is
+	// the repository name, which may itself contain "manifests" or "blobs".
+	parts := strings.Split(strings.TrimSuffix(rest, "/"), "/")
+	n := len(parts)
+	if n < 3 {
+		return kindOther
+	}
+	switch parts[n-2] {
+	case "manifests":
+		return kindManifest
+	case "blobs":
+		if parts[n-1] != "uploads" {
+			return kindBlob
+		}
+	case "tags":
+		if parts[n-1] == "list" {
+			return kindTags
+		}
+	}
+	return kindOther
+}
+
+// methodLabel bounds the method label to the methods a registry sees.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPut, http.MethodPost,
+		http.MethodPatch, http.MethodDelete, http.MethodOptions:
+		return m
+	}
+	return "other"
+}
+
+// recorder captures the status code and body size of a response.
+type recorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (r *recorder) WriteHeader(code int) {
+	// 1xx responses are informational; the final status comes later.
+	if r.status == 0 && code >= 200 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	n, err := r.ResponseWriter.Write(b)
+	r.bytes += int64(n)
+	return n, err
+}
+
+func (r *recorder) Flush() {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	_ = http.NewResponseController(r.ResponseWriter).Flush()
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+func (r *recorder) statusCode() int {
+	if r.status == 0 {
+		return http.StatusOK
+	}
+	return r.status
+}

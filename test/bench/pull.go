@@ -1,0 +1,58 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/hopless/hopless/test/lab"
+)
+
+// pullLab times crictl pulls of fresh images. Per round, on separate nodes: node-1
+// pulls straight from the upstream (the baseline), node-2 pulls through cold masters,
+// node-3 pulls the same image through the now warm masters.
+func pullLab(ctx context.Context, c Config) ([]Result, error) {
+	rounds, layers, size := 3, 4, int64(64<<20)
+	if c.Quick {
+		rounds, layers, size = 1, 2, 4<<20
+	}
+	o := c.Lab
+	o.Dir, o.Masters, o.Nodes, o.Mode = filepath.Join(c.Dir, "lab"), 3, 3, lab.ModeStock
+	l, err := lab.Up(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Down()
+	var direct, cold, warm []float64
+	for r := 0; r < rounds; r++ {
+		repo, tag := lab.UpstreamPath+"/bench", fmt.Sprintf("r%d", r)
+		res, err := l.Seed(ctx, repo, tag, layers, size, false)
+		if err != nil {
+			return nil, err
+		}
+		c.logf("round %d: seeded %s (%d x %d bytes)", r+1, res.Ref, layers, size)
+		for _, step := range []struct {
+			node int
+			ref  string
+			out  *[]float64
+		}{
+			{1, l.Upstream + "/" + repo + ":" + tag, &direct},
+			{2, l.PullRef(repo, tag), &cold},
+			{3, l.PullRef(repo, tag), &warm},
+		} {
+			t0 := time.Now()
+			if _, err := l.Crictl(ctx, step.node, "pull", step.ref); err != nil {
+				return nil, err
+			}
+			d := time.Since(t0).Seconds()
+			*step.out = append(*step.out, d)
+			c.logf("round %d: node-%d pulled %s in %.3fs", r+1, step.node, step.ref, d)
+		}
+	}
+	const name = "pull-lab"
+	return []Result{
+		newResult(name, "pull-cold-masters", "s", "direct-upstream", median(cold), median(direct)),
+		newResult(name, "pull-warm-masters", "s", "direct-upstream", median(warm), median(direct)),
+	}, nil
+}

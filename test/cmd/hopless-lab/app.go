@@ -1,0 +1,254 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/hopless/hopless/internal/version"
+	"github.com/hopless/hopless/test/bench"
+	"github.com/hopless/hopless/test/lab"
+)
+
+func newApp() *cli.App {
+	dirFlag := &cli.StringFlag{Name: "dir", Usage: "lab directory", Required: true}
+	return &cli.App{
+		Name:    "hopless-lab",
+		Usage:   "a whole cluster's image-pull path on one machine",
+		Version: version.Version,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "bin-dir", Usage: "directory with registryd and hopless-lab (default: this binary's dir)"},
+			&cli.StringFlag{Name: "tools-dir", Usage: "directory with containerd-stock and crictl (default: BIN_DIR/../.tools/bin)"},
+		},
+		Commands: []*cli.Command{
+			{
+				Name:  "up",
+				Usage: "start an upstream, masters and containerd nodes",
+				Flags: []cli.Flag{
+					dirFlag,
+					&cli.IntFlag{Name: "masters", Value: 3},
+					&cli.IntFlag{Name: "nodes", Value: 1},
+					&cli.StringFlag{Name: "mode", Value: lab.ModeStock, Usage: "node mode: stock"},
+				},
+				Action: func(c *cli.Context) error {
+					o, err := options(c)
+					if err != nil {
+						return err
+					}
+					o.Dir, o.Masters, o.Nodes, o.Mode = c.String("dir"), c.Int("masters"), c.Int("nodes"), c.String("mode")
+					l, err := lab.Up(c.Context, o)
+					if err != nil {
+						return err
+					}
+					fmt.Printf("lab is up in %s; source %s\n", l.Dir, filepath.Join(l.Dir, "lab.env"))
+					return printStatus(l)
+				},
+			},
+			{
+				Name:  "down",
+				Usage: "stop every lab process by PID",
+				Flags: []cli.Flag{dirFlag},
+				Action: func(c *cli.Context) error {
+					l, err := lab.Open(c.String("dir"))
+					if err != nil {
+						return err
+					}
+					if err := l.Down(); err != nil {
+						return err
+					}
+					fmt.Printf("lab in %s is down\n", l.Dir)
+					return nil
+				},
+			},
+			{
+				Name:  "status",
+				Usage: "show the lab's processes",
+				Flags: []cli.Flag{dirFlag},
+				Action: func(c *cli.Context) error {
+					l, err := lab.Open(c.String("dir"))
+					if err != nil {
+						return err
+					}
+					return printStatus(l)
+				},
+			},
+			{
+				Name:  "seed",
+				Usage: "push a random image to the upstream",
+				Flags: []cli.Flag{
+					dirFlag,
+					&cli.StringFlag{Name: "image", Usage: "REPO:TAG, e.g. deckhouse/ce/demo:v1", Required: true},
+					&cli.IntFlag{Name: "layers", Value: 3},
+					&cli.StringFlag{Name: "layer-size", Value: "4MiB"},
+					&cli.BoolFlag{Name: "index", Usage: "push a multi-arch index (linux/amd64, linux/arm64)"},
+				},
+				Action: func(c *cli.Context) error {
+					l, err := lab.Open(c.String("dir"))
+					if err != nil {
+						return err
+					}
+					repo, tag, err := lab.ParseImageRef(c.String("image"))
+					if err != nil {
+						return err
+					}
+					size, err := lab.ParseSize(c.String("layer-size"))
+					if err != nil {
+						return fmt.Errorf("--layer-size: %w", err)
+					}
+					res, err := l.Seed(c.Context, repo, tag, c.Int("layers"), size, c.Bool("index"))
+					if err != nil {
+						return err
+					}
+					fmt.Printf("pushed %s (%s, %d layers, %d bytes)\npull it as %s\n", res.Ref, res.Digest, len(res.Layers), res.Bytes, l.PullRef(repo, tag))
+					return nil
+				},
+			},
+			{
+				Name:  "signal",
+				Usage: "send a signal to one lab process (e.g. master-2 KILL|STOP|CONT|TERM)",
+				Flags: []cli.Flag{dirFlag},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 2 {
+						return fmt.Errorf("usage: hopless-lab signal --dir DIR NAME KILL|STOP|CONT|TERM")
+					}
+					sig, ok := map[string]syscall.Signal{"KILL": syscall.SIGKILL, "STOP": syscall.SIGSTOP, "CONT": syscall.SIGCONT, "TERM": syscall.SIGTERM}[strings.ToUpper(c.Args().Get(1))]
+					if !ok {
+						return fmt.Errorf("unknown signal %q: want KILL, STOP, CONT or TERM", c.Args().Get(1))
+					}
+					l, err := lab.Open(c.String("dir"))
+					if err != nil {
+						return err
+					}
+					return l.Signal(c.Args().Get(0), sig)
+				},
+			},
+			{
+				Name:  "demo",
+				Usage: "bring a lab up, seed an image, pull it, show who served what, bring it down",
+				Flags: []cli.Flag{dirFlag},
+				Action: func(c *cli.Context) error {
+					o, err := options(c)
+					if err != nil {
+						return err
+					}
+					o.Dir = c.String("dir")
+					return lab.Demo(c.Context, o, os.Stdout)
+				},
+			},
+			{
+				Name:      "bench",
+				Usage:     "run a named benchmark against its baseline",
+				ArgsUsage: "NAME",
+				Flags: []cli.Flag{
+					&cli.BoolFlag{Name: "list", Usage: "list the benchmarks"},
+					&cli.BoolFlag{Name: "quick", Usage: "small sizes and one round"},
+					&cli.BoolFlag{Name: "json", Usage: "one JSON object per result line"},
+					&cli.StringFlag{Name: "dir", Usage: "work directory (default: a temporary one)"},
+				},
+				Action: func(c *cli.Context) error {
+					if c.Bool("list") {
+						for _, b := range bench.All() {
+							fmt.Printf("%-20s %s\n", b.Name, b.About)
+						}
+						return nil
+					}
+					name, quick, asJSON, err := benchArgs(c)
+					if err != nil {
+						return err
+					}
+					o, err := options(c)
+					if err != nil {
+						return err
+					}
+					results, err := bench.Run(c.Context, name, bench.Config{Lab: o, Dir: c.String("dir"), Quick: quick, Log: os.Stderr})
+					for _, r := range results {
+						if asJSON {
+							b, _ := json.Marshal(r)
+							fmt.Println(string(b))
+						} else {
+							fmt.Println(r.String())
+						}
+					}
+					return err
+				},
+			},
+			{
+				Name:   "upstream",
+				Usage:  "serve the lab's upstream registry (started by up)",
+				Hidden: true,
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "addr", Required: true},
+					&cli.StringFlag{Name: "cert", Required: true},
+					&cli.StringFlag{Name: "key", Required: true},
+					&cli.StringFlag{Name: "storage", Required: true},
+					&cli.StringFlag{Name: "access-log", Required: true},
+				},
+				Action: func(c *cli.Context) error {
+					return lab.ServeUpstream(c.Context, lab.UpstreamOptions{
+						Addr: c.String("addr"), CertFile: c.String("cert"), KeyFile: c.String("key"),
+						StorageDir: c.String("storage"), AccessLog: c.String("access-log"),
+					})
+				},
+			},
+		},
+	}
+}
+
+// benchArgs reads NAME and the boolean flags, which may also follow NAME
+// ("bench pull-lab --json"): cli stops parsing flags at the first argument.
+func benchArgs(c *cli.Context) (name string, quick, asJSON bool, err error) {
+	quick, asJSON = c.Bool("quick"), c.Bool("json")
+	for _, a := range c.Args().Slice() {
+		switch a {
+		case "--quick", "-quick":
+			quick = true
+		case "--json", "-json":
+			asJSON = true
+		default:
+			if name != "" || strings.HasPrefix(a, "-") {
+				return "", false, false, fmt.Errorf("usage: hopless-lab bench NAME [--quick] [--json]; unexpected %q", a)
+			}
+			name = a
+		}
+	}
+	if name == "" {
+		return "", false, false, fmt.Errorf("usage: hopless-lab bench NAME [--quick] [--json]; see --list")
+	}
+	return name, quick, asJSON, nil
+}
+
+// options fills the binary locations.
+func options(c *cli.Context) (lab.Options, error) {
+	bin := c.String("bin-dir")
+	if bin == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return lab.Options{}, fmt.Errorf("finding hopless-lab's own path: %w", err)
+		}
+		bin = filepath.Dir(exe)
+	}
+	tools := c.String("tools-dir")
+	if tools == "" {
+		tools = filepath.Join(bin, "..", ".tools", "bin")
+	}
+	return lab.Options{BinDir: bin, ToolsDir: filepath.Clean(tools), Masters: 3, Nodes: 1, Mode: lab.ModeStock}, nil
+}
+
+func printStatus(l *lab.Lab) error {
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "NAME\tPID\tSTATE\tADDRESS")
+	for _, s := range l.Status() {
+		state := "running"
+		if !s.Alive {
+			state = "stopped"
+		}
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\n", s.Name, s.PID, state, s.Addr)
+	}
+	return w.Flush()
+}

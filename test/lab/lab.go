@@ -1,0 +1,490 @@
+// Package lab stands up a whole cluster's image-pull path on one machine: an upstream
+// registry, registryd masters on 127.0.1.N:5001 and containerd nodes, each with its
+// own root, state and socket. Every process is recorded by PID in DIR/lab.json and
+// stopped only through that PID.
+package lab
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Node modes.
+const (
+	// ModeStock runs stock containerd with hosts.toml listing the masters.
+	ModeStock = "stock"
+)
+
+// Fixed lab addresses. Masters are 127.0.1.N:5001; the image host is an address where
+// nothing listens, so a pull can only be served by the hosts that hosts.toml lists.
+const (
+	UpstreamAddr = "127.0.3.1:5000"
+	ImageHost    = "127.0.2.1:5001"
+	UpstreamPath = "deckhouse/ce"
+	LocalPrefix  = "system/deckhouse"
+	stateFile    = "lab.json"
+	marker       = ".hopless-lab"
+	readyTimeout = 20 * time.Second
+	stopGrace    = 10 * time.Second
+)
+
+// MasterAddr is the listen address of master i (1-based).
+func MasterAddr(i int) string { return fmt.Sprintf("127.0.1.%d:5001", i) }
+
+// MasterMetricsAddr is the metrics address of master i (1-based).
+func MasterMetricsAddr(i int) string { return fmt.Sprintf("127.0.1.%d:9101", i) }
+
+// Options say what Up starts.
+type Options struct {
+	Dir     string
+	Masters int
+	Nodes   int
+	Mode    string
+	// BinDir holds registryd and hopless-lab; ToolsDir holds containerd-stock and crictl.
+	BinDir   string
+	ToolsDir string
+}
+
+// Master is one registryd.
+type Master struct {
+	Name    string `json:"name"`
+	Addr    string `json:"addr"`
+	Metrics string `json:"metrics"`
+	Log     string `json:"log"`
+}
+
+// Node is one containerd.
+type Node struct {
+	Name   string `json:"name"`
+	Sock   string `json:"sock"`
+	Crictl string `json:"crictl"`
+	Dir    string `json:"dir"`
+}
+
+// Lab is a running (or recorded) lab.
+type Lab struct {
+	Dir       string   `json:"dir"`
+	Mode      string   `json:"mode"`
+	BinDir    string   `json:"bin_dir"`
+	ToolsDir  string   `json:"tools_dir"`
+	CA        string   `json:"ca"`
+	Upstream  string   `json:"upstream"`
+	AccessLog string   `json:"access_log"`
+	ImageHost string   `json:"image_host"`
+	Masters   []Master `json:"masters"`
+	Nodes     []Node   `json:"nodes"`
+	Procs     []*Proc  `json:"procs"`
+}
+
+// Open loads the lab recorded in dir.
+func Open(dir string) (*Lab, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("lab dir %q: %w", dir, err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, stateFile))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("no lab is up in %s (no %s)", dir, stateFile)
+		}
+		return nil, fmt.Errorf("reading lab state: %w", err)
+	}
+	var l Lab
+	if err := json.Unmarshal(b, &l); err != nil {
+		return nil, fmt.Errorf("lab state %s is corrupt: %w", filepath.Join(dir, stateFile), err)
+	}
+	return &l, nil
+}
+
+// Up starts a lab. On any failure it stops what it started.
+func Up(ctx context.Context, o Options) (*Lab, error) {
+	if err := o.check(); err != nil {
+		return nil, err
+	}
+	dir, err := filepath.Abs(o.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("lab dir %q: %w", o.Dir, err)
+	}
+	if old, err := Open(dir); err == nil {
+		for _, p := range old.Procs {
+			if p.Alive() {
+				return nil, fmt.Errorf("a lab is already up in %s (%s has pid %d); run hopless-lab down --dir %s first", dir, p.Name, p.PID, dir)
+			}
+		}
+	}
+	if err := prepareDir(dir); err != nil {
+		return nil, err
+	}
+	addrs := []string{UpstreamAddr}
+	for i := 1; i <= o.Masters; i++ {
+		addrs = append(addrs, MasterAddr(i), MasterMetricsAddr(i))
+	}
+	for _, a := range addrs {
+		if err := checkFree(a); err != nil {
+			return nil, err
+		}
+	}
+	l := &Lab{
+		Dir: dir, Mode: o.Mode, BinDir: o.BinDir, ToolsDir: o.ToolsDir,
+		CA:        filepath.Join(dir, "ca", "ca.pem"),
+		Upstream:  UpstreamAddr,
+		AccessLog: filepath.Join(dir, "upstream", "access.log"),
+		ImageHost: ImageHost,
+	}
+	if err := l.up(ctx, o); err != nil {
+		if derr := l.Down(); derr != nil {
+			err = errors.Join(err, derr)
+		}
+		return nil, err
+	}
+	return l, nil
+}
+
+func (o *Options) check() error {
+	if o.Dir == "" {
+		return errors.New("lab: --dir is required")
+	}
+	if o.Masters < 1 || o.Masters > 200 {
+		return fmt.Errorf("lab: --masters must be 1..200, got %d", o.Masters)
+	}
+	if o.Nodes < 1 || o.Nodes > 50 {
+		return fmt.Errorf("lab: --nodes must be 1..50, got %d", o.Nodes)
+	}
+	if o.Mode != ModeStock {
+		return fmt.Errorf("lab: --mode %q is not supported; supported: %s", o.Mode, ModeStock)
+	}
+	for _, f := range []string{filepath.Join(o.BinDir, "registryd"), filepath.Join(o.BinDir, "hopless-lab"),
+		filepath.Join(o.ToolsDir, "containerd-stock"), filepath.Join(o.ToolsDir, "crictl")} {
+		if _, err := os.Stat(f); err != nil {
+			return fmt.Errorf("lab: %s is missing (run make build tools): %w", f, err)
+		}
+	}
+	return nil
+}
+
+// prepareDir makes dir a fresh lab dir. It refuses a non-empty dir that is not one,
+// so that a typo never wipes someone's files.
+func prepareDir(dir string) error {
+	ents, err := os.ReadDir(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return fmt.Errorf("reading lab dir: %w", err)
+	case len(ents) > 0:
+		if _, err := os.Stat(filepath.Join(dir, marker)); err != nil {
+			return fmt.Errorf("%s is not empty and is not a lab dir; choose an empty or new dir", dir)
+		}
+		for _, e := range ents {
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+				return fmt.Errorf("cleaning old lab dir: %w", err)
+			}
+		}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("creating lab dir: %w", err)
+	}
+	return os.WriteFile(filepath.Join(dir, marker), nil, 0o644)
+}
+
+func checkFree(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("lab address %s is busy (is another lab up?): %w", addr, err)
+	}
+	return ln.Close()
+}
+
+func (l *Lab) up(ctx context.Context, o Options) error {
+	ca, err := NewCA(filepath.Join(l.Dir, "ca"))
+	if err != nil {
+		return err
+	}
+	if err := l.startUpstream(ctx, ca); err != nil {
+		return err
+	}
+	for i := 1; i <= o.Masters; i++ {
+		if err := l.startMaster(ctx, ca, i); err != nil {
+			return err
+		}
+	}
+	for i := 1; i <= o.Nodes; i++ {
+		if err := l.startNode(ctx, i); err != nil {
+			return err
+		}
+	}
+	return l.writeEnv()
+}
+
+func (l *Lab) startUpstream(ctx context.Context, ca *CA) error {
+	d := filepath.Join(l.Dir, "upstream")
+	if err := ca.Issue(d, net.ParseIP(strings.Split(UpstreamAddr, ":")[0])); err != nil {
+		return err
+	}
+	args := []string{filepath.Join(l.BinDir, "hopless-lab"), "upstream",
+		"--addr", UpstreamAddr, "--cert", filepath.Join(d, "cert.pem"), "--key", filepath.Join(d, "key.pem"),
+		"--storage", filepath.Join(d, "data"), "--access-log", l.AccessLog}
+	return l.launch(ctx, "upstream", args, filepath.Join(d, "log"), httpsReady(ca.Pool(), "https://"+UpstreamAddr+"/v2/"))
+}
+
+func (l *Lab) proc(name string) *Proc {
+	for _, p := range l.Procs {
+		if p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+func (l *Lab) startMaster(ctx context.Context, ca *CA, i int) error {
+	name := fmt.Sprintf("master-%d", i)
+	d := filepath.Join(l.Dir, name)
+	addr := MasterAddr(i)
+	if err := ca.Issue(d, net.ParseIP(strings.Split(addr, ":")[0])); err != nil {
+		return err
+	}
+	cfg := fmt.Sprintf(`# registryd of lab %s
+[server]
+listen = %q
+tls_cert = "cert.pem"
+tls_key = "key.pem"
+
+[metrics]
+listen = %q
+
+[storage]
+root = "data"
+
+[[upstream]]
+url = "https://%s"
+local_prefix = %q
+path = %q
+[upstream.tls]
+ca = %q
+`, name, addr, MasterMetricsAddr(i), UpstreamAddr, LocalPrefix, UpstreamPath, l.CA)
+	conf := filepath.Join(d, "registryd.toml")
+	if err := writeFile(conf, []byte(cfg), 0o644); err != nil {
+		return err
+	}
+	l.Masters = append(l.Masters, Master{Name: name, Addr: addr, Metrics: MasterMetricsAddr(i), Log: filepath.Join(d, "log")})
+	args := []string{filepath.Join(l.BinDir, "registryd"), "serve", "--config", conf}
+	return l.launch(ctx, name, args, filepath.Join(d, "log"), httpsReady(ca.Pool(), "https://"+addr+"/readyz"))
+}
+
+func (l *Lab) startNode(ctx context.Context, i int) error {
+	name := fmt.Sprintf("node-%d", i)
+	d := filepath.Join(l.Dir, name)
+	n := Node{Name: name, Dir: d, Sock: filepath.Join(d, "containerd.sock"), Crictl: filepath.Join(d, "crictl.yaml")}
+	if err := l.writeNodeConfig(n); err != nil {
+		return err
+	}
+	l.Nodes = append(l.Nodes, n)
+	args := []string{filepath.Join(l.ToolsDir, "containerd-stock"), "--config", filepath.Join(d, "config.toml")}
+	return l.launch(ctx, name, args, filepath.Join(d, "log"), func(ctx context.Context) error {
+		_, err := l.Crictl(ctx, i, "version")
+		return err
+	})
+}
+
+// launch starts a process, records it, and waits until ready passes.
+func (l *Lab) launch(ctx context.Context, name string, args []string, logPath string, ready func(context.Context) error) error {
+	p, err := start(name, args, logPath, l.Dir)
+	if err != nil {
+		return err
+	}
+	if old := l.proc(name); old != nil {
+		*old = *p
+	} else {
+		l.Procs = append(l.Procs, p)
+	}
+	if err := l.save(); err != nil {
+		return err
+	}
+	return waitReady(ctx, p, readyTimeout, ready)
+}
+
+func httpsReady(pool *x509.CertPool, url string) func(context.Context) error {
+	c := &http.Client{
+		Timeout:   time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
+	}
+	return func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET %s: %s", url, resp.Status)
+		}
+		return nil
+	}
+}
+
+func (l *Lab) save() error {
+	b, err := json.MarshalIndent(l, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encoding lab state: %w", err)
+	}
+	return writeFile(filepath.Join(l.Dir, stateFile), b, 0o644)
+}
+
+// writeEnv writes lab.env, which a shell can source.
+func (l *Lab) writeEnv() error {
+	var masters []string
+	for _, m := range l.Masters {
+		masters = append(masters, m.Addr)
+	}
+	var b strings.Builder
+	kv := func(k, v string) { fmt.Fprintf(&b, "%s=%s\n", k, shellQuote(v)) }
+	kv("LAB_DIR", l.Dir)
+	kv("LAB_MODE", l.Mode)
+	kv("LAB_UPSTREAM", l.Upstream)
+	kv("LAB_UPSTREAM_PATH", UpstreamPath)
+	kv("LAB_MASTERS", strings.Join(masters, " "))
+	kv("LAB_CA", l.CA)
+	kv("LAB_IMAGE_HOST", l.ImageHost)
+	kv("LAB_IMAGE_PREFIX", l.ImageHost+"/"+LocalPrefix)
+	kv("LAB_NODES", strconv.Itoa(len(l.Nodes)))
+	for i, n := range l.Nodes {
+		kv(fmt.Sprintf("LAB_NODE_%d_SOCK", i+1), n.Sock)
+		kv(fmt.Sprintf("LAB_CRICTL_%d", i+1), n.Crictl)
+	}
+	kv("LAB_CRICTL_BIN", filepath.Join(l.ToolsDir, "crictl"))
+	return writeFile(filepath.Join(l.Dir, "lab.env"), []byte(b.String()), 0o644)
+}
+
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// Down stops every recorded process, nodes first, and removes the state file. The
+// logs and data stay for inspection.
+func (l *Lab) Down() error {
+	var errs []error
+	for i := len(l.Procs) - 1; i >= 0; i-- {
+		if err := l.Procs[i].Stop(stopGrace); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	for _, f := range []string{stateFile, "lab.env"} {
+		if err := os.Remove(filepath.Join(l.Dir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Status describes one process of the lab.
+type Status struct {
+	Name  string
+	PID   int
+	Alive bool
+	Addr  string
+}
+
+// Status lists every process and whether it runs.
+func (l *Lab) Status() []Status {
+	addr := map[string]string{"upstream": l.Upstream}
+	for _, m := range l.Masters {
+		addr[m.Name] = m.Addr
+	}
+	for _, n := range l.Nodes {
+		addr[n.Name] = n.Sock
+	}
+	var out []Status
+	for _, p := range l.Procs {
+		out = append(out, Status{Name: p.Name, PID: p.PID, Alive: p.Alive(), Addr: addr[p.Name]})
+	}
+	return out
+}
+
+// Signal sends sig to the named process ("upstream", "master-2", "node-1").
+func (l *Lab) Signal(name string, sig syscall.Signal) error {
+	p := l.proc(name)
+	if p == nil {
+		return fmt.Errorf("lab has no process %q", name)
+	}
+	return p.Signal(sig)
+}
+
+// Stop stops the named process gracefully.
+func (l *Lab) Stop(name string) error {
+	p := l.proc(name)
+	if p == nil {
+		return fmt.Errorf("lab has no process %q", name)
+	}
+	return p.Stop(stopGrace)
+}
+
+// Start starts the named process again with its original command line and waits
+// until it answers.
+func (l *Lab) Start(ctx context.Context, name string) error {
+	p := l.proc(name)
+	if p == nil {
+		return fmt.Errorf("lab has no process %q", name)
+	}
+	if p.Alive() {
+		return fmt.Errorf("%s is already running (pid %d)", name, p.PID)
+	}
+	pool, err := LoadPool(l.CA)
+	if err != nil {
+		return err
+	}
+	var ready func(context.Context) error
+	switch {
+	case name == "upstream":
+		ready = httpsReady(pool, "https://"+l.Upstream+"/v2/")
+	case strings.HasPrefix(name, "master-"):
+		for _, m := range l.Masters {
+			if m.Name == name {
+				ready = httpsReady(pool, "https://"+m.Addr+"/readyz")
+			}
+		}
+	case strings.HasPrefix(name, "node-"):
+		i, _ := strconv.Atoi(strings.TrimPrefix(name, "node-"))
+		ready = func(ctx context.Context) error { _, err := l.Crictl(ctx, i, "version"); return err }
+	}
+	return l.launch(ctx, name, p.Args, p.Log, ready)
+}
+
+// Crictl runs crictl against node i (1-based) and returns its combined output.
+func (l *Lab) Crictl(ctx context.Context, node int, args ...string) (string, error) {
+	if node < 1 || node > len(l.Nodes) {
+		return "", fmt.Errorf("lab has no node %d", node)
+	}
+	full := append([]string{"--config", l.Nodes[node-1].Crictl}, args...)
+	out, err := exec.CommandContext(ctx, filepath.Join(l.ToolsDir, "crictl"), full...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("crictl %s on node-%d: %w: %s", strings.Join(args, " "), node, err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// PullRef is the reference a node pulls for an upstream repository: repositories
+// under the upstream path go through the local prefix alias, as in a real cluster.
+func (l *Lab) PullRef(repo, tag string) string {
+	if rest, ok := strings.CutPrefix(repo, UpstreamPath+"/"); ok {
+		return l.ImageHost + "/" + LocalPrefix + "/" + rest + ":" + tag
+	}
+	return l.ImageHost + "/" + repo + ":" + tag
+}

@@ -1,0 +1,107 @@
+package lab
+
+import (
+	"bytes"
+	"fmt"
+	"path/filepath"
+	"text/template"
+)
+
+// containerdConfig is a node's config.toml: its own root, state and sockets, the
+// native snapshotter, NRI off (one NRI socket per machine), and a single config_path
+// dir, which the transfer service needs to read hosts.toml.
+var containerdConfig = template.Must(template.New("config.toml").Parse(`# containerd of lab {{.Name}}
+version = 4
+root = '{{.Dir}}/root'
+state = '{{.Dir}}/state'
+imports = []
+disabled_plugins = [
+  'io.containerd.nri.v1.nri',
+  'io.containerd.snapshotter.v1.overlayfs',
+  'io.containerd.snapshotter.v1.btrfs',
+  'io.containerd.snapshotter.v1.zfs',
+  'io.containerd.snapshotter.v1.devmapper',
+  'io.containerd.snapshotter.v1.blockfile',
+  'io.containerd.snapshotter.v1.erofs',
+  'io.containerd.differ.v1.erofs',
+  'io.containerd.mount-handler.v1.erofs',
+  'io.containerd.internal.v1.tracing',
+  'io.containerd.tracing.processor.v1.otlp',
+]
+
+[plugins.'io.containerd.server.v1.grpc']
+  address = '{{.Sock}}'
+
+[plugins.'io.containerd.server.v1.ttrpc']
+  address = '{{.Sock}}.ttrpc'
+
+[plugins.'io.containerd.internal.v1.opt']
+  path = '{{.Dir}}/opt'
+
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = 'native'
+  [plugins.'io.containerd.cri.v1.images'.registry]
+    config_path = '{{.Dir}}/certs.d'
+
+[plugins.'io.containerd.transfer.v1.local']
+  config_path = '{{.Dir}}/certs.d'
+  [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
+    platform = 'linux/amd64'
+    snapshotter = 'native'
+    differ = 'walking'
+`))
+
+// hostsToml sends the image host to the masters, in order, with a short dial timeout.
+var hostsToml = template.Must(template.New("hosts.toml").Parse(`# hopless lab: {{.Host}} is served by the masters
+server = "https://{{.Host}}"
+ca = "{{.CA}}"
+{{range .Masters}}
+[host."https://{{.}}"]
+  capabilities = ["pull", "resolve"]
+  ca = "{{$.CA}}"
+  dial_timeout = "1s"
+{{end}}`))
+
+// upstreamHostsToml lets a node pull from the upstream directly (for baselines).
+var upstreamHostsToml = template.Must(template.New("hosts.toml").Parse(`# hopless lab: direct pulls from the upstream
+server = "https://{{.Host}}"
+ca = "{{.CA}}"
+`))
+
+func render(t *template.Template, data any) ([]byte, error) {
+	var b bytes.Buffer
+	if err := t.Execute(&b, data); err != nil {
+		return nil, fmt.Errorf("rendering %s: %w", t.Name(), err)
+	}
+	return b.Bytes(), nil
+}
+
+func (l *Lab) writeNodeConfig(n Node) error {
+	cfg, err := render(containerdConfig, n)
+	if err != nil {
+		return err
+	}
+	if err := writeFile(filepath.Join(n.Dir, "config.toml"), cfg, 0o644); err != nil {
+		return err
+	}
+	var masters []string
+	for _, m := range l.Masters {
+		masters = append(masters, m.Addr)
+	}
+	hosts, err := render(hostsToml, map[string]any{"Host": l.ImageHost, "CA": l.CA, "Masters": masters})
+	if err != nil {
+		return err
+	}
+	if err := writeFile(filepath.Join(n.Dir, "certs.d", l.ImageHost, "hosts.toml"), hosts, 0o644); err != nil {
+		return err
+	}
+	up, err := render(upstreamHostsToml, map[string]any{"Host": l.Upstream, "CA": l.CA})
+	if err != nil {
+		return err
+	}
+	if err := writeFile(filepath.Join(n.Dir, "certs.d", l.Upstream, "hosts.toml"), up, 0o644); err != nil {
+		return err
+	}
+	crictl := fmt.Sprintf("runtime-endpoint: unix://%s\nimage-endpoint: unix://%s\ntimeout: 30\n", n.Sock, n.Sock)
+	return writeFile(n.Crictl, []byte(crictl), 0o644)
+}
