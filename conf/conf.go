@@ -79,7 +79,11 @@ type Registryd struct {
 	Server   Server     `toml:"server"`
 	Metrics  Metrics    `toml:"metrics"`
 	Storage  Storage    `toml:"storage"`
+	Cache    Cache      `toml:"cache"`
 	Upstream []Upstream `toml:"upstream"`
+	Peers    Peers      `toml:"peers"`
+	Auth     ClientAuth `toml:"auth"`
+	API      API        `toml:"api"`
 	Log      Log        `toml:"log"`
 }
 
@@ -104,8 +108,35 @@ type Metrics struct {
 
 // Storage is where registryd keeps its cache.
 type Storage struct {
-	// Root is the directory of the filesystem driver. Required.
+	// Driver is a distribution storage driver name. Default "filesystem".
+	Driver string `toml:"driver"`
+	// Root is the directory of the filesystem driver. Required for it.
 	Root string `toml:"root"`
+	// Parameters are passed to a driver other than filesystem (e.g. s3's bucket,
+	// region, regionendpoint).
+	Parameters map[string]any `toml:"parameters"`
+	// Spool is a local directory for blobs being fetched; clients stream from it while
+	// the fill runs. Default Root/_spool; required when Driver is not filesystem.
+	Spool string `toml:"spool"`
+	// MaxBytes bounds the cache size; least recently used content is evicted beyond
+	// it. Zero means unbounded.
+	MaxBytes Size `toml:"max_bytes"`
+	// TTL is how long content may go unused before it is evicted. Default 168h.
+	TTL Duration `toml:"ttl"`
+	// EvictInterval is how often eviction runs. Default 1m.
+	EvictInterval Duration `toml:"evict_interval"`
+}
+
+// Cache tunes the pull-through cache.
+type Cache struct {
+	// TagTTL is how long a tag is served without asking upstream again. Default 1m.
+	TagTTL Duration `toml:"tag_ttl"`
+	// MaxManifestBytes rejects larger manifests. Default 4MiB.
+	MaxManifestBytes Size `toml:"max_manifest_bytes"`
+	// FillRetries bounds the resumes of one upstream blob fetch. Default 5.
+	FillRetries int `toml:"fill_retries"`
+	// FillBackoff is the first retry delay; it doubles up to 5s. Default 200ms.
+	FillBackoff Duration `toml:"fill_backoff"`
 }
 
 // Upstream is a registry that registryd caches from.
@@ -118,10 +149,51 @@ type Upstream struct {
 	// Path is the upstream repository path that LocalPrefix maps to, e.g. "deckhouse/ce".
 	// Empty maps LocalPrefix/X to X.
 	Path string `toml:"path"`
-	// TTL is how long unused cached content is kept. Default 168h.
-	TTL  Duration `toml:"ttl"`
+	// NS lists the values of the ns query parameter (the registry host a client
+	// pulled) that select this upstream. Default: the URL's host.
+	NS   []string `toml:"ns"`
 	TLS  TLS      `toml:"tls"`
 	Auth Auth     `toml:"auth"`
+}
+
+// Peers are the other masters; a miss asks the blob's owner among them first.
+type Peers struct {
+	// Self is this master's URL as the peers list it; it is never asked.
+	Self string `toml:"self"`
+	// Endpoints is the static peer list (Self may be among them).
+	Endpoints []Endpoint `toml:"endpoint"`
+	// DNS is the name of a headless Service whose A records are the peers, with Port.
+	DNS  string `toml:"dns"`
+	Port int    `toml:"port"`
+	// TokenFile holds the shared secret peers present to each other (mode 0600).
+	// Required when there are peers.
+	TokenFile string `toml:"token_file"`
+	TLS       TLS    `toml:"tls"`
+	// HealthInterval is the period of peer health checks. Default 2s.
+	HealthInterval Duration `toml:"health_interval"`
+}
+
+// ClientAuth is how clients authenticate; empty means anonymous pulls.
+type ClientAuth struct {
+	// Htpasswd is an htpasswd file (bcrypt) for basic auth.
+	Htpasswd string `toml:"htpasswd"`
+	// Token configures bearer tokens issued by an external token server.
+	Token TokenAuth `toml:"token"`
+}
+
+// TokenAuth is distribution's token authentication.
+type TokenAuth struct {
+	Realm          string `toml:"realm"`
+	Service        string `toml:"service"`
+	Issuer         string `toml:"issuer"`
+	RootCertBundle string `toml:"rootcertbundle"`
+}
+
+// API is registryd's own endpoints under /hopless/v1/ (pins, prefetch).
+type API struct {
+	// TokenFile holds the bearer token those endpoints require (mode 0600). Empty
+	// disables them.
+	TokenFile string `toml:"token_file"`
 }
 
 // Log configures structured logging.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -657,6 +658,95 @@ var registrydFiles = []file{
 	{name: "tls/server.key", text: "key"},
 }
 
+// peersStatic is a [peers] table with two static endpoints and the token file
+// "peer-token"; a case appends keys of the second endpoint or more tables.
+func peersStatic(self string) string {
+	return `
+[peers]
+self = "` + self + `"
+token_file = "peer-token"
+[[peers.endpoint]]
+url = "https://master-0.example"
+[[peers.endpoint]]
+url = "https://master-1.example"
+`
+}
+
+// authToken is a complete [auth.token] table; its bundle is "token-ca.pem".
+const authToken = `
+[auth.token]
+realm = "https://auth.example/token"
+service = "registryd"
+issuer = "auth.example"
+rootcertbundle = "token-ca.pem"
+`
+
+// registrydFull sets every registryd key.
+const registrydFull = `
+[server]
+listen = ":5001"
+tls_cert = "tls/server.crt"
+tls_key = "tls/server.key"
+shutdown_timeout = "15s"
+
+[metrics]
+listen = ":9090"
+
+[storage]
+driver = "filesystem"
+root = "/var/lib/registryd"
+spool = "/var/spool/registryd"
+max_bytes = "200GiB"
+ttl = "72h"
+evict_interval = "5m"
+
+[cache]
+tag_ttl = "30s"
+max_manifest_bytes = "8MiB"
+fill_retries = 3
+fill_backoff = "500ms"
+
+[[upstream]]
+url = "https://registry.deckhouse.io"
+local_prefix = "system/deckhouse"
+path = "deckhouse/ee"
+ns = ["registry.deckhouse.io", "registry.d8-system.svc:5001"]
+[upstream.tls]
+ca = "pki/upstream-ca.pem"
+[upstream.auth]
+credentials_file = "secrets/upstream-creds"
+
+[[upstream]]
+url = "https://mirror.example:5000"
+local_prefix = "mirror"
+
+[peers]
+self = "https://10.0.0.1:5001"
+token_file = "secrets/peer-token"
+health_interval = "3s"
+endpoint = [
+  { url = "https://10.0.0.1:5001", local = true },
+  { url = "https://10.0.0.2:5001" },
+  { url = "https://10.0.0.3:5001", weight = 2 },
+]
+[peers.tls]
+ca = "pki/ca.pem"
+cert = "pki/peer.crt"
+key = "pki/peer.key"
+
+[auth.token]
+realm = "https://auth.example/token"
+service = "registryd"
+issuer = "auth.example"
+rootcertbundle = "pki/token-ca.pem"
+
+[api]
+token_file = "secrets/api-token"
+
+[log]
+level = "warn"
+`
+
 func TestLoadRegistryd(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -682,20 +772,40 @@ func TestLoadRegistryd(t *testing.T) {
 				if r.Metrics.Listen != "" {
 					t.Errorf("Metrics.Listen = %q, want empty", r.Metrics.Listen)
 				}
-				if want := filepath.Join(dir, "cache"); r.Storage.Root != want {
-					t.Errorf("Storage.Root = %q, want %q", r.Storage.Root, want)
+				wantStorage := Storage{
+					Driver:        "filesystem",
+					Root:          filepath.Join(dir, "cache"),
+					Spool:         filepath.Join(dir, "cache", "_spool"),
+					TTL:           Duration{168 * time.Hour},
+					EvictInterval: Duration{time.Minute},
 				}
-				if len(r.Upstream) != 1 {
-					t.Fatalf("got %d upstreams, want 1", len(r.Upstream))
+				if !reflect.DeepEqual(r.Storage, wantStorage) {
+					t.Errorf("Storage = %+v, want %+v", r.Storage, wantStorage)
 				}
-				wantUp := Upstream{
+				wantCache := Cache{
+					TagTTL:           Duration{time.Minute},
+					MaxManifestBytes: 4 << 20,
+					FillRetries:      5,
+					FillBackoff:      Duration{ms(200)},
+				}
+				if r.Cache != wantCache {
+					t.Errorf("Cache = %+v, want %+v", r.Cache, wantCache)
+				}
+				wantUp := []Upstream{{
 					URL:         "https://registry.example",
 					LocalPrefix: "system/deckhouse",
 					Path:        "deckhouse/ce",
-					TTL:         Duration{168 * time.Hour},
+					NS:          []string{"registry.example"},
+				}}
+				if !reflect.DeepEqual(r.Upstream, wantUp) {
+					t.Errorf("Upstream = %+v, want %+v", r.Upstream, wantUp)
 				}
-				if r.Upstream[0] != wantUp {
-					t.Errorf("Upstream[0] = %+v, want %+v", r.Upstream[0], wantUp)
+				wantPeers := Peers{HealthInterval: Duration{2 * time.Second}}
+				if !reflect.DeepEqual(r.Peers, wantPeers) {
+					t.Errorf("Peers = %+v, want %+v", r.Peers, wantPeers)
+				}
+				if r.Auth != (ClientAuth{}) || r.API != (API{}) {
+					t.Errorf("Auth %+v, API %+v; want zero", r.Auth, r.API)
 				}
 				if r.Log.Level != "info" {
 					t.Errorf("Log.Level = %q, want info", r.Log.Level)
@@ -720,7 +830,6 @@ root = "/var/lib/registryd"
 [[upstream]]
 url = "https://registry.example"
 local_prefix = "system/deckhouse"
-ttl = "24h"
 [upstream.tls]
 ca = "ca.pem"
 [upstream.auth]
@@ -754,10 +863,10 @@ listen = "127.0.0.1:9090"
 
 [storage]
 root = "/var/lib/registryd"
+ttl = "24h"
 
 [[upstream]]
 url = "https://registry.example"
-ttl = "24h"
 [upstream.tls]
 ca = "ca.pem"
 [upstream.auth]
@@ -784,13 +893,16 @@ level = "debug"
 					t.Errorf("Metrics %+v, Storage %+v, Log %+v", r.Metrics, r.Storage, r.Log)
 				}
 				u := r.Upstream[0]
-				if u.LocalPrefix != "system/deckhouse" || u.TTL.Duration != 24*time.Hour || u.Path != "" {
+				if r.Storage.TTL.Duration != 24*time.Hour || r.Storage.Spool != "/var/lib/registryd/_spool" {
+					t.Errorf("Storage = %+v", r.Storage)
+				}
+				if u.LocalPrefix != "system/deckhouse" || u.Path != "" || !reflect.DeepEqual(u.NS, []string{"registry.example"}) {
 					t.Errorf("Upstream[0] = %+v", u)
 				}
 				if u.TLS.CA != filepath.Join(dir, "ca.pem") || u.Auth.CredentialsFile != filepath.Join(dir, "creds") {
 					t.Errorf("Upstream[0] paths not resolved: %+v", u)
 				}
-				if u := r.Upstream[1]; u.LocalPrefix != "mirror" || u.TTL.Duration != 168*time.Hour || !u.TLS.Insecure {
+				if u := r.Upstream[1]; u.LocalPrefix != "mirror" || !reflect.DeepEqual(u.NS, []string{"mirror.local:8080"}) || !u.TLS.Insecure {
 					t.Errorf("Upstream[1] = %+v", u)
 				}
 			},
@@ -893,14 +1005,9 @@ level = "debug"
 			want: []fieldWant{{"upstream[0].url", "plain http needs tls.insecure = true"}},
 		},
 		{
-			name: "zero ttl",
-			text: registrydOK + "ttl = \"0s\"\n",
-			want: []fieldWant{{"upstream[0].ttl", "must be > 0, got 0s"}},
-		},
-		{
-			name: "bad ttl",
-			text: registrydOK + "ttl = \"7d\"\n",
-			want: []fieldWant{{"upstream[0].ttl", `bad duration "7d"`}},
+			name: "upstream ttl is unknown: the TTL is storage.ttl",
+			text: registrydOK + "ttl = \"24h\"\n",
+			want: []fieldWant{{"upstream[0].ttl", "unknown key"}},
 		},
 		{
 			name: "bad shutdown_timeout",
@@ -932,6 +1039,613 @@ level = "debug"
 			text:  registrydOK + "[upstream.auth]\ncredentials_file = \"creds\"\n",
 			files: []file{{name: "creds", text: "u:" + secret, mode: 0o644}},
 			want:  []fieldWant{{"upstream[0].auth.credentials_file", "has mode 0644"}},
+		},
+		// Storage.
+		{
+			name: "storage.max_bytes as an integer",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nmax_bytes = 1073741824", 1),
+			check: func(t *testing.T, _ string, r *Registryd) {
+				if r.Storage.MaxBytes != 1<<30 {
+					t.Errorf("MaxBytes = %d, want %d", r.Storage.MaxBytes, 1<<30)
+				}
+			},
+		},
+		{
+			name: "storage.max_bytes as a size string",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nmax_bytes = \"50GiB\"", 1),
+			check: func(t *testing.T, _ string, r *Registryd) {
+				if r.Storage.MaxBytes != 50<<30 {
+					t.Errorf("MaxBytes = %d, want %d", r.Storage.MaxBytes, int64(50)<<30)
+				}
+			},
+		},
+		{
+			name: "storage.max_bytes 0 is unbounded",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nmax_bytes = 0", 1),
+			check: func(t *testing.T, _ string, r *Registryd) {
+				if r.Storage.MaxBytes != 0 {
+					t.Errorf("MaxBytes = %d, want 0", r.Storage.MaxBytes)
+				}
+			},
+		},
+		{
+			name: "bad size string",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nmax_bytes = \"50GB\"", 1),
+			want: []fieldWant{{"storage.max_bytes", `bad size "50GB": want a whole number of bytes or one with a unit`}},
+		},
+		{
+			name: "negative size string",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nmax_bytes = \"-1MiB\"", 1),
+			want: []fieldWant{{"storage.max_bytes", `bad size "-1MiB"`}},
+		},
+		{
+			name: "size string too large",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nmax_bytes = \"9000000TiB\"", 1),
+			want: []fieldWant{{"storage.max_bytes", `bad size "9000000TiB": too large`}},
+		},
+		{
+			name: "negative size integer",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nmax_bytes = -1", 1),
+			want: []fieldWant{{"storage.max_bytes", "must be >= 0, got -1"}},
+		},
+		{
+			name: "size as a float",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nmax_bytes = 1.5", 1),
+			want: []fieldWant{{"storage.max_bytes", `must be a number of bytes or a size string such as "256MiB", got float 1.5`}},
+		},
+		{
+			name: "s3 driver with free-form parameters and a spool",
+			text: strings.Replace(registrydOK, `root = "cache"`, `driver = "s3"
+spool = "spool"
+[storage.parameters]
+bucket = "registry"
+region = "us-east-1"
+regionendpoint = "https://s3.example"
+secure = true
+chunksize = 10485760
+[storage.parameters.credentials]
+Type = "static"`, 1),
+			check: func(t *testing.T, dir string, r *Registryd) {
+				s := r.Storage
+				if s.Driver != "s3" || s.Root != "" || s.Spool != filepath.Join(dir, "spool") {
+					t.Errorf("Storage = %+v", s)
+				}
+				want := map[string]any{
+					"bucket":         "registry",
+					"region":         "us-east-1",
+					"regionendpoint": "https://s3.example",
+					"secure":         true,
+					"chunksize":      int64(10485760),
+					"credentials":    map[string]any{"Type": "static"},
+				}
+				if !reflect.DeepEqual(s.Parameters, want) {
+					t.Errorf("Parameters = %#v, want %#v", s.Parameters, want)
+				}
+			},
+		},
+		{
+			name: "storage.parameters not a table",
+			text: strings.Replace(registrydOK, `root = "cache"`, "driver = \"s3\"\nspool = \"spool\"\nparameters = \"bucket=x\"", 1),
+			want: []fieldWant{{"storage.parameters", `must be a table, got string "bucket=x"`}},
+		},
+		{
+			name: "s3 driver without spool",
+			text: strings.Replace(registrydOK, `root = "cache"`, "driver = \"s3\"\n[storage.parameters]\nbucket = \"registry\"", 1),
+			want: []fieldWant{{"storage.spool", `is required when driver is not filesystem, got driver "s3"`}},
+		},
+		{
+			name: "explicit filesystem driver, default spool",
+			text: strings.Replace(registrydOK, `root = "cache"`, "driver = \"filesystem\"\nroot = \"/srv/cache\"", 1),
+			check: func(t *testing.T, _ string, r *Registryd) {
+				if r.Storage.Spool != "/srv/cache/_spool" {
+					t.Errorf("Spool = %q, want /srv/cache/_spool", r.Storage.Spool)
+				}
+			},
+		},
+		{
+			name: "explicit spool kept and resolved",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nspool = \"fast/spool\"", 1),
+			check: func(t *testing.T, dir string, r *Registryd) {
+				if want := filepath.Join(dir, "fast/spool"); r.Storage.Spool != want {
+					t.Errorf("Spool = %q, want %q", r.Storage.Spool, want)
+				}
+			},
+		},
+		{
+			name: "explicit empty spool is not defaulted",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nspool = \"\"", 1),
+			want: []fieldWant{{"storage.spool", "must not be empty"}},
+		},
+		{
+			name: "bad storage driver",
+			text: strings.Replace(registrydOK, `root = "cache"`, "driver = \"s3 aws\"\nspool = \"spool\"", 1),
+			want: []fieldWant{{"storage.driver", `must be a driver name of letters, digits, - and _, got "s3 aws"`}},
+		},
+		{
+			name: "explicit empty storage driver is not defaulted",
+			text: strings.Replace(registrydOK, `root = "cache"`, "driver = \"\"\nspool = \"spool\"", 1),
+			want: []fieldWant{{"storage.driver", `got ""`}},
+		},
+		{
+			name: "missing storage.root names the driver",
+			text: strings.Replace(registrydOK, `root = "cache"`, `driver = "filesystem"`, 1),
+			want: []fieldWant{{"storage.root", "is required when driver is filesystem"}},
+		},
+		{
+			name: "zero storage.ttl",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nttl = \"0s\"", 1),
+			want: []fieldWant{{"storage.ttl", "must be > 0, got 0s"}},
+		},
+		{
+			name: "bad storage.ttl",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nttl = \"7d\"", 1),
+			want: []fieldWant{{"storage.ttl", `bad duration "7d"`}},
+		},
+		{
+			name: "zero storage.evict_interval",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nevict_interval = \"0s\"", 1),
+			want: []fieldWant{{"storage.evict_interval", "must be > 0, got 0s"}},
+		},
+
+		// Cache.
+		{
+			name: "cache values kept, max_manifest_bytes as an integer, fill_retries 0",
+			text: registrydOK + "[cache]\ntag_ttl = \"30s\"\nmax_manifest_bytes = 1024\nfill_retries = 0\nfill_backoff = \"1s\"\n",
+			check: func(t *testing.T, _ string, r *Registryd) {
+				want := Cache{TagTTL: Duration{30 * time.Second}, MaxManifestBytes: 1024, FillBackoff: Duration{time.Second}}
+				if r.Cache != want {
+					t.Errorf("Cache = %+v, want %+v", r.Cache, want)
+				}
+			},
+		},
+		{
+			name: "cache.max_manifest_bytes as a size string",
+			text: registrydOK + "[cache]\nmax_manifest_bytes = \"64MiB\"\n",
+			check: func(t *testing.T, _ string, r *Registryd) {
+				if r.Cache.MaxManifestBytes != 64<<20 {
+					t.Errorf("MaxManifestBytes = %d, want %d", r.Cache.MaxManifestBytes, 64<<20)
+				}
+			},
+		},
+		{
+			name: "cache.max_manifest_bytes below 1KiB",
+			text: registrydOK + "[cache]\nmax_manifest_bytes = 1023\n",
+			want: []fieldWant{{"cache.max_manifest_bytes", "must be between 1KiB (1024) and 64MiB (67108864) bytes, got 1023"}},
+		},
+		{
+			name: "cache.max_manifest_bytes above 64MiB",
+			text: registrydOK + "[cache]\nmax_manifest_bytes = \"65MiB\"\n",
+			want: []fieldWant{{"cache.max_manifest_bytes", "got 68157440"}},
+		},
+		{
+			name: "cache.max_manifest_bytes of the wrong type",
+			text: registrydOK + "[cache]\nmax_manifest_bytes = true\n",
+			want: []fieldWant{{"cache.max_manifest_bytes", "must be a number of bytes or a size string"}},
+		},
+		{
+			name: "zero cache.tag_ttl",
+			text: registrydOK + "[cache]\ntag_ttl = \"0s\"\n",
+			want: []fieldWant{{"cache.tag_ttl", "must be > 0, got 0s"}},
+		},
+		{
+			name: "negative cache.fill_retries",
+			text: registrydOK + "[cache]\nfill_retries = -1\n",
+			want: []fieldWant{{"cache.fill_retries", "must be between 0 and 100, got -1"}},
+		},
+		{
+			name: "cache.fill_retries above 100",
+			text: registrydOK + "[cache]\nfill_retries = 101\n",
+			want: []fieldWant{{"cache.fill_retries", "must be between 0 and 100, got 101"}},
+		},
+		{
+			name: "zero cache.fill_backoff",
+			text: registrydOK + "[cache]\nfill_backoff = \"0s\"\n",
+			want: []fieldWant{{"cache.fill_backoff", "must be > 0, got 0s"}},
+		},
+		{
+			name: "unknown key in cache",
+			text: registrydOK + "[cache]\ntag_tl = \"1m\"\n",
+			want: []fieldWant{{"cache.tag_tl", "unknown key"}},
+		},
+
+		// Upstream ns.
+		{
+			name: "ns defaults to the URL's host with its port",
+			text: strings.Replace(registrydOK, "https://registry.example", "https://registry.example:5000", 1),
+			check: func(t *testing.T, _ string, r *Registryd) {
+				if want := []string{"registry.example:5000"}; !reflect.DeepEqual(r.Upstream[0].NS, want) {
+					t.Errorf("NS = %q, want %q", r.Upstream[0].NS, want)
+				}
+			},
+		},
+		{
+			name: "explicit ns kept",
+			text: registrydOK + "ns = [\"registry.example\", \"registry.d8-system.svc:5001\"]\n",
+			check: func(t *testing.T, _ string, r *Registryd) {
+				if want := []string{"registry.example", "registry.d8-system.svc:5001"}; !reflect.DeepEqual(r.Upstream[0].NS, want) {
+					t.Errorf("NS = %q, want %q", r.Upstream[0].NS, want)
+				}
+			},
+		},
+		{
+			name: "explicit empty ns is not defaulted",
+			text: registrydOK + "ns = []\n",
+			check: func(t *testing.T, _ string, r *Registryd) {
+				if len(r.Upstream[0].NS) != 0 {
+					t.Errorf("NS = %q, want empty", r.Upstream[0].NS)
+				}
+			},
+		},
+		{
+			name: "bad ns",
+			text: registrydOK + "ns = [\"registry.example\", \"https://registry.example\"]\n",
+			want: []fieldWant{{"upstream[0].ns[1]", `bad image host "https://registry.example"`}},
+		},
+		{
+			name: "empty ns value",
+			text: registrydOK + "ns = [\"\"]\n",
+			want: []fieldWant{{"upstream[0].ns[0]", "is required"}},
+		},
+		{
+			name: "ns not an array",
+			text: registrydOK + "ns = \"registry.example\"\n",
+			want: []fieldWant{{"upstream[0].ns", `must be an array, got string "registry.example"`}},
+		},
+		{
+			name: "ns value not a string",
+			text: registrydOK + "ns = [5001]\n",
+			want: []fieldWant{{"upstream[0].ns[0]", "must be a string, got integer 5001"}},
+		},
+		{
+			name: "ns in two upstreams",
+			text: registrydOK + "[[upstream]]\nurl = \"https://mirror.example\"\nlocal_prefix = \"mirror\"\nns = [\"mirror.example\", \"registry.example\"]\n",
+			want: []fieldWant{{"upstream[1].ns[1]", `duplicate ns "registry.example", also upstream[0].ns[0]`}},
+		},
+		{
+			name: "defaulted ns in two upstreams, differs in case",
+			text: registrydOK + "[[upstream]]\nurl = \"https://Registry.Example\"\nlocal_prefix = \"mirror\"\n",
+			want: []fieldWant{{"upstream[1].ns[0]", `duplicate ns "Registry.Example", also upstream[0].ns[0]`}},
+		},
+		{
+			name: "ns repeated in one upstream",
+			text: registrydOK + "ns = [\"a.example\", \"a.example\"]\n",
+			want: []fieldWant{{"upstream[0].ns[1]", `duplicate ns "a.example", also upstream[0].ns[0]`}},
+		},
+
+		// Peers.
+		{
+			name:  "static peers, self matches an endpoint canonically",
+			text:  registrydOK + peersStatic("https://Master-0.example:443") + "weight = 2\n",
+			files: []file{{name: "peer-token", text: "t"}},
+			check: func(t *testing.T, dir string, r *Registryd) {
+				want := Peers{
+					Self: "https://Master-0.example:443",
+					Endpoints: []Endpoint{
+						{URL: "https://master-0.example", Weight: 1},
+						{URL: "https://master-1.example", Weight: 2},
+					},
+					TokenFile:      filepath.Join(dir, "peer-token"),
+					HealthInterval: Duration{2 * time.Second},
+				}
+				if !reflect.DeepEqual(r.Peers, want) {
+					t.Errorf("Peers = %+v, want %+v", r.Peers, want)
+				}
+			},
+		},
+		{
+			name: "absolute peers.token_file is not resolved",
+			text: registrydOK + `
+[peers]
+self = "https://10.0.0.1:5001"
+dns = "registryd.d8-system.svc.cluster.local"
+port = 5001
+token_file = "/abs/peer-token"
+health_interval = "5s"
+`,
+			files: []file{{name: "abs/peer-token", text: "t"}},
+			want:  []fieldWant{{"peers.token_file", "/abs/peer-token not found"}},
+		},
+		{
+			name:  "peers via dns, relative token file",
+			text:  registrydOK + "[peers]\nself = \"https://10.0.0.1:5001\"\ndns = \"registryd.d8-system.svc\"\nport = 5001\ntoken_file = \"peer-token\"\nhealth_interval = \"5s\"\n",
+			files: []file{{name: "peer-token", text: "t"}},
+			check: func(t *testing.T, dir string, r *Registryd) {
+				p := r.Peers
+				if p.DNS != "registryd.d8-system.svc" || p.Port != 5001 || p.TokenFile != filepath.Join(dir, "peer-token") || p.HealthInterval.Duration != 5*time.Second {
+					t.Errorf("Peers = %+v", p)
+				}
+			},
+		},
+		{
+			name: "peers without token_file and self",
+			text: registrydOK + "[[peers.endpoint]]\nurl = \"https://10.0.0.1:5001\"\n",
+			want: []fieldWant{
+				{"peers.token_file", "is required when peers are configured"},
+				{"peers.self", "is required when peers are configured"},
+			},
+		},
+		{
+			name: "dns peers without token_file and self",
+			text: registrydOK + "[peers]\ndns = \"registryd\"\nport = 5001\n",
+			want: []fieldWant{
+				{"peers.token_file", "is required when peers are configured"},
+				{"peers.self", "is required when peers are configured"},
+			},
+		},
+		{
+			name:  "peers.token_file too open",
+			text:  registrydOK + peersStatic("https://master-0.example"),
+			files: []file{{name: "peer-token", text: secret, mode: 0o640}},
+			want:  []fieldWant{{"peers.token_file", "has mode 0640, want 0600 or stricter"}},
+		},
+		{
+			name: "peers.token_file missing",
+			text: registrydOK + peersStatic("https://master-0.example"),
+			want: []fieldWant{{"peers.token_file", "peer-token not found"}},
+		},
+		{
+			name:  "peers.token_file is a directory",
+			text:  registrydOK + peersStatic("https://master-0.example"),
+			files: []file{{name: "peer-token", dir: true}},
+			want:  []fieldWant{{"peers.token_file", "is not a regular file"}},
+		},
+		{
+			name:  "peers.self not among the endpoints",
+			text:  registrydOK + peersStatic("https://master-2.example"),
+			files: []file{{name: "peer-token", text: "t"}},
+			want:  []fieldWant{{"peers.self", `"https://master-2.example" is not the URL of any [[peers.endpoint]]`}},
+		},
+		{
+			name:  "peers.self with a path",
+			text:  registrydOK + peersStatic("https://master-0.example/v2"),
+			files: []file{{name: "peer-token", text: "t"}},
+			want:  []fieldWant{{"peers.self", "want scheme://host[:port] only"}},
+		},
+		{
+			name:  "peers.self plain http without peers.tls.insecure",
+			text:  registrydOK + "[peers]\nself = \"http://10.0.0.1:5001\"\ndns = \"registryd\"\nport = 5001\ntoken_file = \"peer-token\"\n",
+			files: []file{{name: "peer-token", text: "t"}},
+			want:  []fieldWant{{"peers.self", "plain http needs tls.insecure = true"}},
+		},
+		{
+			name:  "plain http peers with peers.tls.insecure",
+			text:  registrydOK + strings.ReplaceAll(peersStatic("http://master-0.example"), "https://", "http://") + "[peers.tls]\ninsecure = true\n",
+			files: []file{{name: "peer-token", text: "t"}},
+			check: func(t *testing.T, _ string, r *Registryd) {
+				if !r.Peers.TLS.Insecure || r.Peers.Endpoints[0].URL != "http://master-0.example" {
+					t.Errorf("Peers = %+v", r.Peers)
+				}
+			},
+		},
+		{
+			name:  "peer endpoint weight 0, bad URL and duplicate",
+			text:  registrydOK + peersStatic("https://master-0.example") + "weight = 0\n[[peers.endpoint]]\nurl = \"10.0.0.3\"\n[[peers.endpoint]]\nurl = \"https://master-0.example:443\"\n",
+			files: []file{{name: "peer-token", text: "t"}},
+			want: []fieldWant{
+				{"peers.endpoint[1].weight", "must be > 0, got 0"},
+				{"peers.endpoint[2].url", `bad URL "10.0.0.3"`},
+				{"peers.endpoint[3].url", `duplicate endpoint "https://master-0.example:443", also endpoint[0]`},
+			},
+		},
+		{
+			name:  "peer endpoint and dns together",
+			text:  registrydOK + strings.Replace(peersStatic("https://master-0.example"), "[peers]\n", "[peers]\ndns = \"registryd\"\nport = 5001\n", 1),
+			files: []file{{name: "peer-token", text: "t"}},
+			want:  []fieldWant{{"peers.dns", "is mutually exclusive with [[peers.endpoint]]"}},
+		},
+		{
+			name:  "peers.dns with a port",
+			text:  registrydOK + "[peers]\nself = \"https://10.0.0.1:5001\"\ndns = \"registryd.svc:5001\"\nport = 5001\ntoken_file = \"peer-token\"\n",
+			files: []file{{name: "peer-token", text: "t"}},
+			want:  []fieldWant{{"peers.dns", `bad DNS name "registryd.svc:5001": want a host name such as registryd.d8-system.svc, without port`}},
+		},
+		{
+			name:  "peers.dns a URL",
+			text:  registrydOK + "[peers]\nself = \"https://10.0.0.1:5001\"\ndns = \"https://registryd\"\nport = 5001\ntoken_file = \"peer-token\"\n",
+			files: []file{{name: "peer-token", text: "t"}},
+			want:  []fieldWant{{"peers.dns", `bad DNS name "https://registryd"`}},
+		},
+		{
+			name:  "peers.dns without port",
+			text:  registrydOK + "[peers]\nself = \"https://10.0.0.1:5001\"\ndns = \"registryd\"\ntoken_file = \"peer-token\"\n",
+			files: []file{{name: "peer-token", text: "t"}},
+			want:  []fieldWant{{"peers.port", "must be 1-65535 when dns is set, got 0"}},
+		},
+		{
+			name:  "peers.port out of range",
+			text:  registrydOK + "[peers]\nself = \"https://10.0.0.1:5001\"\ndns = \"registryd\"\nport = 65536\ntoken_file = \"peer-token\"\n",
+			files: []file{{name: "peer-token", text: "t"}},
+			want:  []fieldWant{{"peers.port", "must be 1-65535 when dns is set, got 65536"}},
+		},
+		{
+			name:  "peers.port without dns",
+			text:  registrydOK + strings.Replace(peersStatic("https://master-0.example"), "[peers]\n", "[peers]\nport = 5001\n", 1),
+			files: []file{{name: "peer-token", text: "t"}},
+			want:  []fieldWant{{"peers.port", "is only used with dns, which is not set"}},
+		},
+		{
+			name:  "peers.tls files are checked",
+			text:  registrydOK + peersStatic("https://master-0.example") + "[peers.tls]\nca = \"peer-ca.pem\"\ncert = \"peer.crt\"\n",
+			files: []file{{name: "peer-token", text: "t"}, {name: "peer.crt", text: "cert"}},
+			want: []fieldWant{
+				{"peers.tls.ca", "peer-ca.pem not found"},
+				{"peers.tls.key", "is required when cert is set"},
+			},
+		},
+		{
+			name:  "peers.tls paths resolved",
+			text:  registrydOK + peersStatic("https://master-0.example") + "[peers.tls]\nca = \"pki/ca.pem\"\ncert = \"pki/peer.crt\"\nkey = \"pki/peer.key\"\n",
+			files: []file{{name: "peer-token", text: "t"}, {name: "pki/ca.pem", text: "ca"}, {name: "pki/peer.crt", text: "c"}, {name: "pki/peer.key", text: "k"}},
+			check: func(t *testing.T, dir string, r *Registryd) {
+				want := TLS{CA: filepath.Join(dir, "pki/ca.pem"), Cert: filepath.Join(dir, "pki/peer.crt"), Key: filepath.Join(dir, "pki/peer.key")}
+				if r.Peers.TLS != want {
+					t.Errorf("Peers.TLS = %+v, want %+v", r.Peers.TLS, want)
+				}
+			},
+		},
+		{
+			name: "zero peers.health_interval",
+			text: registrydOK + "[peers]\nhealth_interval = \"0s\"\n",
+			want: []fieldWant{{"peers.health_interval", "must be > 0, got 0s"}},
+		},
+		{
+			name: "unknown key in a peer endpoint",
+			text: registrydOK + "[[peers.endpoint]]\nurl = \"https://10.0.0.1:5001\"\nwieght = 2\n",
+			want: []fieldWant{{"peers.endpoint[0].wieght", "unknown key"}},
+		},
+
+		// Client auth.
+		{
+			name:  "auth.htpasswd resolved",
+			text:  registrydOK + "[auth]\nhtpasswd = \"htpasswd\"\n",
+			files: []file{{name: "htpasswd", text: "u:$2y$05$x"}},
+			check: func(t *testing.T, dir string, r *Registryd) {
+				if want := filepath.Join(dir, "htpasswd"); r.Auth.Htpasswd != want {
+					t.Errorf("Htpasswd = %q, want %q", r.Auth.Htpasswd, want)
+				}
+			},
+		},
+		{
+			name: "auth.htpasswd missing",
+			text: registrydOK + "[auth]\nhtpasswd = \"htpasswd\"\n",
+			want: []fieldWant{{"auth.htpasswd", "htpasswd not found"}},
+		},
+		{
+			name:  "auth.htpasswd and auth.token together",
+			text:  registrydOK + "[auth]\nhtpasswd = \"htpasswd\"\n" + authToken,
+			files: []file{{name: "htpasswd", text: "u:$2y$05$x"}, {name: "token-ca.pem", text: "ca"}},
+			want:  []fieldWant{{"auth.token", "is mutually exclusive with auth.htpasswd"}},
+		},
+		{
+			name: "auth.token incomplete",
+			text: registrydOK + "[auth.token]\nservice = \"registryd\"\n",
+			want: []fieldWant{
+				{"auth.token.realm", "is required with token authentication"},
+				{"auth.token.issuer", "is required with token authentication"},
+				{"auth.token.rootcertbundle", "is required with token authentication"},
+			},
+		},
+		{
+			name:  "auth.token.realm plain http",
+			text:  registrydOK + strings.Replace(authToken, "https://auth.example/token", "http://auth.example/token", 1),
+			files: []file{{name: "token-ca.pem", text: "ca"}},
+			want:  []fieldWant{{"auth.token.realm", `bad URL "http://auth.example/token": scheme must be https`}},
+		},
+		{
+			name:  "auth.token.realm without host",
+			text:  registrydOK + strings.Replace(authToken, "https://auth.example/token", "https:///token", 1),
+			files: []file{{name: "token-ca.pem", text: "ca"}},
+			want:  []fieldWant{{"auth.token.realm", "want https://host[:port][/path]"}},
+		},
+		{
+			name: "auth.token.rootcertbundle missing",
+			text: registrydOK + authToken,
+			want: []fieldWant{{"auth.token.rootcertbundle", "token-ca.pem not found"}},
+		},
+
+		// API.
+		{
+			name:  "api.token_file resolved",
+			text:  registrydOK + "[api]\ntoken_file = \"api-token\"\n",
+			files: []file{{name: "api-token", text: secret, mode: 0o400}},
+			check: func(t *testing.T, dir string, r *Registryd) {
+				if want := filepath.Join(dir, "api-token"); r.API.TokenFile != want {
+					t.Errorf("API.TokenFile = %q, want %q", r.API.TokenFile, want)
+				}
+			},
+		},
+		{
+			name:  "api.token_file too open",
+			text:  registrydOK + "[api]\ntoken_file = \"api-token\"\n",
+			files: []file{{name: "api-token", text: secret, mode: 0o644}},
+			want:  []fieldWant{{"api.token_file", "has mode 0644, want 0600 or stricter"}},
+		},
+		{
+			name: "api.token_file missing",
+			text: registrydOK + "[api]\ntoken_file = \"api-token\"\n",
+			want: []fieldWant{{"api.token_file", "api-token not found"}},
+		},
+
+		// Everything.
+		{
+			name: "full valid registryd.toml with peers, auth and api",
+			text: registrydFull,
+			files: []file{
+				{name: "pki/upstream-ca.pem", text: "ca"},
+				{name: "secrets/upstream-creds", text: "u:" + secret},
+				{name: "secrets/peer-token", text: "t"},
+				{name: "pki/ca.pem", text: "ca"},
+				{name: "pki/peer.crt", text: "c"},
+				{name: "pki/peer.key", text: "k"},
+				{name: "pki/token-ca.pem", text: "ca"},
+				{name: "secrets/api-token", text: "t"},
+			},
+			check: func(t *testing.T, dir string, r *Registryd) {
+				want := Registryd{
+					Server: Server{
+						Listen:          ":5001",
+						TLSCert:         filepath.Join(dir, "tls/server.crt"),
+						TLSKey:          filepath.Join(dir, "tls/server.key"),
+						ShutdownTimeout: Duration{15 * time.Second},
+					},
+					Metrics: Metrics{Listen: ":9090"},
+					Storage: Storage{
+						Driver:        "filesystem",
+						Root:          "/var/lib/registryd",
+						Spool:         "/var/spool/registryd",
+						MaxBytes:      200 << 30,
+						TTL:           Duration{72 * time.Hour},
+						EvictInterval: Duration{5 * time.Minute},
+					},
+					Cache: Cache{
+						TagTTL:           Duration{30 * time.Second},
+						MaxManifestBytes: 8 << 20,
+						FillRetries:      3,
+						FillBackoff:      Duration{ms(500)},
+					},
+					Upstream: []Upstream{
+						{
+							URL:         "https://registry.deckhouse.io",
+							LocalPrefix: "system/deckhouse",
+							Path:        "deckhouse/ee",
+							NS:          []string{"registry.deckhouse.io", "registry.d8-system.svc:5001"},
+							TLS:         TLS{CA: filepath.Join(dir, "pki/upstream-ca.pem")},
+							Auth:        Auth{CredentialsFile: filepath.Join(dir, "secrets/upstream-creds")},
+						},
+						{
+							URL:         "https://mirror.example:5000",
+							LocalPrefix: "mirror",
+							NS:          []string{"mirror.example:5000"},
+						},
+					},
+					Peers: Peers{
+						Self: "https://10.0.0.1:5001",
+						Endpoints: []Endpoint{
+							{URL: "https://10.0.0.1:5001", Weight: 1, Local: true},
+							{URL: "https://10.0.0.2:5001", Weight: 1},
+							{URL: "https://10.0.0.3:5001", Weight: 2},
+						},
+						TokenFile: filepath.Join(dir, "secrets/peer-token"),
+						TLS: TLS{
+							CA:   filepath.Join(dir, "pki/ca.pem"),
+							Cert: filepath.Join(dir, "pki/peer.crt"),
+							Key:  filepath.Join(dir, "pki/peer.key"),
+						},
+						HealthInterval: Duration{3 * time.Second},
+					},
+					Auth: ClientAuth{Token: TokenAuth{
+						Realm:          "https://auth.example/token",
+						Service:        "registryd",
+						Issuer:         "auth.example",
+						RootCertBundle: filepath.Join(dir, "pki/token-ca.pem"),
+					}},
+					API: API{TokenFile: filepath.Join(dir, "secrets/api-token")},
+					Log: Log{Level: "warn"},
+				}
+				if !reflect.DeepEqual(*r, want) {
+					t.Errorf("got\n%+v\nwant\n%+v", *r, want)
+				}
+			},
 		},
 		{
 			name: "several problems are all reported",

@@ -1,6 +1,10 @@
 package conf
 
-import "time"
+import (
+	"net/url"
+	"path/filepath"
+	"time"
+)
 
 // Defaults live here and only here. A default fills a key that the file left out; an
 // explicit value, even zero, is kept so that validation can reject it by name.
@@ -17,8 +21,25 @@ const (
 	DefaultListen          = ":5001"
 	DefaultShutdownTimeout = 10 * time.Second
 	DefaultLocalPrefix     = "system/deckhouse"
-	DefaultTTL             = 7 * 24 * time.Hour
 	DefaultLogLevel        = "info"
+
+	// DefaultStorageDriver is storage.driver.
+	DefaultStorageDriver = "filesystem"
+	// DefaultSpoolDir is storage.spool relative to storage.root, for the filesystem
+	// driver.
+	DefaultSpoolDir = "_spool"
+	// DefaultTTL is storage.ttl.
+	DefaultTTL = 7 * 24 * time.Hour
+	// DefaultEvictInterval is storage.evict_interval.
+	DefaultEvictInterval = time.Minute
+
+	DefaultTagTTL                = time.Minute
+	DefaultMaxManifestBytes Size = 4 << 20
+	DefaultFillRetries           = 5
+	DefaultFillBackoff           = 200 * time.Millisecond
+
+	// DefaultPeerHealthInterval is peers.health_interval.
+	DefaultPeerHealthInterval = 2 * time.Second
 )
 
 func setDuration(d *Duration, raw any, def time.Duration, path ...any) {
@@ -61,16 +82,58 @@ func (r *Registryd) applyDefaults(raw map[string]any, base string) {
 	setDuration(&r.Server.ShutdownTimeout, raw, DefaultShutdownTimeout, "server", "shutdown_timeout")
 	r.Server.TLSCert = resolve(base, r.Server.TLSCert)
 	r.Server.TLSKey = resolve(base, r.Server.TLSKey)
-	r.Storage.Root = resolve(base, r.Storage.Root)
+
+	s := &r.Storage
+	if !present(raw, "storage", "driver") {
+		s.Driver = DefaultStorageDriver
+	}
+	s.Root = resolve(base, s.Root)
+	s.Spool = resolve(base, s.Spool)
+	if !present(raw, "storage", "spool") && s.Driver == DefaultStorageDriver && s.Root != "" {
+		s.Spool = filepath.Join(s.Root, DefaultSpoolDir)
+	}
+	setDuration(&s.TTL, raw, DefaultTTL, "storage", "ttl")
+	setDuration(&s.EvictInterval, raw, DefaultEvictInterval, "storage", "evict_interval")
+
+	c := &r.Cache
+	setDuration(&c.TagTTL, raw, DefaultTagTTL, "cache", "tag_ttl")
+	if !present(raw, "cache", "max_manifest_bytes") {
+		c.MaxManifestBytes = DefaultMaxManifestBytes
+	}
+	if !present(raw, "cache", "fill_retries") {
+		c.FillRetries = DefaultFillRetries
+	}
+	setDuration(&c.FillBackoff, raw, DefaultFillBackoff, "cache", "fill_backoff")
+
 	for i := range r.Upstream {
 		u := &r.Upstream[i]
 		if !present(raw, "upstream", i, "local_prefix") {
 			u.LocalPrefix = DefaultLocalPrefix
 		}
-		setDuration(&u.TTL, raw, DefaultTTL, "upstream", i, "ttl")
+		// A bad URL gets no default; validation reports the URL.
+		if !present(raw, "upstream", i, "ns") {
+			if pu, err := url.Parse(u.URL); err == nil && pu.Host != "" {
+				u.NS = []string{pu.Host}
+			}
+		}
 		u.TLS.resolvePaths(base)
 		u.Auth.CredentialsFile = resolve(base, u.Auth.CredentialsFile)
 	}
+
+	p := &r.Peers
+	for j := range p.Endpoints {
+		if !present(raw, "peers", "endpoint", j, "weight") {
+			p.Endpoints[j].Weight = DefaultWeight
+		}
+	}
+	p.TokenFile = resolve(base, p.TokenFile)
+	p.TLS.resolvePaths(base)
+	setDuration(&p.HealthInterval, raw, DefaultPeerHealthInterval, "peers", "health_interval")
+
+	r.Auth.Htpasswd = resolve(base, r.Auth.Htpasswd)
+	r.Auth.Token.RootCertBundle = resolve(base, r.Auth.Token.RootCertBundle)
+	r.API.TokenFile = resolve(base, r.API.TokenFile)
+
 	if !present(raw, "log", "level") {
 		r.Log.Level = DefaultLogLevel
 	}

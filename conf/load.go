@@ -114,22 +114,27 @@ func decode(name, text string, v any) (map[string]any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %v: %w", name, err, errdefs.ErrInvalidArgument)
 	}
-	if und := md.Undecoded(); len(und) > 0 {
-		var errs []error
-		for _, k := range und {
+	var errs []error
+	for _, k := range md.Undecoded() {
+		// The decoder leaves the keys inside a free-form table (map[string]any) undecoded.
+		if !freeForm(reflect.TypeOf(v).Elem(), k) {
 			errs = append(errs, fieldErr(name, k.String(), "unknown key"))
 		}
+	}
+	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
 	return raw, nil
 }
 
-var durationType = reflect.TypeFor[Duration]()
+var (
+	durationType = reflect.TypeFor[Duration]()
+	sizeType     = reflect.TypeFor[Size]()
+	freeFormType = reflect.TypeFor[map[string]any]()
+)
 
-// checkTable reports every key of the TOML table m that matches no field of the struct
-// type t exactly, and every value that does not fit its field. prefix is the field path
-// of m ("" for the document).
-func checkTable(file, prefix string, m map[string]any, t reflect.Type) []error {
+// tomlFields maps the TOML keys of the struct type t to their field types.
+func tomlFields(t reflect.Type) map[string]reflect.Type {
 	fields := map[string]reflect.Type{}
 	for i := range t.NumField() {
 		f := t.Field(i)
@@ -145,6 +150,36 @@ func checkTable(file, prefix string, m map[string]any, t reflect.Type) []error {
 		}
 		fields[name] = f.Type
 	}
+	return fields
+}
+
+// freeForm reports whether the key k lies inside a free-form table of the struct type
+// t, such as storage.parameters.
+func freeForm(t reflect.Type, k toml.Key) bool {
+	for _, name := range k {
+		for t.Kind() == reflect.Slice {
+			t = t.Elem()
+		}
+		if t == freeFormType {
+			return true
+		}
+		if t.Kind() != reflect.Struct {
+			return false
+		}
+		ft, ok := tomlFields(t)[name]
+		if !ok {
+			return false
+		}
+		t = ft
+	}
+	return false
+}
+
+// checkTable reports every key of the TOML table m that matches no field of the struct
+// type t exactly, and every value that does not fit its field. prefix is the field path
+// of m ("" for the document).
+func checkTable(file, prefix string, m map[string]any, t reflect.Type) []error {
+	fields := tomlFields(t)
 	var errs []error
 	for _, k := range slices.Sorted(maps.Keys(m)) {
 		p := joinKey(prefix, k)
@@ -163,6 +198,24 @@ func checkValue(file, p string, v any, t reflect.Type) []error {
 		return []error{fieldErr(file, p, "must be %s, got %s", want, tomlType(v))}
 	}
 	switch {
+	case t == sizeType:
+		switch v := v.(type) {
+		case int64:
+			if v < 0 {
+				return []error{fieldErr(file, p, "must be >= 0, got %d", v)}
+			}
+		case string:
+			if _, err := ParseSize(v); err != nil {
+				return []error{fieldErr(file, p, "%v", err)}
+			}
+		default:
+			return wrong(`a number of bytes or a size string such as "256MiB"`)
+		}
+	case t == freeFormType:
+		// A free-form table, such as a storage driver's parameters: any content.
+		if _, ok := v.(map[string]any); !ok {
+			return wrong("a table")
+		}
 	case t == durationType:
 		s, ok := v.(string)
 		if !ok {

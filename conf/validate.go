@@ -37,33 +37,43 @@ func (n *Node) Validate(file string) error {
 		if len(r.Endpoints) == 0 {
 			add(fieldErr(file, f+".endpoint", "at least one [[registry.endpoint]] is required"))
 		}
-		seen := map[string]int{}
-		locals := 0
-		for j, e := range r.Endpoints {
-			ef := fmt.Sprintf("%s.endpoint[%d]", f, j)
-			u, err := checkURL(e.URL, r.TLS.Insecure)
-			if err != nil {
-				add(fieldErr(file, ef+".url", "%v", err))
-			} else if prev, dup := seen[u]; dup {
-				add(fieldErr(file, ef+".url", "duplicate endpoint %q, also endpoint[%d]", e.URL, prev))
-			} else {
-				seen[u] = j
-			}
-			if e.Weight <= 0 {
-				add(fieldErr(file, ef+".weight", "must be > 0, got %d", e.Weight))
-			}
-			if e.Local {
-				locals++
-			}
-		}
-		if locals > 1 {
-			add(fieldErr(file, f+".endpoint", "at most one endpoint may be local, got %d", locals))
-		}
+		_, epErrs := validateEndpoints(file, f, r.Endpoints, r.TLS.Insecure)
+		errs = append(errs, epErrs...)
 		errs = append(errs, r.TLS.validate(file, f+".tls")...)
 		add(r.Auth.validate(file, f+".auth"))
 		errs = append(errs, r.Timeouts.validate(file, f+".timeouts")...)
 	}
 	return errors.Join(errs...)
+}
+
+// validateEndpoints checks the endpoints listed under f: URLs (plain http only when
+// insecure), weights, duplicates and at most one local. It returns the canonical URLs
+// of the valid ones.
+func validateEndpoints(file, f string, eps []Endpoint, insecure bool) (map[string]int, []error) {
+	var errs []error
+	seen := map[string]int{}
+	locals := 0
+	for j, e := range eps {
+		ef := fmt.Sprintf("%s.endpoint[%d]", f, j)
+		u, err := checkURL(e.URL, insecure)
+		if err != nil {
+			errs = append(errs, fieldErr(file, ef+".url", "%v", err))
+		} else if prev, dup := seen[u]; dup {
+			errs = append(errs, fieldErr(file, ef+".url", "duplicate endpoint %q, also endpoint[%d]", e.URL, prev))
+		} else {
+			seen[u] = j
+		}
+		if e.Weight <= 0 {
+			errs = append(errs, fieldErr(file, ef+".weight", "must be > 0, got %d", e.Weight))
+		}
+		if e.Local {
+			locals++
+		}
+	}
+	if locals > 1 {
+		errs = append(errs, fieldErr(file, f+".endpoint", "at most one endpoint may be local, got %d", locals))
+	}
+	return seen, errs
 }
 
 func (t Timeouts) validate(file, f string) []error {
@@ -106,18 +116,24 @@ func (t TLS) validate(file, f string) []error {
 }
 
 func (a Auth) validate(file, f string) error {
-	if a.CredentialsFile == "" {
+	return prefixed(file, f+".credentials_file", checkSecretFile(a.CredentialsFile))
+}
+
+// checkSecretFile checks a file that holds a secret: when set, it must be a regular
+// file that neither group nor others can read. Its content is not read.
+func checkSecretFile(p string) error {
+	if p == "" {
 		return nil
 	}
-	fi, err := os.Stat(a.CredentialsFile)
+	fi, err := os.Stat(p)
 	if err != nil {
-		return fieldErr(file, f+".credentials_file", "%v", fileProblem(a.CredentialsFile, err))
+		return fileProblem(p, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return fieldErr(file, f+".credentials_file", "%s is not a regular file", a.CredentialsFile)
+		return fmt.Errorf("%s is not a regular file", p)
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return fieldErr(file, f+".credentials_file", "%s has mode %#o, want 0600 or stricter", a.CredentialsFile, perm)
+		return fmt.Errorf("%s has mode %#o, want 0600 or stricter", p, perm)
 	}
 	return nil
 }
@@ -153,13 +169,14 @@ func (r *Registryd) Validate(file string) error {
 			add(fieldErr(file, "metrics.listen", "%q conflicts with server.listen %q", r.Metrics.Listen, r.Server.Listen))
 		}
 	}
-	if r.Storage.Root == "" {
-		add(fieldErr(file, "storage.root", "is required"))
-	}
+	errs = append(errs, r.Storage.validate(file)...)
+	errs = append(errs, r.Cache.validate(file)...)
 	if len(r.Upstream) == 0 {
 		add(fieldErr(file, "upstream", "at least one [[upstream]] is required"))
 	}
 	prefixes := map[string]int{}
+	type nsAt struct{ i, j int }
+	nss := map[string]nsAt{}
 	for i, u := range r.Upstream {
 		f := fmt.Sprintf("upstream[%d]", i)
 		if _, err := checkURL(u.URL, u.TLS.Insecure); err != nil {
@@ -177,18 +194,206 @@ func (r *Registryd) Validate(file string) error {
 				add(fieldErr(file, f+".path", "must be a repository path like deckhouse/ce, got %q", u.Path))
 			}
 		}
-		if u.TTL.Duration <= 0 {
-			add(fieldErr(file, f+".ttl", "must be > 0, got %s", u.TTL.Duration))
+		for j, ns := range u.NS {
+			nf := fmt.Sprintf("%s.ns[%d]", f, j)
+			if err := checkHost(ns); err != nil {
+				add(fieldErr(file, nf, "%v", err))
+			} else if prev, dup := nss[strings.ToLower(ns)]; dup {
+				add(fieldErr(file, nf, "duplicate ns %q, also upstream[%d].ns[%d]", ns, prev.i, prev.j))
+			} else {
+				nss[strings.ToLower(ns)] = nsAt{i, j}
+			}
 		}
 		errs = append(errs, u.TLS.validate(file, f+".tls")...)
 		add(u.Auth.validate(file, f+".auth"))
 	}
+	errs = append(errs, r.Peers.validate(file)...)
+	errs = append(errs, r.Auth.validate(file)...)
+	add(prefixed(file, "api.token_file", checkSecretFile(r.API.TokenFile)))
 	switch r.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
 		add(fieldErr(file, "log.level", "must be one of debug, info, warn, error, got %q", r.Log.Level))
 	}
 	return errors.Join(errs...)
+}
+
+// storageDriverRE matches a distribution storage driver name.
+var storageDriverRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+func (s Storage) validate(file string) []error {
+	var errs []error
+	add := func(field, format string, args ...any) {
+		errs = append(errs, fieldErr(file, "storage."+field, format, args...))
+	}
+	if !storageDriverRE.MatchString(s.Driver) {
+		add("driver", "must be a driver name of letters, digits, - and _, got %q", s.Driver)
+	}
+	if s.Driver == DefaultStorageDriver {
+		if s.Root == "" {
+			add("root", "is required when driver is %s", DefaultStorageDriver)
+		} else if s.Spool == "" {
+			// Only an explicit empty spool gets here: an absent one defaults.
+			add("spool", "must not be empty; leave it out for the default root/%s", DefaultSpoolDir)
+		}
+	} else if s.Spool == "" {
+		add("spool", "is required when driver is not %s, got driver %q", DefaultStorageDriver, s.Driver)
+	}
+	if s.MaxBytes < 0 {
+		add("max_bytes", "must be >= 0 (0 is unbounded), got %d", s.MaxBytes)
+	}
+	if s.TTL.Duration <= 0 {
+		add("ttl", "must be > 0, got %s", s.TTL.Duration)
+	}
+	if s.EvictInterval.Duration <= 0 {
+		add("evict_interval", "must be > 0, got %s", s.EvictInterval.Duration)
+	}
+	return errs
+}
+
+// Bounds of cache.max_manifest_bytes.
+const (
+	minManifestBytes Size = 1 << 10
+	maxManifestBytes Size = 64 << 20
+	maxFillRetries        = 100
+)
+
+func (c Cache) validate(file string) []error {
+	var errs []error
+	add := func(field, format string, args ...any) {
+		errs = append(errs, fieldErr(file, "cache."+field, format, args...))
+	}
+	if c.TagTTL.Duration <= 0 {
+		add("tag_ttl", "must be > 0, got %s", c.TagTTL.Duration)
+	}
+	if c.MaxManifestBytes < minManifestBytes || c.MaxManifestBytes > maxManifestBytes {
+		add("max_manifest_bytes", "must be between 1KiB (%d) and 64MiB (%d) bytes, got %d", minManifestBytes, maxManifestBytes, c.MaxManifestBytes)
+	}
+	if c.FillRetries < 0 || c.FillRetries > maxFillRetries {
+		add("fill_retries", "must be between 0 and %d, got %d", maxFillRetries, c.FillRetries)
+	}
+	if c.FillBackoff.Duration <= 0 {
+		add("fill_backoff", "must be > 0, got %s", c.FillBackoff.Duration)
+	}
+	return errs
+}
+
+func (p Peers) validate(file string) []error {
+	var errs []error
+	add := func(field, format string, args ...any) {
+		errs = append(errs, fieldErr(file, "peers."+field, format, args...))
+	}
+	static, dns := len(p.Endpoints) > 0, p.DNS != ""
+	if static && dns {
+		add("dns", "is mutually exclusive with [[peers.endpoint]]; set one")
+	}
+	urls, epErrs := validateEndpoints(file, "peers", p.Endpoints, p.TLS.Insecure)
+	errs = append(errs, epErrs...)
+	if dns {
+		if err := checkDNSName(p.DNS); err != nil {
+			add("dns", "%v", err)
+		}
+		if p.Port < 1 || p.Port > 65535 {
+			add("port", "must be 1-65535 when dns is set, got %d", p.Port)
+		}
+	} else if p.Port != 0 {
+		add("port", "is only used with dns, which is not set")
+	}
+	switch {
+	case p.TokenFile == "" && (static || dns):
+		add("token_file", "is required when peers are configured")
+	default:
+		if err := checkSecretFile(p.TokenFile); err != nil {
+			add("token_file", "%v", err)
+		}
+	}
+	switch {
+	case p.Self == "" && (static || dns):
+		add("self", "is required when peers are configured")
+	case p.Self != "":
+		self, err := checkURL(p.Self, p.TLS.Insecure)
+		if err != nil {
+			add("self", "%v", err)
+		} else if _, ok := urls[self]; static && !ok {
+			add("self", "%q is not the URL of any [[peers.endpoint]]", p.Self)
+		}
+	}
+	errs = append(errs, p.TLS.validate(file, "peers.tls")...)
+	if p.HealthInterval.Duration <= 0 {
+		add("health_interval", "must be > 0, got %s", p.HealthInterval.Duration)
+	}
+	return errs
+}
+
+func (a ClientAuth) validate(file string) []error {
+	var errs []error
+	add := func(field, format string, args ...any) {
+		errs = append(errs, fieldErr(file, "auth."+field, format, args...))
+	}
+	t := a.Token
+	token := t != (TokenAuth{})
+	if a.Htpasswd != "" {
+		if token {
+			add("token", "is mutually exclusive with auth.htpasswd; set one")
+		}
+		if err := checkFile(a.Htpasswd); err != nil {
+			add("htpasswd", "%v", err)
+		}
+	}
+	if !token {
+		return errs
+	}
+	if err := checkRealm(t.Realm); err != nil {
+		add("token.realm", "%v", err)
+	}
+	if t.Service == "" {
+		add("token.service", "is required with token authentication")
+	}
+	if t.Issuer == "" {
+		add("token.issuer", "is required with token authentication")
+	}
+	if t.RootCertBundle == "" {
+		add("token.rootcertbundle", "is required with token authentication")
+	} else if err := checkFile(t.RootCertBundle); err != nil {
+		add("token.rootcertbundle", "%v", err)
+	}
+	return errs
+}
+
+// checkRealm accepts the https URL of a token server; unlike an endpoint it may have
+// a path.
+func checkRealm(s string) error {
+	if s == "" {
+		return fmt.Errorf("is required with token authentication")
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("bad URL %q: %v", s, err)
+	}
+	if u.Scheme != "https" {
+		return fmt.Errorf("bad URL %q: scheme must be https", s)
+	}
+	if u.Hostname() == "" || u.User != nil || u.Opaque != "" || u.Fragment != "" {
+		return fmt.Errorf("bad URL %q: want https://host[:port][/path]", s)
+	}
+	return nil
+}
+
+// dnsLabelRE matches one label of a DNS name.
+var dnsLabelRE = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?$`)
+
+// checkDNSName accepts a DNS name without a port, such as a headless Service's.
+func checkDNSName(s string) error {
+	bad := fmt.Errorf("bad DNS name %q: want a host name such as registryd.d8-system.svc, without port", s)
+	if len(s) > 253 {
+		return bad
+	}
+	for l := range strings.SplitSeq(s, ".") {
+		if len(l) > 63 || !dnsLabelRE.MatchString(l) {
+			return bad
+		}
+	}
+	return nil
 }
 
 // Validate checks an installer configuration.

@@ -17,6 +17,35 @@ type Metrics struct {
 	HTTPRequests *prometheus.CounterVec
 	// HTTPResponseBytes counts response body bytes written to clients by kind.
 	HTTPResponseBytes *prometheus.CounterVec
+
+	// CacheHits and CacheMisses count lookups by kind (blob, manifest, tag).
+	CacheHits   *prometheus.CounterVec
+	CacheMisses *prometheus.CounterVec
+	// StaleTags counts tags served from cache because upstream failed.
+	StaleTags prometheus.Counter
+	// UpstreamRequests counts requests to upstreams by upstream host, kind (blob,
+	// manifest, tag, ping, token) and status code ("error" for transport errors).
+	UpstreamRequests *prometheus.CounterVec
+	// UpstreamBytes counts blob and manifest body bytes received from each upstream.
+	UpstreamBytes *prometheus.CounterVec
+	// PeerFills counts blob fills asked of a peer, by peer and result (ok, error).
+	PeerFills *prometheus.CounterVec
+	// PeerRequests counts blob requests served to peers.
+	PeerRequests prometheus.Counter
+	// FillsInFlight is the number of blob fills running now.
+	FillsInFlight prometheus.Gauge
+	// FillDuration is the time from a fill's start to its commit, by source
+	// (upstream, peer) and result (ok, error).
+	FillDuration *prometheus.HistogramVec
+	// FillResumes counts fills resumed with a Range request after a cut stream.
+	FillResumes prometheus.Counter
+	// VerifyFailures counts digest mismatches, by where (fill, store).
+	VerifyFailures *prometheus.CounterVec
+	// Evictions and EvictedBytes count removed blobs and manifests by reason (size, ttl).
+	Evictions    *prometheus.CounterVec
+	EvictedBytes *prometheus.CounterVec
+	// StoreBytes is the size of the cached content.
+	StoreBytes prometheus.Gauge
 }
 
 // New creates the metrics and registers them, with the Go and process collectors, on
@@ -33,11 +62,58 @@ func New() *Metrics {
 			Help: "Response body bytes written to clients by kind.",
 		}, []string{"kind"}),
 	}
+	m.CacheHits = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hopless_registryd_cache_hits_total", Help: "Lookups served from the cache, by kind (blob, manifest, tag).",
+	}, []string{"kind"})
+	m.CacheMisses = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hopless_registryd_cache_misses_total", Help: "Lookups not in the cache, by kind (blob, manifest, tag).",
+	}, []string{"kind"})
+	m.StaleTags = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "hopless_registryd_stale_tags_served_total", Help: "Tags served from cache because the upstream could not be asked.",
+	})
+	m.UpstreamRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hopless_registryd_upstream_requests_total", Help: "Requests to upstreams by upstream, kind and status code.",
+	}, []string{"upstream", "kind", "code"})
+	m.UpstreamBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hopless_registryd_upstream_bytes_total", Help: "Body bytes received from each upstream.",
+	}, []string{"upstream"})
+	m.PeerFills = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hopless_registryd_peer_fills_total", Help: "Blob fills asked of the owner peer, by peer and result.",
+	}, []string{"peer", "result"})
+	m.PeerRequests = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "hopless_registryd_peer_requests_served_total", Help: "Blob requests served to peers.",
+	})
+	m.FillsInFlight = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "hopless_registryd_fills_in_flight", Help: "Blob fills running now.",
+	})
+	m.FillDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "hopless_registryd_fill_duration_seconds", Help: "Time from a blob fill's start to its commit.",
+		Buckets: prometheus.ExponentialBuckets(0.01, 2, 14),
+	}, []string{"source", "result"})
+	m.FillResumes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "hopless_registryd_fill_resumes_total", Help: "Fills resumed with a Range request after a cut stream.",
+	})
+	m.VerifyFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hopless_registryd_verify_failures_total", Help: "Digest mismatches, by where they were found (fill, store).",
+	}, []string{"where"})
+	m.Evictions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hopless_registryd_evictions_total", Help: "Blobs and manifests removed, by reason (size, ttl).",
+	}, []string{"reason"})
+	m.EvictedBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hopless_registryd_evicted_bytes_total", Help: "Bytes removed, by reason (size, ttl).",
+	}, []string{"reason"})
+	m.StoreBytes = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "hopless_registryd_store_bytes", Help: "Bytes of cached content.",
+	})
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.HTTPRequests,
-		m.HTTPResponseBytes,
+		m.HTTPRequests, m.HTTPResponseBytes,
+		m.CacheHits, m.CacheMisses, m.StaleTags,
+		m.UpstreamRequests, m.UpstreamBytes,
+		m.PeerFills, m.PeerRequests,
+		m.FillsInFlight, m.FillDuration, m.FillResumes, m.VerifyFailures,
+		m.Evictions, m.EvictedBytes, m.StoreBytes,
 	)
 	return m
 }

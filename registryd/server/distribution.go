@@ -8,30 +8,44 @@ import (
 
 	"github.com/distribution/distribution/v3/configuration"
 	"github.com/distribution/distribution/v3/registry/handlers"
-	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	"github.com/sirupsen/logrus"
 
+	// Client authentication backends, looked up by name in the configuration.
+	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd"
+	_ "github.com/distribution/distribution/v3/registry/auth/token"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
+
 	"github.com/hopless/hopless/conf"
+	"github.com/hopless/hopless/registryd/cache"
 )
 
-// distributionConfig is the distribution configuration for a single-upstream
-// pull-through cache on the filesystem. user and pass may be empty.
-func distributionConfig(cfg *conf.Registryd, user, pass string) *configuration.Configuration {
-	up := cfg.Upstream[0]
-	ttl := up.TTL.Duration
+// distributionConfig embeds distribution for its API routing, error format and
+// client auth. Content never touches distribution's storage: the cache middleware
+// wraps the namespace and serves every repository from our store, so distribution's
+// own driver is an unused in-memory one.
+func distributionConfig(cfg *conf.Registryd, c *cache.Cache) *configuration.Configuration {
 	dc := &configuration.Configuration{
 		Version: configuration.MajorMinorVersion(0, 1),
 		Storage: configuration.Storage{
-			"filesystem": configuration.Parameters{"rootdirectory": cfg.Storage.Root},
-			"delete":     configuration.Parameters{"enabled": false},
-			"cache":      configuration.Parameters{"blobdescriptor": "inmemory"},
+			"inmemory": configuration.Parameters{},
+			"delete":   configuration.Parameters{"enabled": false},
+			"maintenance": configuration.Parameters{
+				"uploadpurging": map[any]any{"enabled": false},
+				"readonly":      map[any]any{"enabled": true},
+			},
 		},
-		Proxy: configuration.Proxy{
-			RemoteURL: up.URL,
-			Username:  user,
-			Password:  pass,
-			TTL:       &ttl,
+		Middleware: map[string][]configuration.Middleware{
+			"registry": {{Name: cache.MiddlewareName, Options: configuration.Parameters{cache.OptionCache: c}}},
 		},
+	}
+	switch {
+	case cfg.Auth.Htpasswd != "":
+		dc.Auth = configuration.Auth{"htpasswd": configuration.Parameters{"realm": "registryd", "path": cfg.Auth.Htpasswd}}
+	case cfg.Auth.Token.Realm != "":
+		t := cfg.Auth.Token
+		dc.Auth = configuration.Auth{"token": configuration.Parameters{
+			"realm": t.Realm, "service": t.Service, "issuer": t.Issuer, "rootcertbundle": t.RootCertBundle,
+		}}
 	}
 	dc.Log.Level = configuration.Loglevel(cfg.Log.Level)
 	dc.Log.Formatter = "json"
@@ -61,8 +75,8 @@ func distributionLogLevel(level string) logrus.Level {
 	}
 }
 
-// newApp builds distribution's handler. NewApp reports configuration and upstream
-// problems by panicking; they come back here as errors.
+// newApp builds distribution's handler. NewApp reports configuration problems by
+// panicking; they come back here as errors.
 func newApp(ctx context.Context, dc *configuration.Configuration) (app *handlers.App, err error) {
 	defer func() {
 		if p := recover(); p != nil {

@@ -1,13 +1,22 @@
 package server
 
 import (
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/hopless/hopless/registryd/api"
+	"github.com/hopless/hopless/registryd/cache"
 )
 
 // Request kinds, the values of the kind label and log field.
@@ -20,12 +29,10 @@ const (
 	kindOther    = "other"
 )
 
-const unsupportedBody = `{"errors":[{"code":"UNSUPPORTED","message":"registryd is a read-only pull-through cache"}]}` + "\n"
-
-// routes is the client-facing handler: health endpoints, the read-only guard and the
-// path alias in front of distribution, all wrapped in one access log and metrics record.
+// routes is the client-facing handler: health endpoints, registryd's own API, the
+// read-only guard, and input validation and routing in front of distribution, all
+// wrapped in one access log and metrics record.
 func (s *Server) routes(registry http.Handler) http.Handler {
-	up := s.cfg.Upstream[0]
 	return s.observe(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.URL.Path == "/healthz":
@@ -36,19 +43,100 @@ func (s *Server) routes(registry http.Handler) http.Handler {
 				return
 			}
 			writeText(w, http.StatusOK, "ok")
+		case strings.HasPrefix(r.URL.Path, api.Prefix):
+			s.api.ServeHTTP(w, r)
 		case isV2(r.URL.Path) && isWrite(r.Method):
 			w.Header().Set("Allow", "GET, HEAD")
-			w.Header().Set("Content-Type", "application/json; charset=utf-8")
-			w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
-			w.WriteHeader(http.StatusMethodNotAllowed)
-			_, _ = w.Write([]byte(unsupportedBody))
+			writeRegistryError(w, http.StatusMethodNotAllowed, "UNSUPPORTED", "registryd is a read-only pull-through cache")
+		case isV2(r.URL.Path):
+			req, status, code, msg := s.route(r)
+			if status != 0 {
+				writeRegistryError(w, status, code, msg)
+				return
+			}
+			if req != nil {
+				r = r.WithContext(cache.WithRequest(r.Context(), *req))
+			}
+			registry.ServeHTTP(w, r)
 		default:
-			r2 := new(http.Request)
-			*r2 = *r
-			r2.URL = rewriteURL(r.URL, up.LocalPrefix, up.Path)
-			registry.ServeHTTP(w, r2)
+			writeRegistryError(w, http.StatusNotFound, "UNSUPPORTED", "no such endpoint: "+r.URL.Path)
 		}
 	}))
+}
+
+// route validates a /v2/ request's repository name and reference and picks its
+// upstream. It returns a nil Request for routes without a repository (/v2/), or an
+// HTTP status, registry error code and message for bad input.
+func (s *Server) route(r *http.Request) (*cache.Request, int, string, string) {
+	name, kind, ref := splitV2(r.URL.Path)
+	if name == "" {
+		return nil, 0, "", ""
+	}
+	if !validName(name) {
+		return nil, http.StatusBadRequest, "NAME_INVALID", fmt.Sprintf("invalid repository name %q", name)
+	}
+	switch kind {
+	case kindBlob:
+		if _, err := digest.Parse(ref); err != nil {
+			return nil, http.StatusBadRequest, "DIGEST_INVALID", fmt.Sprintf("invalid digest %q: %v", ref, err)
+		}
+	case kindManifest:
+		if strings.Contains(ref, ":") {
+			if _, err := digest.Parse(ref); err != nil {
+				return nil, http.StatusBadRequest, "DIGEST_INVALID", fmt.Sprintf("invalid digest %q: %v", ref, err)
+			}
+		} else if !tagRE.MatchString(ref) {
+			return nil, http.StatusBadRequest, "TAG_INVALID", fmt.Sprintf("invalid tag %q", ref)
+		}
+	}
+	rt, err := s.cache.Router().Route(name, r.URL.Query().Get("ns"))
+	if err != nil {
+		if errdefs.IsPermissionDenied(err) {
+			return nil, http.StatusForbidden, "DENIED", err.Error()
+		}
+		return nil, http.StatusNotFound, "NAME_UNKNOWN", err.Error()
+	}
+	return &cache.Request{Route: rt}, 0, "", ""
+}
+
+var (
+	tagRE        = regexp.MustCompile(`^[\w][\w.-]{0,127}$`)
+	anchoredName = regexp.MustCompile(`^` + reference.NameRegexp.String() + `$`)
+)
+
+func validName(name string) bool {
+	return len(name) <= 255 && anchoredName.MatchString(name)
+}
+
+// splitV2 splits /v2/<name>/(manifests|blobs)/<ref> and /v2/<name>/tags/list. Blob
+// uploads and other paths have no reference.
+func splitV2(p string) (name, kind, ref string) {
+	rest, ok := strings.CutPrefix(p, "/v2/")
+	if !ok {
+		return "", "", ""
+	}
+	parts := strings.Split(rest, "/")
+	n := len(parts)
+	if n < 3 {
+		return "", "", ""
+	}
+	switch {
+	case parts[n-2] == "manifests":
+		return strings.Join(parts[:n-2], "/"), kindManifest, parts[n-1]
+	case parts[n-2] == "blobs" && parts[n-1] != "uploads":
+		return strings.Join(parts[:n-2], "/"), kindBlob, parts[n-1]
+	case parts[n-2] == "tags" && parts[n-1] == "list":
+		return strings.Join(parts[:n-2], "/"), kindTags, ""
+	}
+	return "", "", ""
+}
+
+func writeRegistryError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	w.WriteHeader(status)
+	body, _ := json.Marshal(map[string]any{"errors": []map[string]string{{"code": code, "message": msg}}})
+	_, _ = w.Write(append(body, '\n'))
 }
 
 // ready reports why the server cannot serve pulls, or nil.
@@ -56,7 +144,13 @@ func (s *Server) ready() error {
 	if s.app == nil {
 		return fmt.Errorf("distribution app is not built")
 	}
-	return checkStorage(s.cfg.Storage.Root)
+	if err := checkStorage(s.cfg.Storage.Spool); err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	if s.cfg.Storage.Driver == "filesystem" {
+		return checkStorage(s.cfg.Storage.Root)
+	}
+	return nil
 }
 
 // checkStorage verifies that root is a directory in which a file can be created.
@@ -115,7 +209,6 @@ func (s *Server) observe(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w}
-		// Taken before the alias rewrite, so the log shows what the client asked for.
 		path := r.URL.Path
 		kind := requestKind(path)
 		defer func() {

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,20 +21,34 @@ import (
 	"github.com/distribution/distribution/v3/registry/handlers"
 
 	"github.com/hopless/hopless/conf"
+	"github.com/hopless/hopless/registryd/api"
+	"github.com/hopless/hopless/registryd/cache"
+	"github.com/hopless/hopless/registryd/fill"
 	"github.com/hopless/hopless/registryd/metrics"
+	"github.com/hopless/hopless/registryd/peers"
+	"github.com/hopless/hopless/registryd/route"
+	"github.com/hopless/hopless/registryd/store"
+	"github.com/hopless/hopless/registryd/upstream"
 )
 
 const readHeaderTimeout = 10 * time.Second
 
 // Server is one registryd instance. Create it with New and start it with Run.
 type Server struct {
-	cfg       *conf.Registryd
-	log       *slog.Logger
-	metrics   *metrics.Metrics
-	tls       *tls.Config // nil when serving plain HTTP
-	app       *handlers.App
-	cancelApp context.CancelFunc
-	handler   http.Handler
+	cfg      *conf.Registryd
+	log      *slog.Logger
+	metrics  *metrics.Metrics
+	tls      *tls.Config // nil when serving plain HTTP
+	app      *handlers.App
+	handler  http.Handler
+	store    *store.Store
+	filler   *fill.Filler
+	cache    *cache.Cache
+	peers    *peers.Set
+	api      *api.API
+	bg       context.Context
+	cancelBG context.CancelFunc
+	wg       sync.WaitGroup
 
 	started   atomic.Bool
 	listening chan struct{}
@@ -62,19 +77,10 @@ func WithMetrics(m *metrics.Metrics) Option {
 	return func(o *options) { o.metrics = m }
 }
 
-// New builds a Server from a validated configuration. It does not listen yet.
-//
-// When the upstream has a CA or client certificate, New replaces http.DefaultTransport
-// with one that uses them for the upstream's origin only: distribution's proxy always
-// dials through http.DefaultTransport. The next step replaces distribution's proxy
-// with our own client, and this goes away.
-func New(ctx context.Context, cfg *conf.Registryd, opts ...Option) (*Server, error) {
-	switch {
-	case len(cfg.Upstream) == 0:
-		return nil, errors.New("upstream: exactly one [[upstream]] is required")
-	case len(cfg.Upstream) > 1:
-		return nil, fmt.Errorf("upstream[1] (%s): this version supports exactly one upstream", cfg.Upstream[1].URL)
-	}
+// New builds a Server from a validated configuration: the store, the fill engine, a
+// client per upstream, the peers, the cache middleware and distribution on top. It
+// does not listen yet and does not contact any upstream.
+func New(ctx context.Context, cfg *conf.Registryd, opts ...Option) (s *Server, err error) {
 	o := options{}
 	for _, opt := range opts {
 		opt(&o)
@@ -85,13 +91,12 @@ func New(ctx context.Context, cfg *conf.Registryd, opts ...Option) (*Server, err
 	if o.metrics == nil {
 		o.metrics = metrics.New()
 	}
-	s := &Server{
+	s = &Server{
 		cfg:       cfg,
 		log:       o.log,
 		metrics:   o.metrics,
 		listening: make(chan struct{}),
 	}
-
 	if !cfg.Server.Insecure {
 		cert, err := tls.LoadX509KeyPair(cfg.Server.TLSCert, cfg.Server.TLSKey)
 		if err != nil {
@@ -99,50 +104,92 @@ func New(ctx context.Context, cfg *conf.Registryd, opts ...Option) (*Server, err
 		}
 		s.tls = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
 	}
-	if err := os.MkdirAll(cfg.Storage.Root, 0o755); err != nil {
-		return nil, fmt.Errorf("creating storage root: %w", err)
-	}
 
-	up := cfg.Upstream[0]
-	var user, pass string
-	if up.Auth.CredentialsFile != "" {
-		var err error
-		if user, pass, err = conf.ReadCredentials(up.Auth.CredentialsFile); err != nil {
-			return nil, fmt.Errorf("reading credentials for upstream[0] %s: %w", up.URL, err)
+	s.store, err = store.New(ctx, cfg.Storage, store.WithLogger(s.log), store.WithMetrics(s.metrics))
+	if err != nil {
+		return nil, fmt.Errorf("opening storage: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = s.store.Close()
+		}
+	}()
+	var ups []*upstream.Client
+	for i, u := range cfg.Upstream {
+		c, err := upstream.New(u, upstream.WithLogger(s.log), upstream.WithMetrics(s.metrics))
+		if err != nil {
+			return nil, fmt.Errorf("upstream[%d] %s: %w", i, redact(u.URL), err)
+		}
+		ups = append(ups, c)
+	}
+	if len(cfg.Peers.Endpoints) > 0 || cfg.Peers.DNS != "" {
+		s.peers, err = peers.New(cfg.Peers, peers.WithLogger(s.log), peers.WithMetrics(s.metrics))
+		if err != nil {
+			return nil, fmt.Errorf("peers: %w", err)
 		}
 	}
-	prev := http.DefaultTransport
-	rt, replaced, err := upstreamTransport(prev, up)
-	if err != nil {
-		return nil, fmt.Errorf("configuring TLS for upstream[0] %s: %w", up.URL, err)
+	var apiToken string
+	if cfg.API.TokenFile != "" {
+		if apiToken, err = readToken(cfg.API.TokenFile); err != nil {
+			return nil, fmt.Errorf("api.token_file: %w", err)
+		}
 	}
-	// Before NewApp: it already contacts the upstream.
-	if replaced {
-		http.DefaultTransport = rt
-	}
+	s.filler = fill.New(s.store, fill.WithLogger(s.log), fill.WithMetrics(s.metrics),
+		fill.WithRetries(cfg.Cache.FillRetries, cfg.Cache.FillBackoff.Duration))
+	s.cache = cache.New(cache.Config{
+		Store: s.store, Filler: s.filler, Upstreams: ups, Router: route.New(cfg.Upstream), Peers: s.peers,
+		Log: s.log, Metrics: s.metrics, TagTTL: cfg.Cache.TagTTL.Duration, MaxManifest: int64(cfg.Cache.MaxManifestBytes),
+	})
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.bg, s.cancelBG = bg, cancel
+	s.api = api.New(bg, api.Config{Cache: s.cache, Store: s.store, Peers: s.peers, Token: apiToken, Log: s.log, Metrics: s.metrics})
 
 	configureDistributionLogging(cfg.Log.Level)
-	appCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	app, err := newApp(appCtx, distributionConfig(cfg, user, pass))
+	app, err := newApp(bg, distributionConfig(cfg, s.cache))
 	if err != nil {
 		cancel()
-		if replaced {
-			http.DefaultTransport = prev
-		}
-		return nil, fmt.Errorf("starting the cache for upstream[0] %s: %w", up.URL, err)
+		s.filler.Close()
+		return nil, fmt.Errorf("starting distribution: %w", err)
 	}
-	s.app, s.cancelApp = app, cancel
+	s.app = app
 	s.handler = s.routes(app)
 
-	s.log.Info("registryd configured",
-		"upstream", redact(up.URL),
-		"local_prefix", up.LocalPrefix,
-		"path", up.Path,
-		"ttl", up.TTL.String(),
-		"upstream_ca", up.TLS.CA,
-		"upstream_auth", user != "",
-		"storage", cfg.Storage.Root)
+	for i, u := range cfg.Upstream {
+		s.log.Info("upstream configured", "index", i, "url", redact(u.URL), "local_prefix", u.LocalPrefix, "path", u.Path,
+			"ns", u.NS, "ca", u.TLS.CA, "auth", u.Auth.CredentialsFile != "")
+	}
+	s.log.Info("registryd configured", "storage", cfg.Storage.Driver, "root", cfg.Storage.Root, "spool", cfg.Storage.Spool,
+		"max_bytes", int64(cfg.Storage.MaxBytes), "ttl", cfg.Storage.TTL.String(), "tag_ttl", cfg.Cache.TagTTL.String(),
+		"peers", s.peers != nil, "client_auth", cfg.Auth.Htpasswd != "" || cfg.Auth.Token.Realm != "", "api", apiToken != "")
 	return s, nil
+}
+
+// readToken reads a one-line secret from a file that only its owner can read.
+func readToken(path string) (string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return "", fmt.Errorf("token file %s: mode %#o is too open, want 0600", path, perm)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" || strings.ContainsAny(tok, "\r\n") {
+		return "", fmt.Errorf("token file %s: want one non-empty line", path)
+	}
+	return tok, nil
+}
+
+// background runs the peer health checks and the eviction loop until ctx ends.
+func (s *Server) background(ctx context.Context) {
+	if s.peers != nil {
+		s.wg.Go(func() { s.peers.Run(ctx) })
+	}
+	s.wg.Go(func() { s.store.RunEviction(ctx) })
 }
 
 // Run listens on Server.Listen and, when set, Metrics.Listen, and serves until ctx is
@@ -161,6 +208,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		return err
 	}
 	close(s.listening)
+	s.background(s.bg)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -233,14 +281,20 @@ func (s *Server) MetricsAddr() net.Addr {
 	}
 }
 
-// Close stops the cache: its TTL scheduler saves its state. Run calls it on return;
-// call it directly only for a Server that was never run. It is safe to call twice.
+// Close stops the background work and running fills and saves the store's index. Run
+// calls it on return; call it directly only for a Server that was never run. It is
+// safe to call twice.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
+		s.cancelBG()
+		s.wg.Wait()
+		s.filler.Close()
 		if err := s.app.Shutdown(); err != nil {
-			s.closeErr = fmt.Errorf("stopping the cache: %w", err)
+			s.closeErr = fmt.Errorf("stopping distribution: %w", err)
 		}
-		s.cancelApp()
+		if err := s.store.Close(); err != nil {
+			s.closeErr = errors.Join(s.closeErr, fmt.Errorf("closing the store: %w", err))
+		}
 	})
 	return s.closeErr
 }

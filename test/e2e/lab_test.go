@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -24,8 +25,9 @@ func hoplessLab(t *testing.T, args ...string) (string, error) {
 // TestLabCLI drives the hopless-lab binary: up, up again, seed, status, down, and
 // checks that no lab process is left.
 func TestLabCLI(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
-	if out, err := hoplessLab(t, "up", "--dir", dir, "--masters", "2", "--nodes", "1"); err != nil {
+	if out, err := hoplessLab(t, "up", "--dir", dir, "--slot", strconv.Itoa(slotLabCLI), "--masters", "2", "--nodes", "1"); err != nil {
 		t.Fatalf("up: %v\n%s", err, out)
 	}
 	l, err := lab.Open(dir)
@@ -103,16 +105,18 @@ func processesMentioning(t *testing.T, s string) []string {
 
 // TestLabBusyPort checks that up names a busy lab address and leaves nothing behind.
 func TestLabBusyPort(t *testing.T) {
-	ln, err := net.Listen("tcp", lab.MasterAddr(2))
+	t.Parallel()
+	busy := lab.MasterAddr(slotBusyPort, 2)
+	ln, err := net.Listen("tcp", busy)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
 	o := labOptions(t)
-	o.Dir, o.Masters, o.Nodes = t.TempDir(), 2, 1
+	o.Dir, o.Slot, o.Masters, o.Nodes = t.TempDir(), slotBusyPort, 2, 1
 	_, err = lab.Up(context.Background(), o)
-	if err == nil || !strings.Contains(err.Error(), lab.MasterAddr(2)+" is busy") {
-		t.Fatalf("want an error naming %s as busy, got %v", lab.MasterAddr(2), err)
+	if err == nil || !strings.Contains(err.Error(), busy+" is busy") {
+		t.Fatalf("want an error naming %s as busy, got %v", busy, err)
 	}
 	if left := processesMentioning(t, o.Dir); len(left) > 0 {
 		t.Errorf("processes left after a failed up: %v", left)

@@ -40,14 +40,27 @@ func labOptions(t testing.TB) lab.Options {
 	return lab.Options{BinDir: filepath.Join(r, "bin"), ToolsDir: filepath.Join(r, ".tools", "bin"), Mode: lab.ModeStock}
 }
 
-// upLab starts a lab that is brought down when the test ends.
-func upLab(t *testing.T, masters, nodes int) *lab.Lab {
+// Each test that starts a lab owns a slot, a loopback network of its own, so tests
+// run in parallel. Keep these unique.
+const (
+	slotLabCLI = iota
+	slotBusyPort
+	slotPullPath
+	slotBench
+)
+
+// upLab starts a lab in slot that is brought down when the test ends; tune adjusts
+// the options first.
+func upLab(t *testing.T, slot, masters, nodes int, tune ...func(*lab.Options)) *lab.Lab {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("the e2e tests run containerd and need root")
 	}
 	o := labOptions(t)
-	o.Dir, o.Masters, o.Nodes = t.TempDir(), masters, nodes
+	o.Dir, o.Slot, o.Masters, o.Nodes = t.TempDir(), slot, masters, nodes
+	for _, f := range tune {
+		f(&o)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	l, err := lab.Up(ctx, o)

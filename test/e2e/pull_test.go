@@ -11,7 +11,8 @@ import (
 // from the masters' cache, a pull with the upstream down, and a pull with a master
 // killed.
 func TestPullPath(t *testing.T) {
-	l := upLab(t, 3, 3)
+	t.Parallel()
+	l := upLab(t, slotPullPath, 3, 3)
 	repo := lab.UpstreamPath + "/e2e"
 	img := seed(t, l, repo, "v1", 3, 2<<20)
 	ref := l.PullRef(repo, "v1")

@@ -10,12 +10,13 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"runtime/debug"
 	"sync"
 	"time"
 )
 
-// AccessEntry is one request served by the upstream registry, as written to
-// its access log, one JSON object per line.
+// AccessEntry is one request served by a lab registry (the upstream or the
+// stock proxy), as written to its access log, one JSON object per line.
 type AccessEntry struct {
 	// Time is when the request arrived.
 	Time   time.Time `json:"time"`
@@ -28,6 +29,9 @@ type AccessEntry struct {
 	// Range is the request's Range header, empty if it had none.
 	Range  string `json:"range"`
 	Remote string `json:"remote"`
+	// Aborted is set when the server dropped the connection instead of
+	// completing the response: a CutAfter fault, or a handler that panicked.
+	Aborted bool `json:"aborted,omitempty"`
 }
 
 var (
@@ -67,8 +71,8 @@ func BlobGETs(entries []AccessEntry) []AccessEntry {
 	return out
 }
 
-// ReadAccessLog reads an access log written by ServeUpstream. A missing file
-// is an empty log.
+// ReadAccessLog reads an access log written by ServeUpstream or ServeProxy.
+// A missing file is an empty log.
 func ReadAccessLog(path string) ([]AccessEntry, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -148,22 +152,34 @@ func (l *accessLog) handler(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		cw := &countingWriter{ResponseWriter: w}
-		// Deferred so that a panicking handler is still logged.
+		// Deferred so that a panicking handler is still logged. net/http
+		// answers a panic by dropping the connection, so the response was
+		// aborted; the panic goes on to net/http.
 		defer func() {
+			p := recover()
 			status := cw.status
 			if status == 0 {
 				status = http.StatusOK
 			}
 			l.write(AccessEntry{
-				Time:   start.UTC(),
-				Method: r.Method,
-				Path:   r.URL.Path,
-				Query:  r.URL.RawQuery,
-				Status: status,
-				Bytes:  cw.bytes,
-				Range:  r.Header.Get("Range"),
-				Remote: r.RemoteAddr,
+				Time:    start.UTC(),
+				Method:  r.Method,
+				Path:    r.URL.Path,
+				Query:   r.URL.RawQuery,
+				Status:  status,
+				Bytes:   cw.bytes,
+				Range:   r.Header.Get("Range"),
+				Remote:  r.RemoteAddr,
+				Aborted: p != nil,
 			})
+			if p != nil {
+				if p != http.ErrAbortHandler {
+					// The stack still holds the panic's origin here; the
+					// re-panic would otherwise hide it.
+					p = fmt.Sprintf("%v\n%s", p, debug.Stack())
+				}
+				panic(p)
+			}
 		}()
 		next.ServeHTTP(cw, r)
 	})

@@ -31,8 +31,6 @@ const (
 // Fixed lab addresses. Masters are 127.0.1.N:5001; the image host is an address where
 // nothing listens, so a pull can only be served by the hosts that hosts.toml lists.
 const (
-	UpstreamAddr = "127.0.3.1:5000"
-	ImageHost    = "127.0.2.1:5001"
 	UpstreamPath = "deckhouse/ce"
 	LocalPrefix  = "system/deckhouse"
 	stateFile    = "lab.json"
@@ -41,11 +39,20 @@ const (
 	stopGrace    = 10 * time.Second
 )
 
-// MasterAddr is the listen address of master i (1-based).
-func MasterAddr(i int) string { return fmt.Sprintf("127.0.1.%d:5001", i) }
+// A slot is a separate loopback network, 127.<slot>.0.0/16, so that labs in
+// different slots can run at once (tests use this to run in parallel).
 
-// MasterMetricsAddr is the metrics address of master i (1-based).
-func MasterMetricsAddr(i int) string { return fmt.Sprintf("127.0.1.%d:9101", i) }
+// UpstreamAddr is the upstream's address in slot.
+func UpstreamAddr(slot int) string { return fmt.Sprintf("127.%d.3.1:5000", slot) }
+
+// ImageHost is the image host that nodes pull, in slot.
+func ImageHost(slot int) string { return fmt.Sprintf("127.%d.2.1:5001", slot) }
+
+// MasterAddr is the listen address of master i (1-based) in slot.
+func MasterAddr(slot, i int) string { return fmt.Sprintf("127.%d.1.%d:5001", slot, i) }
+
+// MasterMetricsAddr is the metrics address of master i (1-based) in slot.
+func MasterMetricsAddr(slot, i int) string { return fmt.Sprintf("127.%d.1.%d:9101", slot, i) }
 
 // Options say what Up starts.
 type Options struct {
@@ -53,9 +60,25 @@ type Options struct {
 	Masters int
 	Nodes   int
 	Mode    string
+	// Slot picks the loopback network 127.<slot>.0.0/16; 0 is the default.
+	Slot int
 	// BinDir holds registryd and hopless-lab; ToolsDir holds containerd-stock and crictl.
 	BinDir   string
 	ToolsDir string
+	// Registryd tunes the masters; zero values keep registryd's defaults.
+	Registryd RegistrydOptions
+}
+
+// RegistrydOptions tune the masters' registryd.toml.
+type RegistrydOptions struct {
+	// TagTTL is cache.tag_ttl, e.g. "2s".
+	TagTTL string `json:"tag_ttl,omitempty"`
+	// MaxBytes is storage.max_bytes, e.g. "64MiB".
+	MaxBytes string `json:"max_bytes,omitempty"`
+	// EvictInterval is storage.evict_interval.
+	EvictInterval string `json:"evict_interval,omitempty"`
+	// NoPeers leaves the peers section out: each master fills on its own.
+	NoPeers bool `json:"no_peers,omitempty"`
 }
 
 // Master is one registryd.
@@ -78,6 +101,7 @@ type Node struct {
 type Lab struct {
 	Dir       string   `json:"dir"`
 	Mode      string   `json:"mode"`
+	Slot      int      `json:"slot"`
 	BinDir    string   `json:"bin_dir"`
 	ToolsDir  string   `json:"tools_dir"`
 	CA        string   `json:"ca"`
@@ -85,9 +109,15 @@ type Lab struct {
 	AccessLog string   `json:"access_log"`
 	ImageHost string   `json:"image_host"`
 	Masters   []Master `json:"masters"`
-	Nodes     []Node   `json:"nodes"`
-	Procs     []*Proc  `json:"procs"`
+	// APIToken is the file holding the masters' /hopless/v1 API token.
+	APIToken  string           `json:"api_token"`
+	Registryd RegistrydOptions `json:"registryd"`
+	Nodes     []Node           `json:"nodes"`
+	Procs     []*Proc          `json:"procs"`
 }
+
+// FaultsFile is where the upstream reads the faults it injects (see WriteFaults).
+func (l *Lab) FaultsFile() string { return filepath.Join(l.Dir, "upstream", "faults.json") }
 
 // Open loads the lab recorded in dir.
 func Open(dir string) (*Lab, error) {
@@ -128,9 +158,9 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 	if err := prepareDir(dir); err != nil {
 		return nil, err
 	}
-	addrs := []string{UpstreamAddr}
+	addrs := []string{UpstreamAddr(o.Slot)}
 	for i := 1; i <= o.Masters; i++ {
-		addrs = append(addrs, MasterAddr(i), MasterMetricsAddr(i))
+		addrs = append(addrs, MasterAddr(o.Slot, i), MasterMetricsAddr(o.Slot, i))
 	}
 	for _, a := range addrs {
 		if err := checkFree(a); err != nil {
@@ -140,9 +170,12 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 	l := &Lab{
 		Dir: dir, Mode: o.Mode, BinDir: o.BinDir, ToolsDir: o.ToolsDir,
 		CA:        filepath.Join(dir, "ca", "ca.pem"),
-		Upstream:  UpstreamAddr,
+		Slot:      o.Slot,
+		Upstream:  UpstreamAddr(o.Slot),
 		AccessLog: filepath.Join(dir, "upstream", "access.log"),
-		ImageHost: ImageHost,
+		ImageHost: ImageHost(o.Slot),
+		APIToken:  filepath.Join(dir, "secrets", "api.token"),
+		Registryd: o.Registryd,
 	}
 	if err := l.up(ctx, o); err != nil {
 		if derr := l.Down(); derr != nil {
@@ -160,8 +193,11 @@ func (o *Options) check() error {
 	if o.Masters < 1 || o.Masters > 200 {
 		return fmt.Errorf("lab: --masters must be 1..200, got %d", o.Masters)
 	}
-	if o.Nodes < 1 || o.Nodes > 50 {
-		return fmt.Errorf("lab: --nodes must be 1..50, got %d", o.Nodes)
+	if o.Nodes < 0 || o.Nodes > 50 {
+		return fmt.Errorf("lab: --nodes must be 0..50, got %d", o.Nodes)
+	}
+	if o.Slot < 0 || o.Slot > 255 {
+		return fmt.Errorf("lab: --slot must be 0..255, got %d", o.Slot)
 	}
 	if o.Mode != ModeStock {
 		return fmt.Errorf("lab: --mode %q is not supported; supported: %s", o.Mode, ModeStock)
@@ -212,8 +248,15 @@ func (l *Lab) up(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	if err := l.writeSecrets(); err != nil {
+		return err
+	}
 	if err := l.startUpstream(ctx, ca); err != nil {
 		return err
+	}
+	for i := 1; i <= o.Masters; i++ {
+		l.Masters = append(l.Masters, Master{Name: fmt.Sprintf("master-%d", i), Addr: MasterAddr(l.Slot, i), Metrics: MasterMetricsAddr(l.Slot, i),
+			Log: filepath.Join(l.Dir, fmt.Sprintf("master-%d", i), "log")})
 	}
 	for i := 1; i <= o.Masters; i++ {
 		if err := l.startMaster(ctx, ca, i); err != nil {
@@ -230,13 +273,13 @@ func (l *Lab) up(ctx context.Context, o Options) error {
 
 func (l *Lab) startUpstream(ctx context.Context, ca *CA) error {
 	d := filepath.Join(l.Dir, "upstream")
-	if err := ca.Issue(d, net.ParseIP(strings.Split(UpstreamAddr, ":")[0])); err != nil {
+	if err := ca.Issue(d, net.ParseIP(strings.Split(l.Upstream, ":")[0])); err != nil {
 		return err
 	}
 	args := []string{filepath.Join(l.BinDir, "hopless-lab"), "upstream",
-		"--addr", UpstreamAddr, "--cert", filepath.Join(d, "cert.pem"), "--key", filepath.Join(d, "key.pem"),
-		"--storage", filepath.Join(d, "data"), "--access-log", l.AccessLog}
-	return l.launch(ctx, "upstream", args, filepath.Join(d, "log"), httpsReady(ca.Pool(), "https://"+UpstreamAddr+"/v2/"))
+		"--addr", l.Upstream, "--cert", filepath.Join(d, "cert.pem"), "--key", filepath.Join(d, "key.pem"),
+		"--storage", filepath.Join(d, "data"), "--access-log", l.AccessLog, "--faults", l.FaultsFile()}
+	return l.launch(ctx, "upstream", args, filepath.Join(d, "log"), httpsReady(ca.Pool(), "https://"+l.Upstream+"/v2/"))
 }
 
 func (l *Lab) proc(name string) *Proc {
@@ -251,34 +294,18 @@ func (l *Lab) proc(name string) *Proc {
 func (l *Lab) startMaster(ctx context.Context, ca *CA, i int) error {
 	name := fmt.Sprintf("master-%d", i)
 	d := filepath.Join(l.Dir, name)
-	addr := MasterAddr(i)
+	addr := MasterAddr(l.Slot, i)
 	if err := ca.Issue(d, net.ParseIP(strings.Split(addr, ":")[0])); err != nil {
 		return err
 	}
-	cfg := fmt.Sprintf(`# registryd of lab %s
-[server]
-listen = %q
-tls_cert = "cert.pem"
-tls_key = "key.pem"
-
-[metrics]
-listen = %q
-
-[storage]
-root = "data"
-
-[[upstream]]
-url = "https://%s"
-local_prefix = %q
-path = %q
-[upstream.tls]
-ca = %q
-`, name, addr, MasterMetricsAddr(i), UpstreamAddr, LocalPrefix, UpstreamPath, l.CA)
-	conf := filepath.Join(d, "registryd.toml")
-	if err := writeFile(conf, []byte(cfg), 0o644); err != nil {
+	cfg, err := l.registrydConfig(name, i)
+	if err != nil {
 		return err
 	}
-	l.Masters = append(l.Masters, Master{Name: name, Addr: addr, Metrics: MasterMetricsAddr(i), Log: filepath.Join(d, "log")})
+	conf := filepath.Join(d, "registryd.toml")
+	if err := writeFile(conf, cfg, 0o644); err != nil {
+		return err
+	}
 	args := []string{filepath.Join(l.BinDir, "registryd"), "serve", "--config", conf}
 	return l.launch(ctx, name, args, filepath.Join(d, "log"), httpsReady(ca.Pool(), "https://"+addr+"/readyz"))
 }

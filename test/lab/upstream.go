@@ -28,11 +28,15 @@ type UpstreamOptions struct {
 	// AccessLog is the file that every request is appended to as one JSON
 	// line (see AccessEntry). Empty means no access log.
 	AccessLog string
+	// FaultsFile is a JSON Faults file, read again whenever it changes, that
+	// makes the upstream slow or failing (see Faults). It need not exist.
+	// Empty means no faults.
+	FaultsFile string
 	// Ready, if set, is called with the bound address once listening.
 	Ready func(addr string)
 }
 
-const upstreamShutdownTimeout = 5 * time.Second
+const shutdownTimeout = 5 * time.Second
 
 // ServeUpstream runs a plain (non-proxy) distribution registry over TLS until
 // ctx is cancelled, then shuts it down gracefully. It returns nil after a
@@ -51,38 +55,56 @@ func ServeUpstream(ctx context.Context, o UpstreamOptions) error {
 		return fmt.Errorf("upstream: load TLS key pair %s, %s: %w", o.CertFile, o.KeyFile, err)
 	}
 
-	// distribution logs through the logrus standard logger and offers no
-	// per-app logger, so the level can only be set process-wide.
-	if logrus.GetLevel() > logrus.WarnLevel {
-		logrus.SetLevel(logrus.WarnLevel)
+	ln, err := net.Listen("tcp", o.Addr)
+	if err != nil {
+		return fmt.Errorf("upstream: listen on %s: %w", o.Addr, err)
 	}
-	app, err := newUpstreamApp(ctx, o.StorageDir)
+	defer ln.Close()
+
+	quietRegistryLogs()
+	app, err := newRegistryApp(ctx, "upstream", o.StorageDir, configuration.Proxy{})
 	if err != nil {
 		return err
 	}
 	defer app.Shutdown()
 
 	var handler http.Handler = app
-	var alog *accessLog
-	if o.AccessLog != "" {
-		if alog, err = openAccessLog(o.AccessLog); err != nil {
-			return fmt.Errorf("upstream: %w", err)
-		}
-		handler = alog.handler(app)
+	if o.FaultsFile != "" {
+		handler = newFaultInjector(o.FaultsFile, ctx.Done()).handler(handler)
 	}
+	return serveLogged(ctx, "upstream", ln, o.AccessLog, o.Ready, handler, cert)
+}
 
-	err = serveTLS(ctx, o, handler, cert)
+// quietRegistryLogs keeps distribution's info logs out of the lab's logs.
+// distribution logs through the logrus standard logger and offers no
+// per-app logger, so the level can only be set process-wide.
+func quietRegistryLogs() {
+	if logrus.GetLevel() > logrus.WarnLevel {
+		logrus.SetLevel(logrus.WarnLevel)
+	}
+}
+
+// serveLogged serves h on ln over TLS until ctx is cancelled, each request
+// logged to logFile if it is set. who prefixes its errors.
+func serveLogged(ctx context.Context, who string, ln net.Listener, logFile string, ready func(string), h http.Handler, cert tls.Certificate) error {
+	var alog *accessLog
+	if logFile != "" {
+		var err error
+		if alog, err = openAccessLog(logFile); err != nil {
+			return fmt.Errorf("%s: %w", who, err)
+		}
+		h = alog.handler(h)
+	}
+	err := serveTLS(ctx, who, ln, ready, h, cert)
 	if alog != nil {
 		err = errors.Join(err, alog.close())
 	}
 	return err
 }
 
-func serveTLS(ctx context.Context, o UpstreamOptions, h http.Handler, cert tls.Certificate) error {
-	ln, err := net.Listen("tcp", o.Addr)
-	if err != nil {
-		return fmt.Errorf("upstream: listen on %s: %w", o.Addr, err)
-	}
+// serveTLS serves h on ln until ctx is cancelled, then shuts down within
+// shutdownTimeout. It returns nil after a clean shutdown.
+func serveTLS(ctx context.Context, who string, ln net.Listener, ready func(string), h http.Handler, cert tls.Certificate) error {
 	addr := ln.Addr().String()
 	srv := &http.Server{
 		Handler: h,
@@ -94,34 +116,36 @@ func serveTLS(ctx context.Context, o UpstreamOptions, h http.Handler, cert tls.C
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
-	if o.Ready != nil {
-		o.Ready(addr)
+	if ready != nil {
+		ready(addr)
 	}
 
 	select {
 	case err := <-errc:
-		return fmt.Errorf("upstream: serve on %s: %w", addr, err)
+		return fmt.Errorf("%s: serve on %s: %w", who, addr, err)
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), upstreamShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		srv.Close()
 		<-errc
-		return fmt.Errorf("upstream: shut down %s: %w", addr, err)
+		return fmt.Errorf("%s: shut down %s: %w", who, addr, err)
 	}
 	<-errc
 	return nil
 }
 
-// newUpstreamApp builds the distribution app. NewApp reports bad
+// newRegistryApp builds a distribution app with filesystem storage under
+// storageDir, deletes enabled, and a random HTTP secret; with proxy.RemoteURL
+// set it is distribution's pull-through cache. NewApp reports bad
 // configuration by panicking; that becomes an error here.
-func newUpstreamApp(ctx context.Context, storageDir string) (app *handlers.App, err error) {
+func newRegistryApp(ctx context.Context, who, storageDir string, proxy configuration.Proxy) (app *handlers.App, err error) {
 	secret := make([]byte, 16)
 	if _, err := rand.Read(secret); err != nil {
-		return nil, fmt.Errorf("upstream: generate HTTP secret: %w", err)
+		return nil, fmt.Errorf("%s: generate HTTP secret: %w", who, err)
 	}
-	cfg := &configuration.Configuration{}
+	cfg := &configuration.Configuration{Proxy: proxy}
 	cfg.Log.Level = "warn"
 	cfg.HTTP.Secret = hex.EncodeToString(secret)
 	cfg.Storage = configuration.Storage{
@@ -136,7 +160,7 @@ func newUpstreamApp(ctx context.Context, storageDir string) (app *handlers.App, 
 
 	defer func() {
 		if r := recover(); r != nil {
-			app, err = nil, fmt.Errorf("upstream: create registry with storage %s: %v", storageDir, r)
+			app, err = nil, fmt.Errorf("%s: create registry with storage %s: %v", who, storageDir, r)
 		}
 	}()
 	// The app outlives ctx while in-flight requests drain; app.Shutdown ends it.

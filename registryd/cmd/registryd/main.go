@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -52,6 +53,23 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				},
 				Action: func(c *cli.Context) error {
 					return serve(c.Context, c.String("config"), stderr)
+				},
+			},
+			{
+				Name:      "prefetch",
+				Usage:     "warm the running registryd's cache with images and show progress",
+				ArgsUsage: "IMAGE...",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "registryd.toml `FILE`", Required: true},
+					&cli.DurationFlag{Name: "timeout", Value: time.Hour, Usage: "give up after this long"},
+				},
+				Action: func(c *cli.Context) error {
+					if c.NArg() == 0 {
+						return fmt.Errorf("prefetch: name at least one IMAGE, e.g. system/deckhouse/install:v1")
+					}
+					ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
+					defer cancel()
+					return prefetch(ctx, c.String("config"), c.Args().Slice(), stdout)
 				},
 			},
 			{

@@ -35,13 +35,17 @@ func newApp() *cli.App {
 					&cli.IntFlag{Name: "masters", Value: 3},
 					&cli.IntFlag{Name: "nodes", Value: 1},
 					&cli.StringFlag{Name: "mode", Value: lab.ModeStock, Usage: "node mode: stock"},
+					&cli.IntFlag{Name: "slot", Usage: "loopback network 127.SLOT.0.0/16, to run several labs at once"},
+					&cli.StringFlag{Name: "tag-ttl", Usage: "masters' cache.tag_ttl (default registryd's)"},
+					&cli.StringFlag{Name: "max-bytes", Usage: "masters' storage.max_bytes (default unbounded)"},
 				},
 				Action: func(c *cli.Context) error {
 					o, err := options(c)
 					if err != nil {
 						return err
 					}
-					o.Dir, o.Masters, o.Nodes, o.Mode = c.String("dir"), c.Int("masters"), c.Int("nodes"), c.String("mode")
+					o.Dir, o.Masters, o.Nodes, o.Mode, o.Slot = c.String("dir"), c.Int("masters"), c.Int("nodes"), c.String("mode"), c.Int("slot")
+					o.Registryd.TagTTL, o.Registryd.MaxBytes = c.String("tag-ttl"), c.String("max-bytes")
 					l, err := lab.Up(c.Context, o)
 					if err != nil {
 						return err
@@ -188,11 +192,34 @@ func newApp() *cli.App {
 					&cli.StringFlag{Name: "key", Required: true},
 					&cli.StringFlag{Name: "storage", Required: true},
 					&cli.StringFlag{Name: "access-log", Required: true},
+					&cli.StringFlag{Name: "faults", Usage: "JSON faults file, read again whenever it changes (see lab.Faults)"},
 				},
 				Action: func(c *cli.Context) error {
 					return lab.ServeUpstream(c.Context, lab.UpstreamOptions{
 						Addr: c.String("addr"), CertFile: c.String("cert"), KeyFile: c.String("key"),
 						StorageDir: c.String("storage"), AccessLog: c.String("access-log"),
+						FaultsFile: c.String("faults"),
+					})
+				},
+			},
+			{
+				Name:   "proxy",
+				Usage:  "serve distribution's own pull-through cache, the baseline for registryd",
+				Hidden: true,
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "addr", Required: true},
+					&cli.StringFlag{Name: "cert", Required: true},
+					&cli.StringFlag{Name: "key", Required: true},
+					&cli.StringFlag{Name: "storage", Required: true},
+					&cli.StringFlag{Name: "remote", Usage: "registry to cache, https://host:port", Required: true},
+					&cli.StringFlag{Name: "remote-ca", Usage: "PEM CA file trusted for --remote besides the system roots"},
+					&cli.StringFlag{Name: "access-log", Usage: "JSON access log file"},
+				},
+				Action: func(c *cli.Context) error {
+					return lab.ServeProxy(c.Context, lab.ProxyOptions{
+						Addr: c.String("addr"), CertFile: c.String("cert"), KeyFile: c.String("key"),
+						StorageDir: c.String("storage"), RemoteURL: c.String("remote"), RemoteCA: c.String("remote-ca"),
+						AccessLog: c.String("access-log"),
 					})
 				},
 			},

@@ -1,0 +1,298 @@
+// Package api serves registryd's own endpoints under /hopless/v1/: the peer blob
+// endpoint that other masters fill from, the pins that the NRI plugin reports, and
+// prefetch jobs. Peer requests authenticate with the peers' shared token; pins and
+// prefetch with the API token. Neither token is ever logged.
+package api
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
+	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/hopless/hopless/registryd/cache"
+	"github.com/hopless/hopless/registryd/metrics"
+	"github.com/hopless/hopless/registryd/peers"
+	"github.com/hopless/hopless/registryd/route"
+	"github.com/hopless/hopless/registryd/store"
+)
+
+// Prefix is the path prefix of every endpoint here.
+const Prefix = "/hopless/v1/"
+
+const (
+	maxBodyBytes = 1 << 20
+	maxJobs      = 100
+	maxImages    = 1000
+)
+
+// API handles /hopless/v1/.
+type API struct {
+	cache   *cache.Cache
+	store   *store.Store
+	peers   *peers.Set // nil: no peer endpoint
+	token   string     // empty: pins and prefetch are off
+	log     *slog.Logger
+	metrics *metrics.Metrics
+	// ctx is the server's lifetime; prefetch jobs run on it.
+	ctx context.Context
+
+	mu     sync.Mutex
+	jobs   map[string]*job
+	order  []string
+	nextID int
+}
+
+// Config carries what the API needs.
+type Config struct {
+	Cache   *cache.Cache
+	Store   *store.Store
+	Peers   *peers.Set
+	Token   string
+	Log     *slog.Logger
+	Metrics *metrics.Metrics
+}
+
+// New builds the API; prefetch jobs run until ctx ends.
+func New(ctx context.Context, c Config) *API {
+	return &API{cache: c.Cache, store: c.Store, peers: c.Peers, token: c.Token, log: c.Log, metrics: c.Metrics, ctx: ctx, jobs: map[string]*job{}}
+}
+
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p := strings.TrimPrefix(r.URL.Path, "/hopless/v1")
+	switch {
+	case p == "/peer/blob" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
+		a.peerBlob(w, r)
+	case p == "/pins" && r.Method == http.MethodPut:
+		a.authorized(a.putPins)(w, r)
+	case p == "/prefetch" && r.Method == http.MethodPost:
+		a.authorized(a.startPrefetch)(w, r)
+	case strings.HasPrefix(p, "/prefetch/") && r.Method == http.MethodGet:
+		a.authorized(a.getPrefetch)(w, r)
+	default:
+		writeError(w, http.StatusNotFound, errcode.ErrorCodeUnsupported.WithMessage("no such endpoint: "+r.Method+" "+r.URL.Path))
+	}
+}
+
+// authorized requires the API bearer token.
+func (a *API) authorized(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if a.token == "" {
+			writeError(w, http.StatusNotFound, errcode.ErrorCodeUnsupported.WithMessage("the API is disabled: api.token_file is not set"))
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(a.token)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="hopless"`)
+			writeError(w, http.StatusUnauthorized, errcode.ErrorCodeUnauthorized.WithMessage("a valid API bearer token is required"))
+			return
+		}
+		next(w, r)
+	}
+}
+
+// peerBlob serves a blob to another master. It never asks a peer in turn.
+func (a *API) peerBlob(w http.ResponseWriter, r *http.Request) {
+	if a.peers == nil || !a.peers.Authenticate(r) {
+		writeError(w, http.StatusUnauthorized, errcode.ErrorCodeUnauthorized.WithMessage("a valid peer token is required"))
+		return
+	}
+	a.metrics.PeerRequests.Inc()
+	q := r.URL.Query()
+	idx, ok := a.cache.Router().UpstreamByHost(q.Get("upstream"))
+	if !ok {
+		writeError(w, http.StatusNotFound, errcode.ErrorCodeNameUnknown.WithMessage(fmt.Sprintf("upstream %q is not configured here", q.Get("upstream"))))
+		return
+	}
+	repo := q.Get("repo")
+	if !validRepo(repo) {
+		writeError(w, http.StatusBadRequest, errcode.ErrorCodeNameInvalid.WithMessage(fmt.Sprintf("invalid repository name %q", repo)))
+		return
+	}
+	d, err := digest.Parse(q.Get("digest"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, errcode.ErrorCodeDigestInvalid.WithMessage(fmt.Sprintf("invalid digest %q: %v", q.Get("digest"), err)))
+		return
+	}
+	req := cache.Request{Route: route.Route{Upstream: idx, Repo: repo}, FromPeer: true}
+	if err := a.cache.ServeBlob(r.Context(), w, r, req, d); err != nil {
+		writeRegistryError(w, err)
+	}
+}
+
+// Pins is the body of PUT /hopless/v1/pins: the images in use on one node. Each call
+// replaces that node's previous pins.
+type Pins struct {
+	Source string `json:"source"`
+	Images []struct {
+		Image  string `json:"image"`
+		Digest string `json:"digest"`
+	} `json:"images"`
+}
+
+var sourceRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$`)
+
+func (a *API) putPins(w http.ResponseWriter, r *http.Request) {
+	var p Pins
+	if err := decodeBody(r, &p); err != nil {
+		writeError(w, http.StatusBadRequest, errcode.ErrorCodeUnknown.WithMessage("bad pins body: "+err.Error()))
+		return
+	}
+	if !sourceRE.MatchString(p.Source) {
+		writeError(w, http.StatusBadRequest, errcode.ErrorCodeUnknown.WithMessage(fmt.Sprintf("bad pins source %q: want a node name", p.Source)))
+		return
+	}
+	if len(p.Images) > maxImages {
+		writeError(w, http.StatusBadRequest, errcode.ErrorCodeUnknown.WithMessage(fmt.Sprintf("too many pinned images: %d > %d", len(p.Images), maxImages)))
+		return
+	}
+	var ds []digest.Digest
+	for i, im := range p.Images {
+		d, err := digest.Parse(im.Digest)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, errcode.ErrorCodeDigestInvalid.WithMessage(fmt.Sprintf("images[%d].digest %q: %v", i, im.Digest, err)))
+			return
+		}
+		ds = append(ds, d)
+	}
+	if err := a.store.SetPins(r.Context(), p.Source, ds); err != nil {
+		writeRegistryError(w, err)
+		return
+	}
+	a.log.Info("pins replaced", "source", p.Source, "images", len(ds))
+	writeJSON(w, http.StatusOK, map[string]any{"source": p.Source, "pinned": len(ds)})
+}
+
+type job struct {
+	ID     string            `json:"id"`
+	Images []*cache.Progress `json:"images"`
+	Done   bool              `json:"done"`
+}
+
+// PrefetchRequest is the body of POST /hopless/v1/prefetch.
+type PrefetchRequest struct {
+	Images []string `json:"images"`
+}
+
+func (a *API) startPrefetch(w http.ResponseWriter, r *http.Request) {
+	var req PrefetchRequest
+	if err := decodeBody(r, &req); err != nil {
+		writeError(w, http.StatusBadRequest, errcode.ErrorCodeUnknown.WithMessage("bad prefetch body: "+err.Error()))
+		return
+	}
+	if len(req.Images) == 0 || len(req.Images) > maxImages {
+		writeError(w, http.StatusBadRequest, errcode.ErrorCodeUnknown.WithMessage(fmt.Sprintf("want 1..%d images, got %d", maxImages, len(req.Images))))
+		return
+	}
+	a.mu.Lock()
+	a.nextID++
+	j := &job{ID: strconv.Itoa(a.nextID)}
+	for _, im := range req.Images {
+		j.Images = append(j.Images, &cache.Progress{Image: im})
+	}
+	a.jobs[j.ID] = j
+	a.order = append(a.order, j.ID)
+	if len(a.order) > maxJobs {
+		delete(a.jobs, a.order[0])
+		a.order = a.order[1:]
+	}
+	snap := a.snapshot(j)
+	a.mu.Unlock()
+
+	go a.runPrefetch(j, req.Images)
+	a.log.Info("prefetch started", "job", j.ID, "images", len(req.Images))
+	writeJSON(w, http.StatusAccepted, snap)
+}
+
+func (a *API) runPrefetch(j *job, images []string) {
+	var wg sync.WaitGroup
+	for i, im := range images {
+		wg.Go(func() {
+			err := a.cache.Prefetch(a.ctx, im, func(p cache.Progress) {
+				a.mu.Lock()
+				*j.Images[i] = p
+				a.mu.Unlock()
+			})
+			if err != nil {
+				a.log.Warn("prefetch failed", "job", j.ID, "image", im, "error", err)
+			}
+		})
+	}
+	wg.Wait()
+	a.mu.Lock()
+	j.Done = true
+	a.mu.Unlock()
+	a.log.Info("prefetch finished", "job", j.ID)
+}
+
+func (a *API) getPrefetch(w http.ResponseWriter, r *http.Request) {
+	id := strings.TrimPrefix(r.URL.Path, "/hopless/v1/prefetch/")
+	a.mu.Lock()
+	j, ok := a.jobs[id]
+	var snap job
+	if ok {
+		snap = a.snapshot(j)
+	}
+	a.mu.Unlock()
+	if !ok {
+		writeError(w, http.StatusNotFound, errcode.ErrorCodeUnknown.WithMessage(fmt.Sprintf("no prefetch job %q", id)))
+		return
+	}
+	writeJSON(w, http.StatusOK, snap)
+}
+
+// snapshot copies a job; a.mu must be held.
+func (a *API) snapshot(j *job) job {
+	s := job{ID: j.ID, Done: j.Done}
+	for _, p := range j.Images {
+		c := *p
+		s.Images = append(s.Images, &c)
+	}
+	return s
+}
+
+func validRepo(name string) bool {
+	return len(name) <= 255 && reference.NameRegexp.MatchString(name) && anchoredName.MatchString(name)
+}
+
+var anchoredName = regexp.MustCompile(`^` + reference.NameRegexp.String() + `$`)
+
+func decodeBody(r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxBodyBytes))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data after the JSON object")
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, e errcode.Error) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(errcode.Errors{e})
+}
+
+// writeRegistryError writes an error from the cache with the status its code carries.
+func writeRegistryError(w http.ResponseWriter, err error) {
+	_ = errcode.ServeJSON(w, err)
+}

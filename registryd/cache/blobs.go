@@ -1,0 +1,212 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/distribution/distribution/v3"
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// blobs is a read-only BlobStore over the cache.
+type blobs struct {
+	cache *Cache
+	req   Request
+}
+
+var _ distribution.BlobStore = (*blobs)(nil)
+
+func blobDescriptor(d digest.Digest, size int64) v1.Descriptor {
+	return v1.Descriptor{Digest: d, Size: size, MediaType: "application/octet-stream"}
+}
+
+// Stat answers from the store, or starts the fill and waits for the size that the
+// first upstream response gives: a HEAD is usually followed by a GET.
+func (b *blobs) Stat(ctx context.Context, d digest.Digest) (v1.Descriptor, error) {
+	if size, err := b.cache.store.StatBlob(ctx, d); err == nil {
+		return blobDescriptor(d, size), nil
+	} else if !errdefs.IsNotFound(err) {
+		return v1.Descriptor{}, registryError(err)
+	}
+	size, err := b.cache.fillBlob(b.req, d).Size(ctx)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return v1.Descriptor{}, distribution.ErrBlobUnknown
+		}
+		return v1.Descriptor{}, registryError(err)
+	}
+	return blobDescriptor(d, size), nil
+}
+
+func (b *blobs) Get(ctx context.Context, d digest.Digest) ([]byte, error) {
+	rc, err := b.Open(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return io.ReadAll(rc)
+}
+
+// Open returns the stored blob, filling it first if needed.
+func (b *blobs) Open(ctx context.Context, d digest.Digest) (io.ReadSeekCloser, error) {
+	rs, _, err := b.cache.store.OpenBlob(ctx, d)
+	if err == nil {
+		return rs, nil
+	}
+	if !errdefs.IsNotFound(err) {
+		return nil, registryError(err)
+	}
+	fl := b.cache.fillBlob(b.req, d)
+	select {
+	case <-fl.Done():
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if err := fl.Err(); err != nil {
+		if errdefs.IsNotFound(err) {
+			return nil, distribution.ErrBlobUnknown
+		}
+		return nil, registryError(err)
+	}
+	rs, _, err = b.cache.store.OpenBlob(ctx, d)
+	if err != nil {
+		return nil, registryError(err)
+	}
+	return rs, nil
+}
+
+// ServeBlob serves a cached blob with http.ServeContent (Range and HEAD included), or
+// streams it from the running fill as its bytes arrive.
+func (b *blobs) ServeBlob(ctx context.Context, w http.ResponseWriter, r *http.Request, d digest.Digest) error {
+	return b.cache.ServeBlob(ctx, w, r, b.req, d)
+}
+
+// ServeBlob serves blob d for req; the peer endpoint calls it directly.
+func (c *Cache) ServeBlob(ctx context.Context, w http.ResponseWriter, r *http.Request, req Request, d digest.Digest) error {
+	setBlobHeaders(w, d)
+	rs, _, err := c.store.OpenBlob(ctx, d)
+	if err == nil {
+		defer rs.Close()
+		c.metrics.CacheHits.WithLabelValues("blob").Inc()
+		http.ServeContent(w, r, "", time.Time{}, rs)
+		return nil
+	}
+	if !errdefs.IsNotFound(err) {
+		return registryError(err)
+	}
+	c.metrics.CacheMisses.WithLabelValues("blob").Inc()
+	fl := c.fillBlob(req, d)
+	size, err := fl.Size(ctx)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return distribution.ErrBlobUnknown
+		}
+		return registryError(err)
+	}
+	start, end, partial, ok := parseRange(r.Header.Get("Range"), size)
+	if !ok {
+		w.Header().Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
+		http.Error(w, "requested range not satisfiable", http.StatusRequestedRangeNotSatisfiable)
+		return nil
+	}
+	w.Header().Set("Content-Length", strconv.FormatInt(end-start, 10))
+	status := http.StatusOK
+	if partial {
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end-1, size))
+		status = http.StatusPartialContent
+	}
+	w.WriteHeader(status)
+	if r.Method == http.MethodHead || end == start {
+		return nil
+	}
+	rd, err := fl.Reader(ctx, start)
+	if err != nil {
+		abort(c, d, err)
+	}
+	defer rd.Close()
+	if _, err := io.CopyN(w, rd, end-start); err != nil {
+		abort(c, d, err)
+	}
+	return nil
+}
+
+// abort ends a response whose headers are sent: the client sees a cut connection,
+// never a short or unverified blob that looks complete.
+func abort(c *Cache, d digest.Digest, err error) {
+	c.log.Warn("aborting blob response", "digest", d, "error", err)
+	panic(http.ErrAbortHandler)
+}
+
+func setBlobHeaders(w http.ResponseWriter, d digest.Digest) {
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Docker-Content-Digest", d.String())
+	h.Set("Etag", `"`+d.String()+`"`)
+	h.Set("Cache-Control", "max-age=31536000")
+	h.Set("Accept-Ranges", "bytes")
+}
+
+// parseRange reads a single "bytes=a-b", "bytes=a-" or "bytes=-n" range; anything
+// else (including multiple ranges) is served whole, which RFC 9110 allows. It returns
+// the half-open interval [start, end).
+func parseRange(h string, size int64) (start, end int64, partial, ok bool) {
+	if h == "" {
+		return 0, size, false, true
+	}
+	spec, found := strings.CutPrefix(h, "bytes=")
+	if !found || strings.Contains(spec, ",") {
+		return 0, size, false, true
+	}
+	a, bs, found := strings.Cut(spec, "-")
+	if !found {
+		return 0, size, false, true
+	}
+	if a == "" {
+		n, err := strconv.ParseInt(bs, 10, 64)
+		if err != nil || n <= 0 {
+			return 0, 0, false, false
+		}
+		if n > size {
+			n = size
+		}
+		return size - n, size, true, true
+	}
+	s, err := strconv.ParseInt(a, 10, 64)
+	if err != nil || s < 0 || s >= size {
+		return 0, 0, false, false
+	}
+	e := size
+	if bs != "" {
+		v, err := strconv.ParseInt(bs, 10, 64)
+		if err != nil || v < s {
+			return 0, 0, false, false
+		}
+		if v+1 < size {
+			e = v + 1
+		}
+	}
+	return s, e, true, true
+}
+
+func (b *blobs) Put(context.Context, string, []byte) (v1.Descriptor, error) {
+	return v1.Descriptor{}, distribution.ErrUnsupported
+}
+
+func (b *blobs) Create(context.Context, ...distribution.BlobCreateOption) (distribution.BlobWriter, error) {
+	return nil, distribution.ErrUnsupported
+}
+
+func (b *blobs) Resume(context.Context, string) (distribution.BlobWriter, error) {
+	return nil, distribution.ErrUnsupported
+}
+
+func (b *blobs) Delete(context.Context, digest.Digest) error {
+	return distribution.ErrUnsupported
+}

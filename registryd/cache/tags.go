@@ -1,0 +1,101 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/containerd/errdefs"
+	"github.com/distribution/distribution/v3"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/hopless/hopless/registryd/store"
+)
+
+// tags resolves tags through the cache: a tag is served from the store for TagTTL
+// after upstream last confirmed it; then upstream is asked once for all concurrent
+// callers; if upstream cannot be asked, the last known tag is served (stale-if-error).
+type tags struct {
+	cache *Cache
+	req   Request
+}
+
+var _ distribution.TagService = (*tags)(nil)
+
+type tagResult struct {
+	desc v1.Descriptor
+}
+
+func (t *tags) Get(ctx context.Context, tag string) (v1.Descriptor, error) {
+	desc, err := t.cache.resolveTag(ctx, t.req, tag)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return v1.Descriptor{}, distribution.ErrTagUnknown{Tag: tag}
+		}
+		return v1.Descriptor{}, registryError(err)
+	}
+	return desc, nil
+}
+
+func (c *Cache) resolveTag(ctx context.Context, req Request, tag string) (v1.Descriptor, error) {
+	up, err := c.upstreamFor(req)
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	cached, cerr := c.store.GetTag(ctx, up.Host(), req.Route.Repo, tag)
+	if cerr == nil && c.now().Sub(cached.Validated) < c.tagTTL {
+		c.metrics.CacheHits.WithLabelValues("tag").Inc()
+		return tagDescriptor(cached), nil
+	}
+	if cerr != nil && !errdefs.IsNotFound(cerr) {
+		return v1.Descriptor{}, cerr
+	}
+	c.metrics.CacheMisses.WithLabelValues("tag").Inc()
+	key := up.Host() + "/" + req.Route.Repo + ":" + tag
+	res, err := c.tagCalls.do(ctx, key, func() (tagResult, error) {
+		lctx, cancel := context.WithTimeout(context.Background(), c.lookupTimeout)
+		defer cancel()
+		return c.revalidateTag(lctx, req, tag)
+	})
+	if err == nil {
+		return res.desc, nil
+	}
+	if cerr == nil && upstreamUnavailable(err) {
+		c.metrics.StaleTags.Inc()
+		c.log.Warn("upstream unavailable, serving the last known tag", "upstream", up.Host(), "repo", req.Route.Repo, "tag", tag,
+			"digest", cached.Digest, "validated", cached.Validated, "error", err)
+		return tagDescriptor(cached), nil
+	}
+	return v1.Descriptor{}, err
+}
+
+// revalidateTag asks upstream what tag points to, makes sure that manifest is cached,
+// and records the tag.
+func (c *Cache) revalidateTag(ctx context.Context, req Request, tag string) (tagResult, error) {
+	up := c.upstreams[req.Route.Upstream]
+	desc, err := up.HeadManifest(ctx, req.Route.Repo, tag, c.maxManifest)
+	if err != nil {
+		return tagResult{}, fmt.Errorf("resolving %s:%s at %s: %w", req.Route.Repo, tag, up.Host(), err)
+	}
+	if _, err := c.manifest(ctx, req, desc.Digest); err != nil {
+		return tagResult{}, err
+	}
+	rec := store.Tag{Digest: desc.Digest, MediaType: desc.MediaType, Size: desc.Size, Validated: c.now()}
+	if err := c.store.PutTag(ctx, up.Host(), req.Route.Repo, tag, rec); err != nil {
+		return tagResult{}, fmt.Errorf("caching tag %s:%s: %w", req.Route.Repo, tag, err)
+	}
+	return tagResult{desc: tagDescriptor(rec)}, nil
+}
+
+func tagDescriptor(t store.Tag) v1.Descriptor {
+	return v1.Descriptor{Digest: t.Digest, MediaType: t.MediaType, Size: t.Size}
+}
+
+func (t *tags) Tag(context.Context, string, v1.Descriptor) error { return distribution.ErrUnsupported }
+func (t *tags) Untag(context.Context, string) error              { return distribution.ErrUnsupported }
+func (t *tags) All(context.Context) ([]string, error)            { return nil, distribution.ErrUnsupported }
+func (t *tags) Lookup(context.Context, v1.Descriptor) ([]string, error) {
+	return nil, distribution.ErrUnsupported
+}
+func (t *tags) List(context.Context, int, string) ([]string, error) {
+	return nil, distribution.ErrUnsupported
+}

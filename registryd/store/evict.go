@@ -1,0 +1,340 @@
+package store
+
+import (
+	"cmp"
+	"container/heap"
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+)
+
+// SetPins replaces the manifests pinned by source (a node name): they, and everything
+// reachable from them, are never evicted. An empty list removes the source's pins.
+func (s *Store) SetPins(ctx context.Context, source string, manifests []digest.Digest) error {
+	if source == "" {
+		return fmt.Errorf("pins: empty source: %w", errdefs.ErrInvalidArgument)
+	}
+	for _, d := range manifests {
+		if err := checkDigest(d); err != nil {
+			return fmt.Errorf("pins of %s: %w", source, err)
+		}
+	}
+	set := slices.Clone(manifests)
+	slices.Sort(set)
+	set = slices.Compact(set)
+
+	s.pinsMu.Lock()
+	defer s.pinsMu.Unlock()
+	s.mu.Lock()
+	if slices.Equal(s.pins[source], set) {
+		s.mu.Unlock()
+		return nil
+	}
+	if len(set) == 0 {
+		delete(s.pins, source)
+	} else {
+		s.pins[source] = set
+	}
+	s.gen++
+	all := make(map[string][]digest.Digest, len(s.pins))
+	for k, v := range s.pins {
+		all[k] = v
+	}
+	s.mu.Unlock()
+	if err := s.putAtomic(ctx, pinsPath, all); err != nil {
+		return fmt.Errorf("pins: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) loadPins(ctx context.Context) error {
+	data, err := s.drv.GetContent(ctx, pinsPath)
+	if isNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("storage: read pins: %w", err)
+	}
+	var all map[string][]digest.Digest
+	if err := json.Unmarshal(data, &all); err != nil {
+		s.log.Warn("pins file is corrupt; ignoring it until nodes report again", "path", pinsPath, "error", err)
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for src, ds := range all {
+		ds = slices.DeleteFunc(ds, func(d digest.Digest) bool { return checkDigest(d) != nil })
+		if src != "" && len(ds) > 0 {
+			s.pins[src] = ds
+		}
+	}
+	s.gen++
+	return nil
+}
+
+// protectedLocked is the set of digests reachable from pinned manifests.
+func (s *Store) protectedLocked() map[digest.Digest]bool {
+	seen := make(map[digest.Digest]bool)
+	var queue []digest.Digest
+	for _, ds := range s.pins {
+		queue = append(queue, ds...)
+	}
+	for len(queue) > 0 {
+		d := queue[len(queue)-1]
+		queue = queue[:len(queue)-1]
+		if seen[d] {
+			continue
+		}
+		seen[d] = true
+		if e := s.entries[d]; e != nil && e.kind == kindManifest {
+			queue = append(queue, e.refs...)
+		}
+	}
+	return seen
+}
+
+// EvictStats reports one eviction run.
+type EvictStats struct {
+	Manifests int   // manifests removed
+	Blobs     int   // blobs removed
+	Bytes     int64 // bytes removed
+	Tags      int   // tags removed because their manifest was
+	// Skipped counts planned removals dropped because the content was used or
+	// referenced meanwhile.
+	Skipped int
+}
+
+type victim struct {
+	d      digest.Digest
+	kind   kind
+	size   int64
+	access time.Time
+	reason string
+}
+
+// plan is computed under s.mu from one view of the index.
+type plan struct {
+	victims   []victim
+	protected map[digest.Digest]bool
+	gen       uint64
+}
+
+// Evict removes content: first manifests and blobs unused for longer than ttl (0
+// disables), then, while Size() > maxBytes (0 = unbounded), the least recently used.
+// It never removes what is reachable from a pinned manifest, nor a blob that a
+// remaining manifest references; an evicted manifest releases its blobs and takes its
+// tags along. Readers are blocked only for the planning, which touches no storage;
+// a reader that has a blob open keeps reading it after it is removed.
+func (s *Store) Evict(ctx context.Context, maxBytes int64, ttl time.Duration) (EvictStats, error) {
+	s.evictMu.Lock()
+	defer s.evictMu.Unlock()
+	s.mu.Lock()
+	p := s.planLocked(maxBytes, ttl)
+	s.mu.Unlock()
+
+	var st EvictStats
+	gone := make(map[digest.Digest]bool)
+	var err error
+	for _, v := range p.victims {
+		if err = ctx.Err(); err != nil {
+			break
+		}
+		removed, rerr := s.evictOne(ctx, v, &p)
+		if rerr != nil {
+			s.log.Warn("evicting failed", "digest", v.d, "error", rerr)
+			err = rerr
+			continue
+		}
+		if !removed {
+			st.Skipped++
+			continue
+		}
+		if v.kind == kindManifest {
+			st.Manifests++
+			gone[v.d] = true
+		} else {
+			st.Blobs++
+		}
+		st.Bytes += v.size
+		if s.m != nil {
+			s.m.Evictions.WithLabelValues(v.reason).Inc()
+			s.m.EvictedBytes.WithLabelValues(v.reason).Add(float64(v.size))
+		}
+		s.log.Debug("evicted", "digest", v.d, "kind", v.kind, "size", v.size, "reason", v.reason)
+	}
+	st.Tags = s.dropTags(ctx, gone)
+	return st, err
+}
+
+func (s *Store) planLocked(maxBytes int64, ttl time.Duration) plan {
+	p := plan{protected: s.protectedLocked(), gen: s.gen}
+	refc := make(map[digest.Digest]int, len(s.refcount))
+	for d, n := range s.refcount {
+		refc[d] = n
+	}
+	gone := make(map[digest.Digest]bool)
+	size := s.size
+	take := func(d digest.Digest, e *entry, reason string) {
+		p.victims = append(p.victims, victim{d: d, kind: e.kind, size: e.size, access: e.access, reason: reason})
+		gone[d] = true
+		size -= e.size
+		if e.kind == kindManifest {
+			for _, r := range e.refs {
+				refc[r]--
+			}
+		}
+	}
+	evictable := func(d digest.Digest, e *entry) bool {
+		return !gone[d] && !p.protected[d] && (e.kind == kindManifest || refc[d] <= 0)
+	}
+
+	if ttl > 0 {
+		cutoff := s.now().Add(-ttl)
+		var expired []lruItem
+		for d, e := range s.entries {
+			if e.access.Before(cutoff) && !p.protected[d] {
+				expired = append(expired, lruItem{d: d, e: e})
+			}
+		}
+		slices.SortFunc(expired, compareLRU)
+		// Manifests first: their blobs become free only once they are gone.
+		for _, k := range []kind{kindManifest, kindBlob} {
+			for _, it := range expired {
+				if it.e.kind == k && evictable(it.d, it.e) {
+					take(it.d, it.e, "ttl")
+				}
+			}
+		}
+	}
+
+	if maxBytes > 0 && size > maxBytes {
+		var h lruHeap
+		for d, e := range s.entries {
+			if evictable(d, e) {
+				h = append(h, lruItem{d: d, e: e})
+			}
+		}
+		heap.Init(&h)
+		for size > maxBytes && h.Len() > 0 {
+			it := heap.Pop(&h).(lruItem)
+			if !evictable(it.d, it.e) {
+				continue
+			}
+			take(it.d, it.e, "size")
+			if it.e.kind != kindManifest {
+				continue
+			}
+			for _, r := range it.e.refs {
+				if re := s.entries[r]; re != nil && re.kind == kindBlob && refc[r] == 0 && evictable(r, re) {
+					heap.Push(&h, lruItem{d: r, e: re})
+				}
+			}
+		}
+	}
+	return p
+}
+
+// evictOne removes one planned victim unless it was used, re-referenced or pinned
+// since the plan was made.
+func (s *Store) evictOne(ctx context.Context, v victim, p *plan) (bool, error) {
+	mu := s.stripe(string(v.d))
+	mu.Lock()
+	defer mu.Unlock()
+
+	s.mu.Lock()
+	e := s.entries[v.d]
+	if e == nil || e.kind != v.kind || !e.access.Equal(v.access) {
+		s.mu.Unlock()
+		return false, nil
+	}
+	if s.gen != p.gen {
+		p.protected, p.gen = s.protectedLocked(), s.gen
+	}
+	if p.protected[v.d] || (e.kind == kindBlob && s.refcount[v.d] > 0) {
+		s.mu.Unlock()
+		return false, nil
+	}
+	s.removeEntryLocked(v.d)
+	s.mu.Unlock()
+
+	if err := s.deleteContent(ctx, v.d); err != nil {
+		s.mu.Lock()
+		if s.entries[v.d] == nil {
+			s.putEntryLocked(v.d, e)
+		}
+		s.mu.Unlock()
+		return false, err
+	}
+	return true, nil
+}
+
+// dropTags removes the tags that point to evicted manifests.
+func (s *Store) dropTags(ctx context.Context, gone map[digest.Digest]bool) int {
+	if len(gone) == 0 {
+		return 0
+	}
+	s.mu.Lock()
+	var keys []tagKey
+	for k, t := range s.tags {
+		if gone[t.Digest] {
+			keys = append(keys, k)
+		}
+	}
+	s.mu.Unlock()
+	n := 0
+	for _, k := range keys {
+		p, err := tagPath(k)
+		if err != nil {
+			continue
+		}
+		mu := s.stripe(p)
+		mu.Lock()
+		s.mu.Lock()
+		t, ok := s.tags[k]
+		// Re-pointed, or its manifest stored again, while we were evicting.
+		if !ok || !gone[t.Digest] || s.entries[t.Digest] != nil {
+			s.mu.Unlock()
+			mu.Unlock()
+			continue
+		}
+		delete(s.tags, k)
+		s.dirty = true
+		s.mu.Unlock()
+		if err := s.drv.Delete(ctx, p); err != nil && !isNotFound(err) {
+			s.log.Warn("removing a tag failed", "path", p, "error", err)
+		}
+		mu.Unlock()
+		n++
+	}
+	return n
+}
+
+type lruItem struct {
+	d digest.Digest
+	e *entry
+}
+
+func compareLRU(a, b lruItem) int {
+	if c := a.e.access.Compare(b.e.access); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.d, b.d)
+}
+
+type lruHeap []lruItem
+
+func (h lruHeap) Len() int           { return len(h) }
+func (h lruHeap) Less(i, j int) bool { return compareLRU(h[i], h[j]) < 0 }
+func (h lruHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *lruHeap) Push(x any)        { *h = append(*h, x.(lruItem)) }
+func (h *lruHeap) Pop() any {
+	old := *h
+	it := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return it
+}

@@ -1,0 +1,316 @@
+package store
+
+import (
+	"io"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+)
+
+func TestEvictTTL(t *testing.T) {
+	t.Parallel()
+	for _, name := range backendNames {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			clk := newClock()
+			m := newMetrics()
+			s := newBackend(t, name).open(t, WithClock(clk.Now), WithMetrics(m))
+			shared := randomBytes(100, 700)
+
+			oldBlob := commit(t, s, randomBytes(1, 100))
+			oldImage, oldBlobs := putImage(t, s, 1, randomBytes(2, 200), shared)
+			keptLayer := commit(t, s, randomBytes(3, 300)) // old, but a kept manifest uses it
+			clk.Advance(2 * time.Hour)
+			newBlob := commit(t, s, randomBytes(4, 400))
+			newImage := putJSON(t, s, "application/vnd.oci.image.manifest.v1+json", map[string]any{
+				"schemaVersion": 2,
+				"config":        map[string]any{"digest": newBlob, "size": 400},
+				"layers":        []map[string]any{{"digest": keptLayer, "size": 300}, {"digest": digest.FromBytes(shared), "size": 700}},
+			})
+			for _, tg := range []struct {
+				tag string
+				d   digest.Digest
+			}{{"old", oldImage}, {"new", newImage}} {
+				if err := s.PutTag(t.Context(), "registry.example", "repo", tg.tag, Tag{Digest: tg.d}); err != nil {
+					t.Fatal(err)
+				}
+			}
+
+			st, err := s.Evict(t.Context(), 0, time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// oldImage and its config and first layer go; shared stays (newImage uses it).
+			gone := []digest.Digest{oldBlob, oldImage, oldBlobs[0], oldBlobs[1]}
+			kept := []digest.Digest{keptLayer, newBlob, newImage, digest.FromBytes(shared)}
+			for _, d := range gone {
+				if has(t, s, d) {
+					t.Errorf("%s not evicted", d)
+				}
+			}
+			for _, d := range kept {
+				if !has(t, s, d) {
+					t.Errorf("%s evicted", d)
+				}
+			}
+			if st.Manifests != 1 || st.Blobs != 3 || st.Tags != 1 {
+				t.Errorf("stats %+v, want 1 manifest, 3 blobs, 1 tag", st)
+			}
+			if _, err := s.GetTag(t.Context(), "registry.example", "repo", "old"); !errdefs.IsNotFound(err) {
+				t.Errorf("tag of an evicted manifest: %v", err)
+			}
+			if _, err := s.GetTag(t.Context(), "registry.example", "repo", "new"); err != nil {
+				t.Errorf("tag of a kept manifest: %v", err)
+			}
+			if got := counter(t, m.Evictions.WithLabelValues("ttl")); got != 4 {
+				t.Errorf("Evictions{ttl} = %v, want 4", got)
+			}
+			if got := counter(t, m.EvictedBytes.WithLabelValues("ttl")); got != float64(st.Bytes) {
+				t.Errorf("EvictedBytes{ttl} = %v, want %d", got, st.Bytes)
+			}
+			if gauge(t, m.StoreBytes) != float64(s.Size()) {
+				t.Errorf("StoreBytes = %v, want %d", gauge(t, m.StoreBytes), s.Size())
+			}
+		})
+	}
+}
+
+func TestEvictSizeLRU(t *testing.T) {
+	t.Parallel()
+	for _, name := range backendNames {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			clk := newClock()
+			m := newMetrics()
+			s := newBackend(t, name).open(t, WithClock(clk.Now), WithMetrics(m))
+			var ds []digest.Digest
+			for i := range 4 {
+				ds = append(ds, commit(t, s, randomBytes(uint64(i+1), 100)))
+				clk.Advance(time.Minute)
+			}
+			// Using ds[0] makes it the most recent.
+			r, _, err := s.OpenBlob(t.Context(), ds[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = r.Close()
+
+			st, err := s.Evict(t.Context(), 250, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Blobs != 2 || st.Bytes != 200 || s.Size() != 200 {
+				t.Fatalf("stats %+v, size %d; want 2 blobs, 200 bytes", st, s.Size())
+			}
+			for i, want := range []bool{true, false, false, true} {
+				if has(t, s, ds[i]) != want {
+					t.Errorf("blob %d kept = %v, want %v", i, !want, want)
+				}
+			}
+			if got := counter(t, m.Evictions.WithLabelValues("size")); got != 2 {
+				t.Errorf("Evictions{size} = %v", got)
+			}
+			if got := counter(t, m.EvictedBytes.WithLabelValues("size")); got != 200 {
+				t.Errorf("EvictedBytes{size} = %v", got)
+			}
+			// Under the bound: nothing more goes.
+			if st, err := s.Evict(t.Context(), 250, 0); err != nil || st.Blobs+st.Manifests != 0 {
+				t.Fatalf("second Evict = %+v, %v", st, err)
+			}
+		})
+	}
+}
+
+// A blob that a kept manifest references stays even when it is the oldest; evicting
+// the manifest first releases its blobs.
+func TestEvictManifestFirst(t *testing.T) {
+	t.Parallel()
+	for _, name := range backendNames {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			clk := newClock()
+			s := newBackend(t, name).open(t, WithClock(clk.Now))
+			ld := commit(t, s, randomBytes(1, 1000)) // oldest
+			clk.Advance(time.Minute)
+			loose := commit(t, s, randomBytes(2, 100))
+			clk.Advance(time.Minute)
+			cd := commit(t, s, []byte("{}"))
+			img := putJSON(t, s, "application/vnd.oci.image.manifest.v1+json", map[string]any{
+				"schemaVersion": 2,
+				"config":        map[string]any{"digest": cd, "size": 2},
+				"layers":        []map[string]any{{"digest": ld, "size": 1000}},
+			})
+
+			st, err := s.Evict(t.Context(), s.Size()-50, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Blobs != 1 || has(t, s, loose) || !has(t, s, ld) || !has(t, s, img) {
+				t.Fatalf("stats %+v: want only the unreferenced blob evicted", st)
+			}
+			// Down to nothing: the manifest goes, then its blobs.
+			st, err = s.Evict(t.Context(), 1, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Manifests != 1 || st.Blobs != 2 || s.Size() != 0 {
+				t.Fatalf("stats %+v, size %d", st, s.Size())
+			}
+		})
+	}
+}
+
+func TestEvictKeepsPinned(t *testing.T) {
+	t.Parallel()
+	for _, name := range backendNames {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			clk := newClock()
+			b := newBackend(t, name)
+			s := b.open(t, WithClock(clk.Now))
+			shared := randomBytes(50, 500)
+			amd, amdBlobs := putImage(t, s, 1, randomBytes(1, 100), shared)
+			arm, armBlobs := putImage(t, s, 2, randomBytes(2, 100))
+			idx := putIndex(t, s, amd, arm)
+			other, otherBlobs := putImage(t, s, 3, randomBytes(3, 100), shared)
+			pinned := append(append([]digest.Digest{idx, amd, arm}, amdBlobs...), armBlobs...)
+
+			if err := s.SetPins(t.Context(), "node-a", []digest.Digest{idx}); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.SetPins(t.Context(), "node-b", []digest.Digest{"sha256:bad"}); !errdefs.IsInvalidArgument(err) {
+				t.Fatalf("SetPins(bad digest) = %v", err)
+			}
+			if err := s.SetPins(t.Context(), "", nil); !errdefs.IsInvalidArgument(err) {
+				t.Fatalf("SetPins(no source) = %v", err)
+			}
+			clk.Advance(48 * time.Hour)
+			if _, err := s.Evict(t.Context(), 1, time.Hour); err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range pinned {
+				if !has(t, s, d) {
+					t.Errorf("pinned content %s evicted", d)
+				}
+			}
+			if has(t, s, other) || has(t, s, otherBlobs[0]) || has(t, s, otherBlobs[1]) {
+				t.Error("unpinned image kept")
+			}
+			if !has(t, s, otherBlobs[2]) {
+				t.Error("a layer shared with a pinned image was evicted")
+			}
+
+			// Pins survive a restart.
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			s = b.open(t, WithClock(clk.Now))
+			if _, err := s.Evict(t.Context(), 1, time.Hour); err != nil {
+				t.Fatal(err)
+			}
+			if !has(t, s, idx) || !has(t, s, amdBlobs[1]) {
+				t.Fatal("pinned content evicted after a restart")
+			}
+
+			// Replaced as a whole: an empty list unpins everything of node-a.
+			if err := s.SetPins(t.Context(), "node-a", nil); err != nil {
+				t.Fatal(err)
+			}
+			st, err := s.Evict(t.Context(), 1, time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.Size() != 0 || st.Manifests != 3 {
+				t.Fatalf("after unpinning: stats %+v, size %d", st, s.Size())
+			}
+		})
+	}
+}
+
+// Content used after the plan was made is not removed.
+func TestEvictSkipsContentUsedMeanwhile(t *testing.T) {
+	t.Parallel()
+	clk := newClock()
+	s := newBackend(t, "inmemory").open(t, WithClock(clk.Now))
+	d := commit(t, s, randomBytes(1, 100))
+	clk.Advance(2 * time.Hour)
+	s.mu.Lock()
+	p := s.planLocked(0, time.Hour)
+	s.mu.Unlock()
+	if len(p.victims) != 1 {
+		t.Fatalf("plan %+v", p.victims)
+	}
+	r, _, err := s.OpenBlob(t.Context(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = r.Close()
+	removed, err := s.evictOne(t.Context(), p.victims[0], &p)
+	if err != nil || removed || !has(t, s, d) {
+		t.Fatalf("evictOne = %v, %v; blob kept = %v", removed, err, has(t, s, d))
+	}
+}
+
+// Readers, commits and evictions at once; run with -race.
+func writeFile(p string, content []byte) error { return os.WriteFile(p, content, 0o600) }
+
+func TestConcurrentUse(t *testing.T) {
+	t.Parallel()
+	for _, name := range backendNames {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			s := newBackend(t, name).open(t)
+			contents := make([][]byte, 8)
+			ds := make([]digest.Digest, len(contents))
+			for i := range contents {
+				contents[i] = randomBytes(uint64(i), 70<<10)
+				ds[i] = digest.FromBytes(contents[i])
+			}
+			var wg sync.WaitGroup
+			for w := range 4 {
+				wg.Go(func() {
+					for i := range 20 {
+						k := (w + i) % len(ds)
+						r, _, err := s.OpenBlob(t.Context(), ds[k])
+						if errdefs.IsNotFound(err) {
+							// Each worker fills through its own spool file.
+							sp := s.SpoolPath(ds[k]) + "." + string(rune('a'+w))
+							if err := writeFile(sp, contents[k]); err != nil {
+								t.Error(err)
+								return
+							}
+							if err := s.CommitBlob(t.Context(), ds[k], sp); err != nil {
+								t.Error(err)
+							}
+							continue
+						}
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						got, err := io.ReadAll(r)
+						_ = r.Close()
+						if err != nil || len(got) != len(contents[k]) {
+							t.Errorf("read %d: %d bytes, %v", k, len(got), err)
+						}
+					}
+				})
+			}
+			wg.Go(func() {
+				for range 20 {
+					if _, err := s.Evict(t.Context(), 3*70<<10, 0); err != nil {
+						t.Error(err)
+					}
+				}
+			})
+			wg.Wait()
+			if s.Size() < 0 {
+				t.Fatalf("Size = %d", s.Size())
+			}
+		})
+	}
+}
