@@ -17,8 +17,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/distribution/distribution/v3"
 	"github.com/distribution/distribution/v3/registry/api/errcode"
-	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/hopless/hopless/registryd/cache"
@@ -52,6 +52,10 @@ type API struct {
 	jobs   map[string]*job
 	order  []string
 	nextID int
+	// running counts the prefetch jobs' goroutines, for Close; closed, under mu,
+	// refuses new jobs once Close has begun.
+	running sync.WaitGroup
+	closed  bool
 }
 
 // Config carries what the API needs.
@@ -66,7 +70,22 @@ type Config struct {
 
 // New builds the API; prefetch jobs run until ctx ends.
 func New(ctx context.Context, c Config) *API {
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if c.Metrics == nil {
+		c.Metrics = metrics.New()
+	}
 	return &API{cache: c.Cache, store: c.Store, peers: c.Peers, token: c.Token, log: c.Log, metrics: c.Metrics, ctx: ctx, jobs: map[string]*job{}}
+}
+
+// Close waits for the prefetch jobs, which end once New's ctx is done. Jobs asked
+// for afterwards are refused.
+func (a *API) Close() {
+	a.mu.Lock()
+	a.closed = true
+	a.mu.Unlock()
+	a.running.Wait()
 }
 
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -116,7 +135,7 @@ func (a *API) peerBlob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	repo := q.Get("repo")
-	if !validRepo(repo) {
+	if !cache.ValidName(repo) {
 		writeError(w, http.StatusBadRequest, errcode.ErrorCodeNameInvalid.WithMessage(fmt.Sprintf("invalid repository name %q", repo)))
 		return
 	}
@@ -127,6 +146,12 @@ func (a *API) peerBlob(w http.ResponseWriter, r *http.Request) {
 	}
 	req := cache.Request{Route: route.Route{Upstream: idx, Repo: repo}, FromPeer: true}
 	if err := a.cache.ServeBlob(r.Context(), w, r, req, d); err != nil {
+		// The asking peer reads 404 as a definite answer; anything else as this
+		// master being unable to serve, which ejects it.
+		if errors.Is(err, distribution.ErrBlobUnknown) {
+			writeError(w, http.StatusNotFound, errcode.ErrorCodeBlobUnknown.WithMessage(fmt.Sprintf("blob %s is unknown to upstream %s", d, q.Get("upstream"))))
+			return
+		}
 		writeRegistryError(w, err)
 	}
 }
@@ -196,6 +221,11 @@ func (a *API) startPrefetch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		writeError(w, http.StatusServiceUnavailable, errcode.ErrorCodeUnavailable.WithMessage("registryd is shutting down"))
+		return
+	}
 	a.nextID++
 	j := &job{ID: strconv.Itoa(a.nextID)}
 	for _, im := range req.Images {
@@ -208,9 +238,9 @@ func (a *API) startPrefetch(w http.ResponseWriter, r *http.Request) {
 		a.order = a.order[1:]
 	}
 	snap := a.snapshot(j)
+	a.running.Go(func() { a.runPrefetch(j, req.Images) })
 	a.mu.Unlock()
 
-	go a.runPrefetch(j, req.Images)
 	a.log.Info("prefetch started", "job", j.ID, "images", len(req.Images))
 	writeJSON(w, http.StatusAccepted, snap)
 }
@@ -261,12 +291,6 @@ func (a *API) snapshot(j *job) job {
 	}
 	return s
 }
-
-func validRepo(name string) bool {
-	return len(name) <= 255 && reference.NameRegexp.MatchString(name) && anchoredName.MatchString(name)
-}
-
-var anchoredName = regexp.MustCompile(`^` + reference.NameRegexp.String() + `$`)
 
 func decodeBody(r *http.Request, v any) error {
 	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxBodyBytes))

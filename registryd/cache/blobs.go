@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -19,6 +20,10 @@ import (
 type blobs struct {
 	cache *Cache
 	req   Request
+	// missed is set when Stat, which distribution calls before ServeBlob, started
+	// the fill: the request is a miss even if the fill of a small blob has committed
+	// by the time ServeBlob looks.
+	missed atomic.Bool
 }
 
 var _ distribution.BlobStore = (*blobs)(nil)
@@ -35,6 +40,7 @@ func (b *blobs) Stat(ctx context.Context, d digest.Digest) (v1.Descriptor, error
 	} else if !errdefs.IsNotFound(err) {
 		return v1.Descriptor{}, registryError(err)
 	}
+	b.missed.Store(true)
 	size, err := b.cache.fillBlob(b.req, d).Size(ctx)
 	if err != nil {
 		if errdefs.IsNotFound(err) {
@@ -85,16 +91,28 @@ func (b *blobs) Open(ctx context.Context, d digest.Digest) (io.ReadSeekCloser, e
 // ServeBlob serves a cached blob with http.ServeContent (Range and HEAD included), or
 // streams it from the running fill as its bytes arrive.
 func (b *blobs) ServeBlob(ctx context.Context, w http.ResponseWriter, r *http.Request, d digest.Digest) error {
-	return b.cache.ServeBlob(ctx, w, r, b.req, d)
+	return b.cache.serveBlob(ctx, w, r, b.req, d, b.missed.Load())
 }
 
 // ServeBlob serves blob d for req; the peer endpoint calls it directly.
+//
+// The blob's headers are set only once it is known to be served: an error response
+// must not carry its digest or a year-long Cache-Control.
 func (c *Cache) ServeBlob(ctx context.Context, w http.ResponseWriter, r *http.Request, req Request, d digest.Digest) error {
-	setBlobHeaders(w, d)
+	return c.serveBlob(ctx, w, r, req, d, false)
+}
+
+// serveBlob serves d; missed says the request already missed the store.
+func (c *Cache) serveBlob(ctx context.Context, w http.ResponseWriter, r *http.Request, req Request, d digest.Digest, missed bool) error {
 	rs, _, err := c.store.OpenBlob(ctx, d)
 	if err == nil {
 		defer rs.Close()
-		c.metrics.CacheHits.WithLabelValues("blob").Inc()
+		if missed {
+			c.metrics.CacheMisses.WithLabelValues("blob").Inc()
+		} else {
+			c.metrics.CacheHits.WithLabelValues("blob").Inc()
+		}
+		setBlobHeaders(w, d)
 		http.ServeContent(w, r, "", time.Time{}, rs)
 		return nil
 	}
@@ -110,6 +128,7 @@ func (c *Cache) ServeBlob(ctx context.Context, w http.ResponseWriter, r *http.Re
 		}
 		return registryError(err)
 	}
+	setBlobHeaders(w, d)
 	start, end, partial, ok := parseRange(r.Header.Get("Range"), size)
 	if !ok {
 		w.Header().Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))

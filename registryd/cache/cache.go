@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"regexp"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,6 +45,9 @@ type Cache struct {
 	// the request that started it.
 	lookupTimeout time.Duration
 
+	// ctx is the cache's lifetime: detached lookups run on it.
+	ctx context.Context
+
 	tagCalls      flight[tagResult]
 	manifestCalls flight[manifestResult]
 }
@@ -62,8 +66,9 @@ type Config struct {
 	Now         func() time.Time // nil: time.Now
 }
 
-// New builds a Cache.
-func New(c Config) *Cache {
+// New builds a Cache. Upstream lookups that run detached from the requests that
+// started them end when ctx does; Close waits for them.
+func New(ctx context.Context, c Config) *Cache {
 	if c.Log == nil {
 		c.Log = slog.Default()
 	}
@@ -76,9 +81,26 @@ func New(c Config) *Cache {
 	return &Cache{
 		store: c.Store, filler: c.Filler, upstreams: c.Upstreams, router: c.Router, peers: c.Peers,
 		log: c.Log, metrics: c.Metrics, now: c.Now,
-		tagTTL: c.TagTTL, maxManifest: c.MaxManifest, lookupTimeout: time.Minute,
+		tagTTL: c.TagTTL, maxManifest: c.MaxManifest, lookupTimeout: time.Minute, ctx: ctx,
 	}
 }
+
+// Close waits for the detached lookups to end; cancel New's ctx first to end them.
+// Lookups asked for afterwards fail.
+func (c *Cache) Close() {
+	c.tagCalls.close()
+	c.manifestCalls.close()
+}
+
+// ValidName reports whether name is a repository name as the OCI distribution spec
+// defines it: lowercase path components, at most 255 characters. distribution's
+// reference.NameRegexp is not enough, since it also takes a leading registry host,
+// which may hold uppercase letters and a port.
+func ValidName(name string) bool {
+	return len(name) <= 255 && nameRE.MatchString(name)
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$`)
 
 // Router returns the cache's router, which the HTTP layer uses to route requests.
 func (c *Cache) Router() *route.Router { return c.router }
@@ -116,11 +138,17 @@ func (c *Cache) blobSource(req Request, d digest.Digest) (fill.Source, string) {
 	}
 	if !usePeer {
 		return func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
+			if rc, size, ok := c.storedBlob(ctx, d, offset); ok {
+				return rc, size, nil
+			}
 			return up.Blob(ctx, req.Route.Repo, d, offset)
 		}, "upstream"
 	}
 	var peerFailed atomic.Bool
 	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
+		if rc, size, ok := c.storedBlob(ctx, d, offset); ok {
+			return rc, size, nil
+		}
 		if !peerFailed.Load() {
 			rc, size, err := c.peers.Blob(ctx, owner, up.Host(), req.Route.Repo, d, offset)
 			if err == nil {
@@ -133,6 +161,21 @@ func (c *Cache) blobSource(req Request, d digest.Digest) (fill.Source, string) {
 	}, "peer"
 }
 
+// storedBlob opens d in the store at offset. A caller that missed the store can start
+// a new fill just after the previous fill of d committed and left the in-flight set;
+// that fill then copies the stored blob instead of fetching it again.
+func (c *Cache) storedBlob(ctx context.Context, d digest.Digest, offset int64) (io.ReadCloser, int64, bool) {
+	rs, size, err := c.store.OpenBlob(ctx, d)
+	if err != nil {
+		return nil, 0, false
+	}
+	if _, err := rs.Seek(offset, io.SeekStart); err != nil {
+		_ = rs.Close()
+		return nil, 0, false
+	}
+	return rs, size, true
+}
+
 // fillBlob starts or joins the fill of d.
 func (c *Cache) fillBlob(req Request, d digest.Digest) *fill.Fill {
 	src, label := c.blobSource(req, d)
@@ -143,8 +186,10 @@ func (c *Cache) fillBlob(req Request, d digest.Digest) *fill.Fill {
 // result. The call runs on a context detached from the callers, so one client going
 // away does not fail the others.
 type flight[T any] struct {
-	mu    sync.Mutex
-	calls map[string]*call[T]
+	mu     sync.Mutex
+	calls  map[string]*call[T]
+	closed bool
+	wg     sync.WaitGroup
 }
 
 type call[T any] struct {
@@ -155,6 +200,11 @@ type call[T any] struct {
 
 func (f *flight[T]) do(ctx context.Context, key string, fn func() (T, error)) (T, error) {
 	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		var zero T
+		return zero, fmt.Errorf("the cache is closed: %w", errdefs.ErrUnavailable)
+	}
 	if f.calls == nil {
 		f.calls = map[string]*call[T]{}
 	}
@@ -162,13 +212,13 @@ func (f *flight[T]) do(ctx context.Context, key string, fn func() (T, error)) (T
 	if !ok {
 		c = &call[T]{done: make(chan struct{})}
 		f.calls[key] = c
-		go func() {
+		f.wg.Go(func() {
 			c.val, c.err = fn()
 			f.mu.Lock()
 			delete(f.calls, key)
 			f.mu.Unlock()
 			close(c.done)
-		}()
+		})
 	}
 	f.mu.Unlock()
 	select {
@@ -178,6 +228,16 @@ func (f *flight[T]) do(ctx context.Context, key string, fn func() (T, error)) (T
 		var zero T
 		return zero, ctx.Err()
 	}
+}
+
+// close refuses new calls and waits for the running ones. A handler that outlives
+// the server's shutdown may still call do; the flag, set under mu, keeps it from
+// starting a call that Wait would miss.
+func (f *flight[T]) close() {
+	f.mu.Lock()
+	f.closed = true
+	f.mu.Unlock()
+	f.wg.Wait()
 }
 
 // upstreamUnavailable reports whether err means the upstream could not be asked, as

@@ -65,8 +65,12 @@ func (c *Cache) manifest(ctx context.Context, req Request, d digest.Digest) (man
 		return manifestResult{}, err
 	}
 	return c.manifestCalls.do(ctx, d.String(), func() (manifestResult, error) {
-		lctx, cancel := context.WithTimeout(context.Background(), c.lookupTimeout)
+		lctx, cancel := context.WithTimeout(c.ctx, c.lookupTimeout)
 		defer cancel()
+		// A call that finished just before this one started may have stored it.
+		if mt, p, err := c.store.GetManifest(lctx, d); err == nil {
+			return manifestResult{mt, p}, nil
+		}
 		man, err := up.Manifest(lctx, req.Route.Repo, d.String(), c.maxManifest)
 		if err != nil {
 			return manifestResult{}, fmt.Errorf("fetching manifest %s of %s from %s: %w", d, req.Route.Repo, up.Host(), err)

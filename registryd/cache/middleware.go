@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/distribution/distribution/v3"
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 	registrymiddleware "github.com/distribution/distribution/v3/registry/middleware/registry"
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/reference"
@@ -40,18 +41,29 @@ type namespace struct {
 	cache *Cache
 }
 
-var _ distribution.Namespace = (*namespace)(nil)
+var (
+	_ distribution.Namespace         = (*namespace)(nil)
+	_ distribution.RepositoryRemover = (*namespace)(nil)
+)
 
 func (n *namespace) Repository(ctx context.Context, name reference.Named) (distribution.Repository, error) {
 	req, ok := requestFrom(ctx)
 	if !ok {
-		return nil, fmt.Errorf("request for %s reached the cache without a route", name)
+		// distribution answers only registry errors here; a plain error would leave
+		// the client an empty 500.
+		return nil, errcode.ErrorCodeUnknown.WithMessage(fmt.Sprintf("request for %s reached the cache without a route", name))
 	}
 	return &repository{name: name, cache: n.cache, req: req}, nil
 }
 
 func (n *namespace) Repositories(context.Context, []string, string) (int, error) {
 	return 0, distribution.ErrUnsupported
+}
+
+// Remove refuses to delete a repository. Implementing RepositoryRemover only keeps
+// distribution from warning at startup that deletes are impossible.
+func (n *namespace) Remove(context.Context, reference.Named) error {
+	return distribution.ErrUnsupported
 }
 
 type repository struct {

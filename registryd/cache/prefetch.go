@@ -68,6 +68,9 @@ func (c *Cache) prefetch(ctx context.Context, image string, emit func(func(*Prog
 	if d := reference.Domain(named); strings.ContainsAny(d, ".:") || d == "localhost" {
 		name = reference.Path(named)
 	}
+	if !ValidName(name) {
+		return fmt.Errorf("image %q: invalid repository name %q: %w", image, name, errdefs.ErrInvalidArgument)
+	}
 	rt, err := c.router.Route(name, "")
 	if err != nil {
 		return err

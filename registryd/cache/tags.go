@@ -6,6 +6,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/distribution/distribution/v3"
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/hopless/hopless/registryd/store"
@@ -42,7 +43,7 @@ func (c *Cache) resolveTag(ctx context.Context, req Request, tag string) (v1.Des
 		return v1.Descriptor{}, err
 	}
 	cached, cerr := c.store.GetTag(ctx, up.Host(), req.Route.Repo, tag)
-	if cerr == nil && c.now().Sub(cached.Validated) < c.tagTTL {
+	if cerr == nil && c.fresh(cached) {
 		c.metrics.CacheHits.WithLabelValues("tag").Inc()
 		return tagDescriptor(cached), nil
 	}
@@ -52,8 +53,12 @@ func (c *Cache) resolveTag(ctx context.Context, req Request, tag string) (v1.Des
 	c.metrics.CacheMisses.WithLabelValues("tag").Inc()
 	key := up.Host() + "/" + req.Route.Repo + ":" + tag
 	res, err := c.tagCalls.do(ctx, key, func() (tagResult, error) {
-		lctx, cancel := context.WithTimeout(context.Background(), c.lookupTimeout)
+		lctx, cancel := context.WithTimeout(c.ctx, c.lookupTimeout)
 		defer cancel()
+		// A revalidation that finished just before this one started counts.
+		if t, err := c.store.GetTag(lctx, up.Host(), req.Route.Repo, tag); err == nil && c.fresh(t) {
+			return tagResult{desc: tagDescriptor(t)}, nil
+		}
 		return c.revalidateTag(lctx, req, tag)
 	})
 	if err == nil {
@@ -86,16 +91,26 @@ func (c *Cache) revalidateTag(ctx context.Context, req Request, tag string) (tag
 	return tagResult{desc: tagDescriptor(rec)}, nil
 }
 
+// fresh reports whether t was confirmed by upstream within the tag TTL.
+func (c *Cache) fresh(t store.Tag) bool {
+	return c.now().Sub(t.Validated) < c.tagTTL
+}
+
 func tagDescriptor(t store.Tag) v1.Descriptor {
 	return v1.Descriptor{Digest: t.Digest, MediaType: t.MediaType, Size: t.Size}
 }
 
 func (t *tags) Tag(context.Context, string, v1.Descriptor) error { return distribution.ErrUnsupported }
 func (t *tags) Untag(context.Context, string) error              { return distribution.ErrUnsupported }
-func (t *tags) All(context.Context) ([]string, error)            { return nil, distribution.ErrUnsupported }
+func (t *tags) All(context.Context) ([]string, error)            { return nil, errTagList }
 func (t *tags) Lookup(context.Context, v1.Descriptor) ([]string, error) {
-	return nil, distribution.ErrUnsupported
+	return nil, errTagList
 }
+
+// List is refused with a registry error, which distribution's tags handler passes on
+// as it is; a plain error would become a 500.
 func (t *tags) List(context.Context, int, string) ([]string, error) {
-	return nil, distribution.ErrUnsupported
+	return nil, errTagList
 }
+
+var errTagList = errcode.ErrorCodeUnsupported.WithMessage("registryd does not list tags")

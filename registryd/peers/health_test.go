@@ -15,8 +15,8 @@ import (
 	"github.com/hopless/hopless/conf"
 )
 
-// flakyPeer is a TLS peer whose /healthz answers 200, 503, or nothing until the
-// request's deadline, as its mode says.
+// flakyPeer is a TLS peer whose /healthz answers 200, 503, or nothing until the client
+// gives up, as its mode says.
 type flakyPeer struct {
 	mode   atomic.Int32
 	checks atomic.Int32 // health checks received
@@ -42,6 +42,8 @@ func (f *flakyPeer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case frozen:
 		f.fails.Add(1)
 		<-r.Context().Done()
+		// Should the answer still reach the client, it is not a success.
+		w.WriteHeader(http.StatusServiceUnavailable)
 	default:
 		_, _ = w.Write([]byte("ok"))
 	}
@@ -119,13 +121,34 @@ func TestHealthTransitions(t *testing.T) {
 	}
 }
 
+// countingTransport counts the consecutive failed health checks as the client sees
+// them, which is what Run acts on: under load a check may time out before the server
+// sees it.
+type countingTransport struct {
+	next  http.RoundTripper
+	fails atomic.Int32
+}
+
+func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := c.next.RoundTrip(r)
+	switch {
+	case r.URL.Path != healthPath:
+	case err != nil || resp.StatusCode/100 != 2:
+		c.fails.Add(1)
+	default:
+		c.fails.Store(0)
+	}
+	return resp, err
+}
+
 // TestRunHealth lets Run find a dead peer and its return.
 func TestRunHealth(t *testing.T) {
 	t.Parallel()
 	peer := &flakyPeer{}
 	srv, cfg := tlsPeer(t, peer)
 	cfg.HealthInterval = conf.Duration{Duration: 50 * time.Millisecond}
-	s := mustNew(t, cfg)
+	ct := &countingTransport{next: srv.Client().Transport}
+	s := mustNew(t, cfg, WithHTTPClient(&http.Client{Transport: ct}))
 	ctx, cancel := context.WithCancel(t.Context())
 	var wg sync.WaitGroup
 	wg.Go(func() { s.Run(ctx) })
@@ -135,7 +158,7 @@ func TestRunHealth(t *testing.T) {
 	waitFor(t, "a first check", func() bool { return peer.checks.Load() > 0 && isUp(s, srv.URL) })
 	peer.mode.Store(dead)
 	waitFor(t, "the dead peer to go down", func() bool { return !isUp(s, srv.URL) })
-	if n := peer.fails.Load(); n < downAfter {
+	if n := ct.fails.Load(); n < downAfter {
 		t.Errorf("down after %d failed checks, want %d", n, downAfter)
 	}
 	peer.mode.Store(alive)

@@ -1,42 +1,78 @@
 package server
 
 import (
-	"bytes"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"sync"
+	"strings"
 	"testing"
-	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/hopless/hopless/conf"
+	"github.com/hopless/hopless/registryd/cache"
+	"github.com/hopless/hopless/test/registrytest"
 )
 
 func TestDistributionConfig(t *testing.T) {
 	t.Parallel()
-	cfg := testConfig(t, "https://registry.example")
-	cfg.Upstream[0].TTL.Duration = 48 * time.Hour
-	dc := distributionConfig(cfg, "puller", "s3cret")
+	c := &cache.Cache{}
+	tests := []struct {
+		name     string
+		auth     conf.ClientAuth
+		wantAuth string
+	}{
+		{name: "anonymous"},
+		{name: "htpasswd", auth: conf.ClientAuth{Htpasswd: "/etc/htpasswd"}, wantAuth: "htpasswd"},
+		{name: "token", auth: conf.ClientAuth{Token: conf.TokenAuth{Realm: "https://auth.example/token", Service: "registry"}}, wantAuth: "token"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := &conf.Registryd{Auth: tt.auth, Log: conf.Log{Level: "info"}}
+			dc := distributionConfig(cfg, c)
+			if got := dc.Storage.Type(); got != "inmemory" {
+				t.Errorf("storage type %q, want inmemory: content lives in our store", got)
+			}
+			if got := dc.Storage["delete"]["enabled"]; got != false {
+				t.Errorf("storage.delete.enabled = %v, want false", got)
+			}
+			ro, _ := dc.Storage["maintenance"]["readonly"].(map[any]any)
+			if ro["enabled"] != true {
+				t.Errorf("maintenance.readonly = %v, want enabled", dc.Storage["maintenance"]["readonly"])
+			}
+			mw := dc.Middleware["registry"]
+			if len(mw) != 1 || mw[0].Name != cache.MiddlewareName || mw[0].Options[cache.OptionCache] != c {
+				t.Errorf("registry middleware = %+v, want only %s with the cache", mw, cache.MiddlewareName)
+			}
+			if dc.Proxy.RemoteURL != "" {
+				t.Errorf("distribution's proxy mode is on (%s)", dc.Proxy.RemoteURL)
+			}
+			if dc.HTTP.Debug.Prometheus.Enabled {
+				t.Error("distribution's own Prometheus metrics are on, want off")
+			}
+			if !dc.Log.AccessLog.Disabled {
+				t.Error("distribution's access log is on; ours covers it")
+			}
+			if _, ok := dc.Auth[tt.wantAuth]; tt.wantAuth != "" && !ok {
+				t.Errorf("auth = %v, want %s", dc.Auth, tt.wantAuth)
+			}
+			if tt.wantAuth == "" && len(dc.Auth) != 0 {
+				t.Errorf("auth = %v, want none", dc.Auth)
+			}
+		})
+	}
+}
 
-	if got := dc.Storage.Type(); got != "filesystem" {
-		t.Errorf("storage type %q, want filesystem", got)
-	}
-	if got := dc.Storage.Parameters()["rootdirectory"]; got != cfg.Storage.Root {
-		t.Errorf("rootdirectory %v, want %s", got, cfg.Storage.Root)
-	}
-	if got := dc.Storage["delete"]["enabled"]; got != false {
-		t.Errorf("storage.delete.enabled = %v, want false", got)
-	}
-	if dc.Proxy.RemoteURL != "https://registry.example" || dc.Proxy.Username != "puller" || dc.Proxy.Password != "s3cret" {
-		t.Errorf("proxy = %+v, want the upstream URL and credentials", dc.Proxy)
-	}
-	if dc.Proxy.TTL == nil || *dc.Proxy.TTL != 48*time.Hour {
-		t.Errorf("proxy TTL = %v, want 48h", dc.Proxy.TTL)
-	}
-	if dc.HTTP.Debug.Prometheus.Enabled {
-		t.Error("distribution's own Prometheus metrics are on, want off")
+// TestHTTPSecret checks that distribution gets a secret, so that it does not warn
+// about a missing one, and that it is not a constant.
+func TestHTTPSecret(t *testing.T) {
+	t.Parallel()
+	cfg := &conf.Registryd{Log: conf.Log{Level: "info"}}
+	a, b := distributionConfig(cfg, nil).HTTP.Secret, distributionConfig(cfg, nil).HTTP.Secret
+	if len(a) < 16 || a == b {
+		t.Errorf("HTTP secrets %q and %q, want long random values", a, b)
 	}
 }
 
@@ -59,67 +95,36 @@ func TestDistributionLogLevel(t *testing.T) {
 }
 
 // TestUpstreamCredentials checks that the credentials file reaches the upstream as
-// basic auth and that the password never reaches our log.
+// basic auth and that neither the password nor the client's Authorization header
+// reaches our log.
 func TestUpstreamCredentials(t *testing.T) {
 	t.Parallel()
-	const user, pass = "puller", "pa55-never-logged"
-	var mu sync.Mutex
-	var authed bool
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u, p, ok := r.BasicAuth()
-		if !ok || u != user || p != pass {
-			w.Header().Set("WWW-Authenticate", `Basic realm="upstream"`)
-			w.WriteHeader(http.StatusUnauthorized)
-			return
+	const user, pass, clientSecret = "puller", "pa55-never-logged", "client-secret-never-logged"
+	up := registrytest.NewUpstream(t)
+	up.Push(t, registrytest.UpstreamPath+"/install", "v1", registrytest.Image(t, 1024, 1))
+	up.Intercept(func(w http.ResponseWriter, r *http.Request) bool {
+		if u, p, ok := r.BasicAuth(); ok && u == user && p == pass {
+			return false
 		}
-		if r.URL.Path != "/v2/" {
-			mu.Lock()
-			authed = true
-			mu.Unlock()
-		}
-		http.NotFound(w, r)
-	}))
-	t.Cleanup(up.Close)
-
-	cfg := testConfig(t, up.URL)
-	cfg.Upstream[0].Auth.CredentialsFile = filepath.Join(t.TempDir(), "credentials")
-	if err := os.WriteFile(cfg.Upstream[0].Auth.CredentialsFile, []byte(user+":"+pass+"\n"), 0o600); err != nil {
+		w.Header().Set("WWW-Authenticate", `Basic realm="upstream"`)
+		w.WriteHeader(http.StatusUnauthorized)
+		return true
+	})
+	env := registrytest.NewEnv(t, "", up)
+	env.Config.Upstream[0].Auth.CredentialsFile = filepath.Join(env.Dir, "credentials")
+	if err := os.WriteFile(env.Config.Upstream[0].Auth.CredentialsFile, []byte(user+":"+pass+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
-	s, err := New(t.Context(), cfg, WithLogger(slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
-
-	w := httptest.NewRecorder()
+	s, logs := newServer(t, env.Config)
 	r := httptest.NewRequest(http.MethodGet, "/v2/system/deckhouse/install/manifests/v1", nil)
-	r.Header.Set("Authorization", "Basic "+pass)
+	r.Header.Set("Accept", "application/vnd.docker.distribution.manifest.v2+json")
+	r.Header.Set("Authorization", "Basic "+clientSecret)
+	w := httptest.NewRecorder()
 	s.handler.ServeHTTP(w, r)
-	mu.Lock()
-	defer mu.Unlock()
-	if !authed {
-		t.Errorf("the upstream saw no request with the configured credentials (client got %d %s)", w.Code, w.Body)
+	if w.Code != http.StatusOK {
+		t.Errorf("manifest through an authenticated upstream: %d %s, want 200", w.Code, w.Body)
 	}
-	if bytes.Contains([]byte(logs.String()), []byte(pass)) {
-		t.Errorf("the password or the client's Authorization header reached the log:\n%s", logs.String())
+	if strings.Contains(logs.String(), pass) || strings.Contains(logs.String(), clientSecret) {
+		t.Errorf("a secret reached the log:\n%s", logs.String())
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/hopless/hopless/registryd/api"
@@ -24,8 +23,11 @@ const (
 	kindManifest = "manifest"
 	kindBlob     = "blob"
 	kindTags     = "tags"
+	kindUpload   = "upload"
 	kindBase     = "base"
 	kindHealth   = "health"
+	kindPeer     = "peer"
+	kindAPI      = "api"
 	kindOther    = "other"
 )
 
@@ -45,34 +47,61 @@ func (s *Server) routes(registry http.Handler) http.Handler {
 			writeText(w, http.StatusOK, "ok")
 		case strings.HasPrefix(r.URL.Path, api.Prefix):
 			s.api.ServeHTTP(w, r)
-		case isV2(r.URL.Path) && isWrite(r.Method):
-			w.Header().Set("Allow", "GET, HEAD")
-			writeRegistryError(w, http.StatusMethodNotAllowed, "UNSUPPORTED", "registryd is a read-only pull-through cache")
 		case isV2(r.URL.Path):
-			req, status, code, msg := s.route(r)
-			if status != 0 {
-				writeRegistryError(w, status, code, msg)
-				return
-			}
-			if req != nil {
-				r = r.WithContext(cache.WithRequest(r.Context(), *req))
-			}
-			registry.ServeHTTP(w, r)
+			s.serveV2(w, r, registry)
 		default:
 			writeRegistryError(w, http.StatusNotFound, "UNSUPPORTED", "no such endpoint: "+r.URL.Path)
 		}
 	}))
 }
 
+const readOnlyMessage = "registryd is a read-only pull-through cache"
+
+// serveV2 refuses writes, validates a /v2/ request and hands it to distribution with
+// its route in the context.
+func (s *Server) serveV2(w http.ResponseWriter, r *http.Request, registry http.Handler) {
+	name, kind, ref := splitV2(r.URL.Path)
+	switch {
+	case kind == kindUpload:
+		// No method is allowed on an upload.
+		w.Header().Set("Allow", "")
+		writeRegistryError(w, http.StatusMethodNotAllowed, "UNSUPPORTED", readOnlyMessage)
+		return
+	case isWrite(r.Method):
+		w.Header().Set("Allow", "GET, HEAD")
+		writeRegistryError(w, http.StatusMethodNotAllowed, "UNSUPPORTED", readOnlyMessage)
+		return
+	case badPath(r.URL.Path):
+		writeRegistryError(w, http.StatusBadRequest, "NAME_INVALID", fmt.Sprintf("invalid path %q: empty or dot segments", r.URL.Path))
+		return
+	case r.URL.Path == "/v2/_catalog":
+		writeRegistryError(w, http.StatusNotFound, "UNSUPPORTED", "registryd does not list repositories")
+		return
+	}
+	req, status, code, msg := s.route(r, name, kind, ref)
+	if status != 0 {
+		writeRegistryError(w, status, code, msg)
+		return
+	}
+	if kind == kindTags {
+		// Checked after the name and ns, so that those errors come first.
+		writeRegistryError(w, http.StatusNotFound, "UNSUPPORTED", "registryd does not list tags")
+		return
+	}
+	if req != nil {
+		r = r.WithContext(cache.WithRequest(r.Context(), *req))
+	}
+	registry.ServeHTTP(w, r)
+}
+
 // route validates a /v2/ request's repository name and reference and picks its
 // upstream. It returns a nil Request for routes without a repository (/v2/), or an
 // HTTP status, registry error code and message for bad input.
-func (s *Server) route(r *http.Request) (*cache.Request, int, string, string) {
-	name, kind, ref := splitV2(r.URL.Path)
+func (s *Server) route(r *http.Request, name, kind, ref string) (*cache.Request, int, string, string) {
 	if name == "" {
 		return nil, 0, "", ""
 	}
-	if !validName(name) {
+	if !cache.ValidName(name) {
 		return nil, http.StatusBadRequest, "NAME_INVALID", fmt.Sprintf("invalid repository name %q", name)
 	}
 	switch kind {
@@ -99,17 +128,25 @@ func (s *Server) route(r *http.Request) (*cache.Request, int, string, string) {
 	return &cache.Request{Route: rt}, 0, "", ""
 }
 
-var (
-	tagRE        = regexp.MustCompile(`^[\w][\w.-]{0,127}$`)
-	anchoredName = regexp.MustCompile(`^` + reference.NameRegexp.String() + `$`)
-)
-
-func validName(name string) bool {
-	return len(name) <= 255 && anchoredName.MatchString(name)
+// badPath reports a /v2/ path with an empty, "." or ".." segment. distribution's
+// router would clean it and redirect to another name.
+func badPath(p string) bool {
+	rest, ok := strings.CutPrefix(p, "/v2/")
+	if !ok || rest == "" {
+		return false
+	}
+	for seg := range strings.SplitSeq(rest, "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return true
+		}
+	}
+	return false
 }
 
-// splitV2 splits /v2/<name>/(manifests|blobs)/<ref> and /v2/<name>/tags/list. Blob
-// uploads and other paths have no reference.
+var tagRE = regexp.MustCompile(`^[\w][\w.-]{0,127}$`)
+
+// splitV2 splits /v2/<name>/(manifests|blobs)/<ref>, /v2/<name>/tags/list and
+// /v2/<name>/blobs/uploads[/<id>]. Other paths have no name.
 func splitV2(p string) (name, kind, ref string) {
 	rest, ok := strings.CutPrefix(p, "/v2/")
 	if !ok {
@@ -127,6 +164,10 @@ func splitV2(p string) (name, kind, ref string) {
 		return strings.Join(parts[:n-2], "/"), kindBlob, parts[n-1]
 	case parts[n-2] == "tags" && parts[n-1] == "list":
 		return strings.Join(parts[:n-2], "/"), kindTags, ""
+	case parts[n-2] == "blobs" && parts[n-1] == "uploads":
+		return strings.Join(parts[:n-2], "/"), kindUpload, ""
+	case n >= 4 && parts[n-3] == "blobs" && parts[n-2] == "uploads":
+		return strings.Join(parts[:n-3], "/"), kindUpload, parts[n-1]
 	}
 	return "", "", ""
 }
@@ -144,33 +185,35 @@ func (s *Server) ready() error {
 	if s.app == nil {
 		return fmt.Errorf("distribution app is not built")
 	}
-	if err := checkStorage(s.cfg.Storage.Spool); err != nil {
-		return fmt.Errorf("spool: %w", err)
+	if err := checkDir(s.cfg.Storage.Spool); err != nil {
+		return fmt.Errorf("storage.spool: %w", err)
 	}
 	if s.cfg.Storage.Driver == "filesystem" {
-		return checkStorage(s.cfg.Storage.Root)
+		if err := checkDir(s.cfg.Storage.Root); err != nil {
+			return fmt.Errorf("storage.root: %w", err)
+		}
 	}
 	return nil
 }
 
-// checkStorage verifies that root is a directory in which a file can be created.
-func checkStorage(root string) error {
-	fi, err := os.Stat(root)
+// checkDir verifies that dir is a directory in which a file can be created.
+func checkDir(dir string) error {
+	fi, err := os.Stat(dir)
 	if err != nil {
-		return fmt.Errorf("storage root: %w", err)
+		return err
 	}
 	if !fi.IsDir() {
-		return fmt.Errorf("storage root %s is not a directory", root)
+		return fmt.Errorf("%s is not a directory", dir)
 	}
-	f, err := os.CreateTemp(root, ".readyz-*")
+	f, err := os.CreateTemp(dir, ".readyz-*")
 	if err != nil {
-		return fmt.Errorf("storage root %s is not writable: %w", root, err)
+		return fmt.Errorf("%s is not writable: %w", dir, err)
 	}
 	name := f.Name()
 	cerr := f.Close()
 	rerr := os.Remove(name)
 	if cerr != nil || rerr != nil {
-		return fmt.Errorf("storage root %s: probe file: %w", root, firstErr(cerr, rerr))
+		return fmt.Errorf("%s: probe file: %w", dir, firstErr(cerr, rerr))
 	}
 	return nil
 }
@@ -247,28 +290,14 @@ func requestKind(p string) string {
 	case "/v2", "/v2/":
 		return kindBase
 	}
-	rest, ok := strings.CutPrefix(p, "/v2/")
-	if !ok {
-		return kindOther
-	}
-	// The route is decided by the last two components; everything before them is
-	// the repository name, which may itself contain "manifests" or "blobs".
-	parts := strings.Split(strings.TrimSuffix(rest, "/"), "/")
-	n := len(parts)
-	if n < 3 {
-		return kindOther
-	}
-	switch parts[n-2] {
-	case "manifests":
-		return kindManifest
-	case "blobs":
-		if parts[n-1] != "uploads" {
-			return kindBlob
+	if strings.HasPrefix(p, api.Prefix) {
+		if strings.HasPrefix(p, api.Prefix+"peer/") {
+			return kindPeer
 		}
-	case "tags":
-		if parts[n-1] == "list" {
-			return kindTags
-		}
+		return kindAPI
+	}
+	if _, kind, _ := splitV2(p); kind != "" {
+		return kind
 	}
 	return kindOther
 }

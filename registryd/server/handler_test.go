@@ -1,131 +1,314 @@
 package server
 
 import (
-	"encoding/json"
+	"io"
+	"io/fs"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
+	"github.com/hopless/hopless/test/registrytest"
 )
 
-func TestWritesRejected(t *testing.T) {
+// TestInputValidation sends bad input through the running server: every request is
+// answered by the validation in front of distribution, none reaches the upstream,
+// and no file appears outside the storage root.
+func TestInputValidation(t *testing.T) {
 	t.Parallel()
-	s := newTestServer(t, testConfig(t, fakeUpstream(t, nil).URL))
+	up := registrytest.NewUpstream(t)
+	env := registrytest.NewEnv(t, "", up)
+	s, _ := newServer(t, env.Config)
+	registrytest.Start(t, s)
+	client := env.Cert.Client(t)
+	before := files(t, env.Dir)
 
-	tests := []struct{ method, path string }{
-		{http.MethodPut, "/v2/system/deckhouse/install/manifests/v1"},
-		{http.MethodPut, "/v2/library/alpine/manifests/3"},
-		{http.MethodPost, "/v2/system/deckhouse/install/blobs/uploads/"},
-		{http.MethodPatch, "/v2/install/blobs/uploads/0123"},
-		{http.MethodDelete, "/v2/install/manifests/sha256:0123"},
-		{http.MethodDelete, "/v2/install/blobs/sha256:0123"},
-		{http.MethodPost, "/v2/"},
-		{http.MethodDelete, "/v2"},
+	const repo = "/v2/system/deckhouse/install"
+	hex64 := strings.Repeat("a", 64)
+	tests := []struct {
+		name    string
+		method  string
+		path    string
+		rawPath string // sent instead of path's own encoding when set
+		status  int
+		code    string
+		message string // a substring of the error message
+	}{
+		{name: "uppercase name", path: "/v2/system/deckhouse/Install/manifests/v1", status: 400, code: "NAME_INVALID", message: `"system/deckhouse/Install"`},
+		{name: "dot dot", path: "/v2/system/../install/manifests/v1", status: 400, code: "NAME_INVALID"},
+		{name: "dot", path: "/v2/system/./install/manifests/v1", status: 400, code: "NAME_INVALID"},
+		{name: "empty component", path: "/v2/a//b/manifests/v1", status: 400, code: "NAME_INVALID"},
+		{name: "name over 255 characters", path: "/v2/system/deckhouse/" + strings.Repeat("a", 239) + "/manifests/v1", status: 400, code: "NAME_INVALID"},
+		{name: "encoded dot dot", path: "/v2/../x/manifests/v1", rawPath: "/v2/%2e%2e/x/manifests/v1", status: 400, code: "NAME_INVALID"},
+		{name: "encoded slashes in a digest", path: repo + "/blobs/sha256:../../../etc/passwd", rawPath: repo + "/blobs/sha256:..%2f..%2f..%2fetc%2fpasswd", status: 400, code: "NAME_INVALID"},
+		{name: "name with a colon", path: "/v2/sys:tem/install/manifests/v1", status: 400, code: "NAME_INVALID"},
+		{name: "uppercase first component", path: "/v2/Deckhouse/install/manifests/v1", status: 400, code: "NAME_INVALID"},
+		{name: "registry host and port", path: "/v2/localhost:5000/install/blobs/sha256:" + hex64, status: 400, code: "NAME_INVALID"},
+		{name: "blob digest not hex", path: repo + "/blobs/sha256:" + strings.Repeat("z", 64), status: 400, code: "DIGEST_INVALID"},
+		{name: "blob digest too short", path: repo + "/blobs/sha256:" + hex64[:63], status: 400, code: "DIGEST_INVALID"},
+		{name: "blob digest unknown algorithm", path: repo + "/blobs/md5:" + hex64[:32], status: 400, code: "DIGEST_INVALID"},
+		{name: "blob digest without algorithm", path: repo + "/blobs/" + hex64, status: 400, code: "DIGEST_INVALID"},
+		{name: "blob digest HEAD", method: http.MethodHead, path: repo + "/blobs/sha256:xyz", status: 400},
+		{name: "manifest digest not hex", path: repo + "/manifests/sha256:" + strings.Repeat("g", 64), status: 400, code: "DIGEST_INVALID", message: "sha256:ggg"},
+		{name: "manifest digest uppercase", path: repo + "/manifests/sha256:" + strings.Repeat("A", 64), status: 400, code: "DIGEST_INVALID"},
+		{name: "tag with a leading dash", path: repo + "/manifests/-v1", status: 400, code: "TAG_INVALID", message: `"-v1"`},
+		{name: "tag over 128 characters", path: repo + "/manifests/" + strings.Repeat("t", 129), status: 400, code: "TAG_INVALID"},
+		{name: "tag with a plus", path: repo + "/manifests/v1+x", status: 400, code: "TAG_INVALID"},
+		{name: "unknown ns", path: repo + "/manifests/v1?ns=evil.example", status: 403, code: "DENIED", message: `"evil.example"`},
+		{name: "unknown ns on a blob", path: repo + "/blobs/sha256:" + hex64 + "?ns=evil.example:5000", status: 403, code: "DENIED", message: `"evil.example:5000"`},
+		{name: "PUT manifest", method: http.MethodPut, path: repo + "/manifests/v1", status: 405, code: "UNSUPPORTED"},
+		{name: "PUT manifest of a bad name", method: http.MethodPut, path: "/v2/A/manifests/v1", status: 405, code: "UNSUPPORTED"},
+		{name: "POST upload", method: http.MethodPost, path: repo + "/blobs/uploads/", status: 405, code: "UNSUPPORTED"},
+		{name: "PATCH upload", method: http.MethodPatch, path: repo + "/blobs/uploads/0123", status: 405, code: "UNSUPPORTED"},
+		{name: "PUT upload", method: http.MethodPut, path: repo + "/blobs/uploads/0123?digest=sha256:" + hex64, status: 405, code: "UNSUPPORTED"},
+		{name: "GET upload", path: repo + "/blobs/uploads/0123", status: 405, code: "UNSUPPORTED"},
+		{name: "DELETE manifest", method: http.MethodDelete, path: repo + "/manifests/sha256:" + hex64, status: 405, code: "UNSUPPORTED"},
+		{name: "DELETE blob", method: http.MethodDelete, path: repo + "/blobs/sha256:" + hex64, status: 405, code: "UNSUPPORTED"},
+		{name: "POST base", method: http.MethodPost, path: "/v2/", status: 405, code: "UNSUPPORTED"},
+		{name: "catalog", path: "/v2/_catalog", status: 404, code: "UNSUPPORTED"},
+		{name: "tags list", path: repo + "/tags/list", status: 404, code: "UNSUPPORTED"},
+		{name: "tags list of a bad name", path: "/v2/A/tags/list", status: 400, code: "NAME_INVALID"},
+		{name: "not the registry API", path: "/etc/passwd", status: 404, code: "UNSUPPORTED"},
 	}
 	for _, tt := range tests {
-		t.Run(tt.method+" "+tt.path, func(t *testing.T) {
+		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			w := httptest.NewRecorder()
-			s.handler.ServeHTTP(w, httptest.NewRequest(tt.method, tt.path, strings.NewReader("x")))
-			if w.Code != http.StatusMethodNotAllowed {
-				t.Fatalf("status %d, want 405; body %q", w.Code, w.Body)
+			method := tt.method
+			if method == "" {
+				method = http.MethodGet
 			}
-			if got := w.Header().Get("Allow"); got != "GET, HEAD" {
-				t.Errorf("Allow %q, want \"GET, HEAD\"", got)
+			req, err := http.NewRequestWithContext(t.Context(), method, baseURL(s)+tt.path, strings.NewReader("x"))
+			if err != nil {
+				t.Fatal(err)
 			}
-			var body struct {
-				Errors []struct{ Code, Message string }
+			if tt.rawPath != "" {
+				req.URL.RawPath = tt.rawPath
+				if got := req.URL.EscapedPath(); got != tt.rawPath {
+					t.Fatalf("the request would be sent as %q, not %q", got, tt.rawPath)
+				}
 			}
-			if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
-				t.Fatalf("body %q is not JSON: %v", w.Body, err)
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
 			}
-			if len(body.Errors) != 1 || body.Errors[0].Code != "UNSUPPORTED" ||
-				body.Errors[0].Message != "registryd is a read-only pull-through cache" {
-				t.Errorf("body %q, want one UNSUPPORTED error", w.Body)
+			defer resp.Body.Close()
+			body := readAll(t, resp)
+			if resp.StatusCode != tt.status {
+				t.Fatalf("%s %s: %d %s, want %d", method, tt.path, resp.StatusCode, body, tt.status)
+			}
+			if method == http.MethodHead {
+				return
+			}
+			errs := registrytest.Errors(t, body)
+			if errs[0].Code != tt.code || !strings.Contains(errs[0].Message, tt.message) {
+				t.Errorf("error %+v, want code %s with a message containing %q", errs[0], tt.code, tt.message)
+			}
+			if tt.status == http.StatusMethodNotAllowed && strings.Contains(tt.path, "/uploads") == (resp.Header.Get("Allow") != "") {
+				t.Errorf("Allow %q: want GET, HEAD for writes and nothing for uploads", resp.Header.Get("Allow"))
 			}
 		})
 	}
+	t.Cleanup(func() {
+		if n := up.Count(registrytest.Any); n != 0 {
+			t.Errorf("bad requests made %d upstream requests: %v", n, up.Requests())
+		}
+		root := env.Config.Storage.Root + string(filepath.Separator)
+		for f := range files(t, env.Dir) {
+			if !before[f] && !strings.HasPrefix(f, root) {
+				t.Errorf("file %s appeared outside the storage root", f)
+			}
+		}
+	})
 }
 
-func TestReadsPassThrough(t *testing.T) {
-	t.Parallel()
-	s := newTestServer(t, testConfig(t, fakeUpstream(t, nil).URL))
+func files(t *testing.T, dir string) map[string]bool {
+	t.Helper()
+	out := map[string]bool{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		out[p] = true
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
 
-	w := httptest.NewRecorder()
-	s.handler.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/v2/", nil))
-	if w.Code != http.StatusOK || w.Header().Get("Docker-Distribution-API-Version") != "registry/2.0" {
-		t.Fatalf("GET /v2/: status %d headers %v, want 200 from distribution", w.Code, w.Header())
+func readAll(t *testing.T, resp *http.Response) []byte {
+	t.Helper()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
 	}
-	// The fake upstream has nothing, so distribution answers with a registry error.
-	w = httptest.NewRecorder()
-	s.handler.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/v2/system/deckhouse/install/manifests/v1?ns=registry.example", nil))
-	if w.Code != http.StatusNotFound || !strings.Contains(w.Body.String(), "MANIFEST_UNKNOWN") {
-		t.Fatalf("GET manifest: status %d body %q, want 404 MANIFEST_UNKNOWN", w.Code, w.Body)
+	return b
+}
+
+func TestSplitV2(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		path, name, kind, ref string
+	}{
+		{"/v2/", "", "", ""},
+		{"/v2/_catalog", "", "", ""},
+		{"/v2/a/manifests/v1", "a", kindManifest, "v1"},
+		{"/v2/a/b/c/manifests/sha256:x", "a/b/c", kindManifest, "sha256:x"},
+		{"/v2/manifests/blobs/sha256:x", "manifests", kindBlob, "sha256:x"},
+		{"/v2/a/tags/list", "a", kindTags, ""},
+		{"/v2/a/blobs/uploads", "a", kindUpload, ""},
+		{"/v2/a/blobs/uploads/", "a", kindUpload, ""},
+		{"/v2/a/b/blobs/uploads/123", "a/b", kindUpload, "123"},
+		{"/v2/a/tags/other", "", "", ""},
+		{"/hopless/v1/pins", "", "", ""},
 	}
-	if got := counterValue(t, s.metrics.HTTPRequests.WithLabelValues("GET", kindManifest, "404")); got != 1 {
-		t.Errorf("manifest 404 counter = %v, want 1", got)
+	for _, tt := range tests {
+		name, kind, ref := splitV2(tt.path)
+		if name != tt.name || kind != tt.kind || ref != tt.ref {
+			t.Errorf("splitV2(%q) = %q, %q, %q; want %q, %q, %q", tt.path, name, kind, ref, tt.name, tt.kind, tt.ref)
+		}
 	}
-	if got := counterValue(t, s.metrics.HTTPResponseBytes.WithLabelValues(kindManifest)); got != float64(w.Body.Len()) {
-		t.Errorf("manifest bytes counter = %v, want %d", got, w.Body.Len())
+}
+
+func TestRequestKind(t *testing.T) {
+	t.Parallel()
+	tests := map[string]string{
+		"/healthz":               kindHealth,
+		"/readyz":                kindHealth,
+		"/v2/":                   kindBase,
+		"/v2":                    kindBase,
+		"/v2/a/manifests/v1":     kindManifest,
+		"/v2/a/blobs/sha256:x":   kindBlob,
+		"/v2/a/tags/list":        kindTags,
+		"/v2/a/blobs/uploads/":   kindUpload,
+		"/v2/_catalog":           kindOther,
+		"/hopless/v1/peer/blob":  kindPeer,
+		"/hopless/v1/pins":       kindAPI,
+		"/hopless/v1/prefetch/3": kindAPI,
+		"/hopless/v1/peer":       kindAPI,
+		"/metrics":               kindOther,
+		"/hopless/v2/peer/blob":  kindOther,
+		"/v2/a/manifests/":       kindManifest,
+	}
+	for path, want := range tests {
+		if got := requestKind(path); got != want {
+			t.Errorf("requestKind(%q) = %q, want %q", path, got, want)
+		}
+	}
+}
+
+// TestAPIRequestKinds checks that requests to registryd's own API are logged and
+// counted as "peer" and "api".
+func TestAPIRequestKinds(t *testing.T) {
+	t.Parallel()
+	env := registrytest.NewEnv(t, "", registrytest.NewUpstream(t))
+	s, logs := newServer(t, env.Config)
+	tests := []struct {
+		method, path, kind string
+		code               int
+	}{
+		{http.MethodGet, "/hopless/v1/peer/blob?upstream=x", kindPeer, http.StatusUnauthorized},
+		{http.MethodPut, "/hopless/v1/pins", kindAPI, http.StatusNotFound},
+		{http.MethodGet, "/hopless/v1/prefetch/1", kindAPI, http.StatusNotFound},
+	}
+	for _, tt := range tests {
+		if w := serve(s, tt.method, tt.path); w.Code != tt.code {
+			t.Errorf("%s %s: %d %s, want %d", tt.method, tt.path, w.Code, w.Body, tt.code)
+		}
+		if got := counterValue(t, s.metrics.HTTPRequests.WithLabelValues(tt.method, tt.kind, strconv.Itoa(tt.code))); got != 1 {
+			t.Errorf("%s %s: requests{kind=%s} = %v, want 1", tt.method, tt.path, tt.kind, got)
+		}
+		if want := `"path":"` + strings.Split(tt.path, "?")[0] + `","kind":"` + tt.kind + `"`; !strings.Contains(logs.String(), want) {
+			t.Errorf("no access log line with %s:\n%s", want, logs.String())
+		}
 	}
 }
 
 func TestHealth(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
-		name     string
-		path     string
-		breakFS  func(t *testing.T, root string)
-		wantCode int
-		wantBody string
+		name string
+		// separateSpool puts the spool outside the storage root.
+		separateSpool bool
+		breakFS       func(t *testing.T, root, spool string)
+		path          string
+		wantCode      int
+		wantBody      string
 	}{
 		{name: "liveness", path: "/healthz", wantCode: http.StatusOK, wantBody: "ok"},
 		{name: "ready", path: "/readyz", wantCode: http.StatusOK, wantBody: "ok"},
 		{
 			name: "liveness ignores storage", path: "/healthz",
-			breakFS:  func(t *testing.T, root string) { mustRemove(t, root) },
+			breakFS:  func(t *testing.T, root, _ string) { mustRemove(t, root) },
 			wantCode: http.StatusOK, wantBody: "ok",
 		},
 		{
-			name: "storage root missing", path: "/readyz",
-			breakFS:  func(t *testing.T, root string) { mustRemove(t, root) },
-			wantCode: http.StatusServiceUnavailable, wantBody: "no such file or directory",
+			name: "spool missing", path: "/readyz",
+			breakFS:  func(t *testing.T, _, spool string) { mustRemove(t, spool) },
+			wantCode: http.StatusServiceUnavailable, wantBody: "storage.spool: stat",
 		},
 		{
-			name: "storage root is a file", path: "/readyz",
-			breakFS: func(t *testing.T, root string) {
+			name: "spool is a file", path: "/readyz",
+			breakFS: func(t *testing.T, _, spool string) {
+				mustRemove(t, spool)
+				mustWrite(t, spool)
+			},
+			wantCode: http.StatusServiceUnavailable, wantBody: "is not a directory",
+		},
+		{
+			name: "root missing", path: "/readyz", separateSpool: true,
+			breakFS:  func(t *testing.T, root, _ string) { mustRemove(t, root) },
+			wantCode: http.StatusServiceUnavailable, wantBody: "storage.root: stat",
+		},
+		{
+			name: "root is a file", path: "/readyz", separateSpool: true,
+			breakFS: func(t *testing.T, root, _ string) {
 				mustRemove(t, root)
-				if err := os.WriteFile(root, nil, 0o600); err != nil {
+				mustWrite(t, root)
+			},
+			wantCode: http.StatusServiceUnavailable, wantBody: "storage.root: ",
+		},
+		{
+			name: "root not writable", path: "/readyz", separateSpool: true,
+			breakFS: func(t *testing.T, root, _ string) {
+				if os.Geteuid() == 0 {
+					t.Skip("root ignores directory permissions")
+				}
+				if err := os.Chmod(root, 0o500); err != nil {
 					t.Fatal(err)
 				}
 			},
-			wantCode: http.StatusServiceUnavailable, wantBody: "is not a directory",
+			wantCode: http.StatusServiceUnavailable, wantBody: "is not writable",
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			cfg := testConfig(t, fakeUpstream(t, nil).URL)
-			cfg.Storage.Root = filepath.Join(t.TempDir(), "cache")
-			s := newTestServer(t, cfg)
+			env := registrytest.NewEnv(t, "", registrytest.NewUpstream(t))
+			cfg := env.Config
+			if tt.separateSpool {
+				cfg.Storage.Spool = filepath.Join(env.Dir, "spool")
+			}
+			s, _ := newServer(t, cfg)
 			if tt.breakFS != nil {
-				tt.breakFS(t, cfg.Storage.Root)
-				// Close saves the TTL scheduler's state under the root.
+				tt.breakFS(t, cfg.Storage.Root, cfg.Storage.Spool)
+				// Close writes the store's index under the root.
 				t.Cleanup(func() {
-					mustRemove(t, cfg.Storage.Root)
-					if err := os.Mkdir(cfg.Storage.Root, 0o755); err != nil {
-						t.Error(err)
+					for _, dir := range []string{cfg.Storage.Root, cfg.Storage.Spool} {
+						_ = os.Chmod(dir, 0o700)
+						if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+							mustRemove(t, dir)
+							if err := os.MkdirAll(dir, 0o700); err != nil {
+								t.Error(err)
+							}
+						}
 					}
 				})
 			}
-			w := httptest.NewRecorder()
-			s.handler.ServeHTTP(w, httptest.NewRequest(http.MethodGet, tt.path, nil))
+			w := serve(s, http.MethodGet, tt.path)
 			if w.Code != tt.wantCode || !strings.Contains(w.Body.String(), tt.wantBody) {
 				t.Errorf("GET %s: %d %q, want %d containing %q", tt.path, w.Code, w.Body, tt.wantCode, tt.wantBody)
 			}
@@ -143,11 +326,9 @@ func mustRemove(t *testing.T, p string) {
 	}
 }
 
-func counterValue(t *testing.T, c prometheus.Counter) float64 {
+func mustWrite(t *testing.T, p string) {
 	t.Helper()
-	var m dto.Metric
-	if err := c.Write(&m); err != nil {
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return m.GetCounter().GetValue()
 }

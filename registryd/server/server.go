@@ -35,20 +35,21 @@ const readHeaderTimeout = 10 * time.Second
 
 // Server is one registryd instance. Create it with New and start it with Run.
 type Server struct {
-	cfg      *conf.Registryd
-	log      *slog.Logger
-	metrics  *metrics.Metrics
-	tls      *tls.Config // nil when serving plain HTTP
-	app      *handlers.App
-	handler  http.Handler
-	store    *store.Store
-	filler   *fill.Filler
-	cache    *cache.Cache
-	peers    *peers.Set
-	api      *api.API
-	bg       context.Context
-	cancelBG context.CancelFunc
-	wg       sync.WaitGroup
+	cfg       *conf.Registryd
+	log       *slog.Logger
+	metrics   *metrics.Metrics
+	tls       *tls.Config // nil when serving plain HTTP
+	app       *handlers.App
+	handler   http.Handler
+	store     *store.Store
+	filler    *fill.Filler
+	upstreams []*upstream.Client
+	cache     *cache.Cache
+	peers     *peers.Set
+	api       *api.API
+	bg        context.Context
+	cancelBG  context.CancelFunc
+	wg        sync.WaitGroup
 
 	started   atomic.Bool
 	listening chan struct{}
@@ -65,6 +66,7 @@ type Option func(*options)
 type options struct {
 	log     *slog.Logger
 	metrics *metrics.Metrics
+	now     func() time.Time
 }
 
 // WithLogger sets the logger. The default writes JSON to stderr at the configured level.
@@ -75,6 +77,12 @@ func WithLogger(l *slog.Logger) Option {
 // WithMetrics sets the metrics to record into. The default is metrics.New().
 func WithMetrics(m *metrics.Metrics) Option {
 	return func(o *options) { o.metrics = m }
+}
+
+// WithClock sets the clock of the tag TTL, access times and eviction. The default is
+// time.Now.
+func WithClock(now func() time.Time) Option {
+	return func(o *options) { o.now = now }
 }
 
 // New builds a Server from a validated configuration: the store, the fill engine, a
@@ -91,6 +99,9 @@ func New(ctx context.Context, cfg *conf.Registryd, opts ...Option) (s *Server, e
 	if o.metrics == nil {
 		o.metrics = metrics.New()
 	}
+	if o.now == nil {
+		o.now = time.Now
+	}
 	s = &Server{
 		cfg:       cfg,
 		log:       o.log,
@@ -105,22 +116,23 @@ func New(ctx context.Context, cfg *conf.Registryd, opts ...Option) (s *Server, e
 		s.tls = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
 	}
 
-	s.store, err = store.New(ctx, cfg.Storage, store.WithLogger(s.log), store.WithMetrics(s.metrics))
+	st, err := store.New(ctx, cfg.Storage, store.WithLogger(s.log), store.WithMetrics(s.metrics), store.WithClock(o.now))
 	if err != nil {
 		return nil, fmt.Errorf("opening storage: %w", err)
 	}
+	s.store = st
+	// Not s.store: an error return has set s to nil.
 	defer func() {
 		if err != nil {
-			_ = s.store.Close()
+			_ = st.Close()
 		}
 	}()
-	var ups []*upstream.Client
 	for i, u := range cfg.Upstream {
 		c, err := upstream.New(u, upstream.WithLogger(s.log), upstream.WithMetrics(s.metrics))
 		if err != nil {
 			return nil, fmt.Errorf("upstream[%d] %s: %w", i, redact(u.URL), err)
 		}
-		ups = append(ups, c)
+		s.upstreams = append(s.upstreams, c)
 	}
 	if len(cfg.Peers.Endpoints) > 0 || cfg.Peers.DNS != "" {
 		s.peers, err = peers.New(cfg.Peers, peers.WithLogger(s.log), peers.WithMetrics(s.metrics))
@@ -136,23 +148,24 @@ func New(ctx context.Context, cfg *conf.Registryd, opts ...Option) (s *Server, e
 	}
 	s.filler = fill.New(s.store, fill.WithLogger(s.log), fill.WithMetrics(s.metrics),
 		fill.WithRetries(cfg.Cache.FillRetries, cfg.Cache.FillBackoff.Duration))
-	s.cache = cache.New(cache.Config{
-		Store: s.store, Filler: s.filler, Upstreams: ups, Router: route.New(cfg.Upstream), Peers: s.peers,
-		Log: s.log, Metrics: s.metrics, TagTTL: cfg.Cache.TagTTL.Duration, MaxManifest: int64(cfg.Cache.MaxManifestBytes),
-	})
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.bg, s.cancelBG = bg, cancel
+	s.cache = cache.New(bg, cache.Config{
+		Store: s.store, Filler: s.filler, Upstreams: s.upstreams, Router: route.New(cfg.Upstream), Peers: s.peers,
+		Log: s.log, Metrics: s.metrics, TagTTL: cfg.Cache.TagTTL.Duration, MaxManifest: int64(cfg.Cache.MaxManifestBytes),
+		Now: o.now,
+	})
 	s.api = api.New(bg, api.Config{Cache: s.cache, Store: s.store, Peers: s.peers, Token: apiToken, Log: s.log, Metrics: s.metrics})
 
 	configureDistributionLogging(cfg.Log.Level)
-	app, err := newApp(bg, distributionConfig(cfg, s.cache))
+	s.app, err = newApp(bg, distributionConfig(cfg, s.cache))
 	if err != nil {
 		cancel()
 		s.filler.Close()
+		s.closeUpstreams()
 		return nil, fmt.Errorf("starting distribution: %w", err)
 	}
-	s.app = app
-	s.handler = s.routes(app)
+	s.handler = s.routes(s.app)
 
 	for i, u := range cfg.Upstream {
 		s.log.Info("upstream configured", "index", i, "url", redact(u.URL), "local_prefix", u.LocalPrefix, "path", u.Path,
@@ -288,7 +301,10 @@ func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.cancelBG()
 		s.wg.Wait()
+		s.api.Close()
+		s.cache.Close()
 		s.filler.Close()
+		s.closeUpstreams()
 		if err := s.app.Shutdown(); err != nil {
 			s.closeErr = fmt.Errorf("stopping distribution: %w", err)
 		}
@@ -297,6 +313,12 @@ func (s *Server) Close() error {
 		}
 	})
 	return s.closeErr
+}
+
+func (s *Server) closeUpstreams() {
+	for _, u := range s.upstreams {
+		_ = u.Close()
+	}
 }
 
 type boundServer struct {

@@ -111,6 +111,10 @@ func (s *Store) rename(d digest.Digest, spoolPath string) error {
 	if err := os.Rename(spoolPath, dst); err != nil {
 		return err
 	}
+	// The fill hashed these bytes as it wrote them: the first warm read need not.
+	if fi, err := os.Stat(dst); err == nil {
+		s.verified.add(verifyKey{d: d, id: osFileID(fi)})
+	}
 	return syncDir(filepath.Dir(dst))
 }
 

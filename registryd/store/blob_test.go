@@ -298,6 +298,8 @@ func TestVerifiedCache(t *testing.T) {
 			s := b.open(t)
 			content := randomBytes(5, 150<<10)
 			d := commit(t, s, content)
+			// A commit from the fill counts as verified; start from bytes that are not.
+			b.rewrite(t, s, d, content)
 
 			r := readAll(t, s, d, content)
 			if _, ok := r.(*verifyingReader); !ok {
@@ -350,6 +352,8 @@ func TestRandomAccess(t *testing.T) {
 			s := b.open(t)
 			content := randomBytes(9, 300<<10)
 			d := commit(t, s, content)
+			// A commit from the fill counts as verified; start from bytes that are not.
+			b.rewrite(t, s, d, content)
 
 			// Seek into an unverified blob: verified first, then served.
 			r, _, err := s.OpenBlob(t.Context(), d)
@@ -453,5 +457,22 @@ func TestEvictWhileReading(t *testing.T) {
 				mustEqualBytes(t, append(head, rest...), content)
 			})
 		}
+	}
+}
+
+// TestCommitCountsAsVerified: the fill hashed a blob while writing it, so the first
+// read after a filesystem commit is served straight from the file.
+func TestCommitCountsAsVerified(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, "filesystem")
+	s := b.open(t)
+	content := randomBytes(11, 100<<10)
+	d := commit(t, s, content)
+	r := readAll(t, s, d, content)
+	if _, ok := r.(*os.File); !ok {
+		t.Fatalf("first open after commit returned %T, want *os.File", r)
+	}
+	if n := s.verifications.Load(); n != 0 {
+		t.Fatalf("verifications = %d, want 0", n)
 	}
 }

@@ -65,6 +65,9 @@ type Bench struct {
 func All() []Bench {
 	return []Bench{
 		{Name: "pull-lab", About: "crictl pull through the lab's masters (cold and warm) vs. a direct pull from the upstream", Run: pullLab},
+		{Name: "registryd-cold", About: "16 concurrent GETs of one cold blob through a registryd master vs. distribution's proxy: upstream bytes, time, peak RSS", Run: registrydCold},
+		{Name: "registryd-warm", About: "8 concurrent GETs of one cached blob from a registryd master vs. distribution's proxy: throughput", Run: registrydWarm},
+		{Name: "registryd-peers", About: "one image pulled through 3 registryd masters at once vs. 3 distribution proxies: upstream bytes, time", Run: registrydPeers},
 	}
 }
 

@@ -47,6 +47,28 @@ const (
 	slotBusyPort
 	slotPullPath
 	slotBench
+	// Slots 10..19 belong to the cache tests (cache_test.go).
+	slotCacheSingleFlight = 10
+	slotCacheStreaming    = 11
+	slotCacheDisconnect   = 12
+	slotCacheResume       = 13
+	slotCacheKill         = 14
+	slotCacheRange        = 15
+	slotCacheCorrupt      = 16
+	slotCacheTags         = 17
+	slotCacheManifests    = 18
+	slotCacheIndexPull    = 19
+	// Slots 20..29 belong to the cluster tests (cluster_test.go).
+	slotClusterPeerFill  = 20
+	slotClusterOwnerDown = 21
+	slotClusterPeerAuth  = 22
+	slotClusterNoLoop    = 23
+	slotClusterEvict     = 24
+	slotClusterPins      = 25
+	slotClusterPrefetch  = 26
+	slotClusterReadOnly  = 27
+	slotClusterAuth      = 28
+	slotClusterBadInput  = 29
 )
 
 // upLab starts a lab in slot that is brought down when the test ends; tune adjusts

@@ -67,6 +67,9 @@ type Options struct {
 	ToolsDir string
 	// Registryd tunes the masters; zero values keep registryd's defaults.
 	Registryd RegistrydOptions
+	// Proxies is the number of stock distribution proxies to start, the
+	// benchmarks' baseline (see baseline.go); 0 starts none.
+	Proxies int
 }
 
 // RegistrydOptions tune the masters' registryd.toml.
@@ -262,6 +265,9 @@ func (l *Lab) up(ctx context.Context, o Options) error {
 		if err := l.startMaster(ctx, ca, i); err != nil {
 			return err
 		}
+	}
+	if err := l.startProxies(ctx, ca, o.Proxies); err != nil {
+		return err
 	}
 	for i := 1; i <= o.Nodes; i++ {
 		if err := l.startNode(ctx, i); err != nil {
@@ -490,6 +496,8 @@ func (l *Lab) Start(ctx context.Context, name string) error {
 	case strings.HasPrefix(name, "node-"):
 		i, _ := strconv.Atoi(strings.TrimPrefix(name, "node-"))
 		ready = func(ctx context.Context) error { _, err := l.Crictl(ctx, i, "version"); return err }
+	case strings.HasPrefix(name, proxyPrefix):
+		ready = l.proxyReady(pool, name)
 	}
 	return l.launch(ctx, name, p.Args, p.Log, ready)
 }

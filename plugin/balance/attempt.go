@@ -1,0 +1,186 @@
+package balance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"strings"
+	"sync"
+	"time"
+	"unicode"
+)
+
+// snippetBytes is how much of a 5xx body goes into the error message.
+const snippetBytes = 256
+
+// attempt is one request sent to one endpoint. Its context does not inherit the
+// caller's cancellation directly: the caller's cancel is forwarded unless the
+// attempt has been detached, so that a detached loser can still be judged.
+type attempt struct {
+	b      *Balancer
+	t      ticket
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	stop   func() bool   // stops forwarding the caller's cancel
+	out    *http.Request // the request as sent to the endpoint
+	desc   string        // "GET https://master/v2/...", for messages
+	start  time.Time
+	once   sync.Once
+
+	mu        sync.Mutex
+	timer     *time.Timer // the ResponseHeader deadline
+	answered  bool        // the transport returned
+	overtaken bool        // a hedge was sent while this attempt waited
+	detached  bool        // left to run after the race ended
+}
+
+// newAttempt prepares req for t's endpoint, with only the scheme and host changed.
+// The caller's request is not touched after this returns.
+func (b *Balancer) newAttempt(req *http.Request, t ticket) *attempt {
+	parent := req.Context()
+	ctx, cancel := context.WithCancelCause(context.WithoutCancel(parent))
+	a := &attempt{b: b, t: t, ctx: ctx, cancel: cancel}
+	a.stop = context.AfterFunc(parent, func() {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if !a.detached {
+			cancel(context.Cause(parent))
+		}
+	})
+	d := b.cfg.ResponseHeader
+	if req.Body != nil && req.Body != http.NoBody {
+		// The deadline is for the answer, so it starts again once an upload is sent.
+		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+			WroteRequest: func(httptrace.WroteRequestInfo) {
+				a.mu.Lock()
+				defer a.mu.Unlock()
+				if !a.answered {
+					a.timer.Reset(d)
+				}
+			},
+		})
+	}
+	e := t.ep
+	a.out = req.Clone(ctx)
+	a.out.URL.Scheme, a.out.URL.Host = e.url.Scheme, e.url.Host
+	a.out.Host = e.url.Host
+	a.out.RequestURI = ""
+	a.desc = a.out.Method + " " + a.out.URL.Redacted()
+	e.outstanding.Add(1)
+	return a
+}
+
+// roundTrip sends the request, bounded by ResponseHeader.
+func (a *attempt) roundTrip() (*http.Response, error) {
+	d := a.b.cfg.ResponseHeader
+	a.start = time.Now()
+	a.mu.Lock()
+	a.timer = time.AfterFunc(d, func() {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if !a.answered {
+			a.cancel(&timeoutError{what: "no response headers", d: d})
+		}
+	})
+	a.mu.Unlock()
+
+	resp, err := a.b.transport.RoundTrip(a.out)
+
+	a.mu.Lock()
+	a.answered = true
+	a.timer.Stop()
+	a.mu.Unlock()
+	return resp, err
+}
+
+// judge records the outcome of roundTrip in the endpoint's health and the metrics.
+// It returns nil for an answer below 500, and also for a 5xx if keep5xx is set (the
+// caller passes it on); otherwise the error, with a 5xx body consumed for the
+// message.
+func (a *attempt) judge(resp *http.Response, err error, keep5xx bool) error {
+	name := a.t.ep.name
+	if err != nil {
+		cause := context.Cause(a.ctx)
+		var te *timeoutError
+		switch {
+		case errors.As(cause, &te):
+			err = fmt.Errorf("%s: %w", a.desc, cause)
+			a.b.metrics.requestOutcome(name, "error")
+			a.b.failed(a.t, err, kindTimeout)
+		case a.ctx.Err() != nil:
+			err = fmt.Errorf("%s: %w", a.desc, cause)
+			a.b.metrics.requestOutcome(name, "canceled")
+			a.b.released(a.t)
+		default:
+			err = fmt.Errorf("%s: %w", a.desc, err)
+			a.b.metrics.requestOutcome(name, "error")
+			a.b.failed(a.t, err, kindTransport)
+		}
+		return err
+	}
+	a.b.metrics.request(name, resp.StatusCode)
+	if resp.StatusCode >= 500 {
+		se := &statusError{status: resp.Status}
+		if !keep5xx {
+			se.snippet = a.snippet(resp)
+		}
+		err := fmt.Errorf("%s: %w", a.desc, se)
+		a.b.failed(a.t, err, kindStatus)
+		if keep5xx {
+			return nil
+		}
+		return err
+	}
+	a.b.hedge.observe(time.Since(a.start))
+	a.b.succeeded(a.t)
+	return nil
+}
+
+// snippet reads the start of an error body, within Stall, and closes it.
+func (a *attempt) snippet(resp *http.Response) string {
+	t := time.AfterFunc(a.b.cfg.Stall, func() {
+		a.cancel(&timeoutError{what: "no error body", d: a.b.cfg.Stall})
+	})
+	defer t.Stop()
+	defer resp.Body.Close()
+	p, _ := io.ReadAll(io.LimitReader(resp.Body, snippetBytes))
+	s := strings.Map(func(r rune) rune {
+		if unicode.IsPrint(r) {
+			return r
+		}
+		return ' '
+	}, string(p))
+	return strings.Join(strings.Fields(s), " ")
+}
+
+// markOvertaken notes that a hedge was sent while the attempt waited for headers.
+func (a *attempt) markOvertaken() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.overtaken = true
+}
+
+// abandon ends a loser's part in the race: it is cancelled, unless it was overtaken
+// and still waits for headers, in which case it runs on to its deadline so that a
+// frozen endpoint is caught.
+func (a *attempt) abandon() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.overtaken && !a.answered {
+		a.detached = true
+		return
+	}
+	a.cancel(errLost)
+}
+
+// finish releases the attempt once its response is done with. Idempotent.
+func (a *attempt) finish() {
+	a.once.Do(func() {
+		a.t.ep.outstanding.Add(-1)
+		a.stop()
+		a.cancel(errFinished)
+	})
+}

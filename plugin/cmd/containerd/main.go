@@ -1,0 +1,35 @@
+// Command containerd is containerd, with all its builtins, plus hopless: pulls of the
+// image hosts configured in [plugins.'io.containerd.internal.v1.hopless'] go through
+// the hopless endpoints (see plugin/README.md).
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/containerd/containerd/v2/cmd/containerd/command"
+
+	_ "github.com/containerd/containerd/v2/cmd/containerd/builtins"
+
+	"github.com/hopless/hopless/internal/version"
+	"github.com/hopless/hopless/plugin/graph"
+	"github.com/hopless/hopless/plugin/transfer"
+)
+
+func main() {
+	if err := run(context.Background(), os.Args); err != nil {
+		_, _ = fmt.Fprintln(os.Stderr, "containerd:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	if err := graph.Install(transfer.FirstEndpoint); err != nil {
+		return err
+	}
+	app := command.App()
+	// --version prints "containerd <package> <version> <revision>".
+	app.Version = fmt.Sprintf("%s (hopless %s)", app.Version, version.Version)
+	return app.Run(ctx, args)
+}

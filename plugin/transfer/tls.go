@@ -1,0 +1,40 @@
+package transfer
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"os"
+
+	"github.com/hopless/hopless/conf"
+)
+
+// tlsConfig is the client side of t. With a CA, only the CA verifies servers unless
+// systemRoots is set, which adds the CA to the system roots.
+func tlsConfig(t conf.TLS, systemRoots bool) (*tls.Config, error) {
+	c := &tls.Config{MinVersion: tls.VersionTLS12}
+	if t.CA != "" {
+		pem, err := os.ReadFile(t.CA)
+		if err != nil {
+			return nil, fmt.Errorf("tls.ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if systemRoots {
+			if sys, err := x509.SystemCertPool(); err == nil {
+				pool = sys
+			}
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("tls.ca: no PEM certificate in %s", t.CA)
+		}
+		c.RootCAs = pool
+	}
+	if t.Cert != "" {
+		cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
+		if err != nil {
+			return nil, fmt.Errorf("tls.cert: %w", err)
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return c, nil
+}
