@@ -4,6 +4,7 @@ GO ?= go
 CRICTL_VERSION := v1.37.0
 STATICCHECK_VERSION := v0.8.2
 CONTAINERD_MODULE := github.com/containerd/containerd/v2
+CONTAINERD_VERSION := $(shell $(GO) list -m -f '{{.Version}}' $(CONTAINERD_MODULE) | sed 's/^v//')
 TOOLS := $(CURDIR)/.tools/bin
 LAB_DIR ?= $(CURDIR)/.lab
 TEST_TIMEOUT ?= 14m
@@ -15,6 +16,7 @@ all: build
 # Our binaries. go's build cache makes this cheap when nothing changed.
 build:
 	$(GO) build -o bin/ ./registryd/cmd/registryd ./test/cmd/hopless-lab
+	CGO_ENABLED=0 $(GO) build -ldflags "-X $(CONTAINERD_MODULE)/version.Version=$(CONTAINERD_VERSION)" -o bin/containerd ./plugin/cmd/containerd
 
 # Pinned tools, built from the module proxy once and reused: crictl at
 # CRICTL_VERSION, and a stock containerd from the version that go.mod pins.

@@ -271,9 +271,10 @@ func (s *Server) observe(next http.Handler) http.Handler {
 			if rg := r.Header.Get("Range"); rg != "" {
 				attrs = append(attrs, slog.String("range", rg))
 			}
-			// Probes arrive every few seconds; keep them out of the info log.
+			// Probes arrive every few seconds (and every node's balancer checks GET /v2/
+			// every second); keep successful ones out of the info log.
 			level := slog.LevelInfo
-			if kind == kindHealth {
+			if kind == kindHealth || (kind == kindBase && status < 500) {
 				level = slog.LevelDebug
 			}
 			s.log.LogAttrs(r.Context(), level, "request", attrs...)

@@ -18,7 +18,7 @@ import (
 func Demo(ctx context.Context, o Options, w io.Writer) (err error) {
 	o.Masters, o.Nodes = 3, 1
 	if o.Mode == "" {
-		o.Mode = ModeStock
+		o.Mode = ModeInprocess
 	}
 	fmt.Fprintf(w, "== bringing the lab up in %s (%s mode, 3 masters, 1 node)\n", o.Dir, o.Mode)
 	l, err := Up(ctx, o)

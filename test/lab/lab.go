@@ -26,6 +26,9 @@ import (
 const (
 	// ModeStock runs stock containerd with hosts.toml listing the masters.
 	ModeStock = "stock"
+	// ModeInprocess runs our containerd build (bin/containerd), whose hopless plugin
+	// balances the image host over the masters.
+	ModeInprocess = "inprocess"
 )
 
 // Fixed lab addresses. Masters are 127.0.1.N:5001; the image host is an address where
@@ -51,6 +54,9 @@ func ImageHost(slot int) string { return fmt.Sprintf("127.%d.2.1:5001", slot) }
 // MasterAddr is the listen address of master i (1-based) in slot.
 func MasterAddr(slot, i int) string { return fmt.Sprintf("127.%d.1.%d:5001", slot, i) }
 
+// NodeMetricsAddr is containerd's metrics address on node i (1-based) in slot.
+func NodeMetricsAddr(slot, i int) string { return fmt.Sprintf("127.%d.6.%d:1338", slot, i) }
+
 // MasterMetricsAddr is the metrics address of master i (1-based) in slot.
 func MasterMetricsAddr(slot, i int) string { return fmt.Sprintf("127.%d.1.%d:9101", slot, i) }
 
@@ -70,6 +76,12 @@ type Options struct {
 	// Proxies is the number of stock distribution proxies to start, the
 	// benchmarks' baseline (see baseline.go); 0 starts none.
 	Proxies int
+	// Weights are the masters' weights in the nodes' hopless config (inprocess mode);
+	// empty means 1 each.
+	Weights []int
+	// Fallback lets inprocess nodes fall back to the image host's own hosts.toml
+	// (which points at the upstream) when every master is down.
+	Fallback bool
 }
 
 // RegistrydOptions tune the masters' registryd.toml.
@@ -117,6 +129,8 @@ type Lab struct {
 	Registryd RegistrydOptions `json:"registryd"`
 	Nodes     []Node           `json:"nodes"`
 	Procs     []*Proc          `json:"procs"`
+	Weights   []int            `json:"weights,omitempty"`
+	Fallback  bool             `json:"fallback,omitempty"`
 }
 
 // FaultsFile is where the upstream reads the faults it injects (see WriteFaults).
@@ -179,6 +193,8 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 		ImageHost: ImageHost(o.Slot),
 		APIToken:  filepath.Join(dir, "secrets", "api.token"),
 		Registryd: o.Registryd,
+		Weights:   o.Weights,
+		Fallback:  o.Fallback,
 	}
 	if err := l.up(ctx, o); err != nil {
 		if derr := l.Down(); derr != nil {
@@ -202,10 +218,13 @@ func (o *Options) check() error {
 	if o.Slot < 0 || o.Slot > 255 {
 		return fmt.Errorf("lab: --slot must be 0..255, got %d", o.Slot)
 	}
-	if o.Mode != ModeStock {
-		return fmt.Errorf("lab: --mode %q is not supported; supported: %s", o.Mode, ModeStock)
+	if o.Mode != ModeStock && o.Mode != ModeInprocess {
+		return fmt.Errorf("lab: --mode %q is not supported; supported: %s, %s", o.Mode, ModeStock, ModeInprocess)
 	}
-	for _, f := range []string{filepath.Join(o.BinDir, "registryd"), filepath.Join(o.BinDir, "hopless-lab"),
+	if len(o.Weights) > 0 && len(o.Weights) != o.Masters {
+		return fmt.Errorf("lab: --weights lists %d weights for %d masters", len(o.Weights), o.Masters)
+	}
+	for _, f := range []string{filepath.Join(o.BinDir, "registryd"), filepath.Join(o.BinDir, "hopless-lab"), filepath.Join(o.BinDir, "containerd"),
 		filepath.Join(o.ToolsDir, "containerd-stock"), filepath.Join(o.ToolsDir, "crictl")} {
 		if _, err := os.Stat(f); err != nil {
 			return fmt.Errorf("lab: %s is missing (run make build tools): %w", f, err)
@@ -320,11 +339,15 @@ func (l *Lab) startNode(ctx context.Context, i int) error {
 	name := fmt.Sprintf("node-%d", i)
 	d := filepath.Join(l.Dir, name)
 	n := Node{Name: name, Dir: d, Sock: filepath.Join(d, "containerd.sock"), Crictl: filepath.Join(d, "crictl.yaml")}
-	if err := l.writeNodeConfig(n); err != nil {
+	if err := l.writeNodeConfig(n, i); err != nil {
 		return err
 	}
 	l.Nodes = append(l.Nodes, n)
-	args := []string{filepath.Join(l.ToolsDir, "containerd-stock"), "--config", filepath.Join(d, "config.toml")}
+	bin := filepath.Join(l.ToolsDir, "containerd-stock")
+	if l.Mode == ModeInprocess {
+		bin = filepath.Join(l.BinDir, "containerd")
+	}
+	args := []string{bin, "--config", filepath.Join(d, "config.toml")}
 	return l.launch(ctx, name, args, filepath.Join(d, "log"), func(ctx context.Context) error {
 		_, err := l.Crictl(ctx, i, "version")
 		return err

@@ -49,11 +49,40 @@ disabled_plugins = [
     platform = 'linux/amd64'
     snapshotter = 'native'
     differ = 'walking'
-`))
+{{if .Hopless}}
+# hopless: pulls of the image host go straight to the masters, balanced by weight and
+# health inside containerd.
+[plugins.'io.containerd.server.v1.metrics']
+  address = '{{.Metrics}}'
 
-// hostsToml sends the image host to the masters, in order, with a short dial timeout.
-var hostsToml = template.Must(template.New("hosts.toml").Parse(`# hopless lab: {{.Host}} is served by the masters
-server = "https://{{.Host}}"
+[plugins.'io.containerd.internal.v1.hopless']
+  [[plugins.'io.containerd.internal.v1.hopless'.registry]]
+    host = '{{.Hopless.Host}}'
+    fallback = {{.Hopless.Fallback}}
+    [plugins.'io.containerd.internal.v1.hopless'.registry.tls]
+      ca = '{{.Hopless.CA}}'
+{{- range .Hopless.Endpoints}}
+    [[plugins.'io.containerd.internal.v1.hopless'.registry.endpoint]]
+      url = 'https://{{.Addr}}'
+      weight = {{.Weight}}
+{{- end}}
+{{end}}`))
+
+// hopless is the node's hopless plugin section (inprocess mode).
+type hopless struct {
+	Host      string
+	CA        string
+	Fallback  bool
+	Endpoints []struct {
+		Addr   string
+		Weight int
+	}
+}
+
+// hostsToml is the image host's hosts.toml: the masters, in order, with a short dial
+// timeout (stock mode), or just a server (inprocess mode's original path).
+var hostsToml = template.Must(template.New("hosts.toml").Parse(`# hopless lab: {{.Why}}
+server = "https://{{.Server}}"
 ca = "{{.CA}}"
 {{range .Masters}}
 [host."https://{{.}}"]
@@ -76,19 +105,40 @@ func render(t *template.Template, data any) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
-func (l *Lab) writeNodeConfig(n Node) error {
-	cfg, err := render(containerdConfig, n)
+func (l *Lab) writeNodeConfig(n Node, i int) error {
+	data := map[string]any{"Name": n.Name, "Dir": n.Dir, "Sock": n.Sock, "Hopless": (*hopless)(nil)}
+	var masters []string
+	for _, m := range l.Masters {
+		masters = append(masters, m.Addr)
+	}
+	// The image host's hosts.toml is the node's original path: the masters in stock
+	// mode; in inprocess mode, where the plugin reaches the masters, the upstream, which
+	// a fallback pull then uses.
+	hostsData := map[string]any{"Why": l.ImageHost + " is served by the masters", "Server": l.ImageHost, "CA": l.CA, "Masters": masters}
+	if l.Mode == ModeInprocess {
+		h := &hopless{Host: l.ImageHost, CA: l.CA, Fallback: l.Fallback}
+		for j, m := range l.Masters {
+			w := 1
+			if len(l.Weights) > j {
+				w = l.Weights[j]
+			}
+			h.Endpoints = append(h.Endpoints, struct {
+				Addr   string
+				Weight int
+			}{m.Addr, w})
+		}
+		data["Hopless"] = h
+		data["Metrics"] = NodeMetricsAddr(l.Slot, i)
+		hostsData = map[string]any{"Why": "the hopless plugin serves " + l.ImageHost + "; a fallback pull goes to the upstream", "Server": l.Upstream, "CA": l.CA, "Masters": nil}
+	}
+	cfg, err := render(containerdConfig, data)
 	if err != nil {
 		return err
 	}
 	if err := writeFile(filepath.Join(n.Dir, "config.toml"), cfg, 0o644); err != nil {
 		return err
 	}
-	var masters []string
-	for _, m := range l.Masters {
-		masters = append(masters, m.Addr)
-	}
-	hosts, err := render(hostsToml, map[string]any{"Host": l.ImageHost, "CA": l.CA, "Masters": masters})
+	hosts, err := render(hostsToml, hostsData)
 	if err != nil {
 		return err
 	}

@@ -9,10 +9,12 @@ import (
 	"os"
 
 	"github.com/containerd/containerd/v2/cmd/containerd/command"
+	"github.com/prometheus/client_golang/prometheus"
 
 	_ "github.com/containerd/containerd/v2/cmd/containerd/builtins"
 
 	"github.com/hopless/hopless/internal/version"
+	"github.com/hopless/hopless/plugin/balance"
 	"github.com/hopless/hopless/plugin/graph"
 	"github.com/hopless/hopless/plugin/transfer"
 )
@@ -25,7 +27,10 @@ func main() {
 }
 
 func run(ctx context.Context, args []string) error {
-	if err := graph.Install(transfer.FirstEndpoint); err != nil {
+	// containerd's metrics endpoint serves the default Prometheus registry, so the
+	// balancers' metrics appear there.
+	m := balance.NewMetrics(prometheus.DefaultRegisterer)
+	if err := graph.Install(transfer.Balanced(m)); err != nil {
 		return err
 	}
 	app := command.App()

@@ -34,7 +34,9 @@ func newApp() *cli.App {
 					dirFlag,
 					&cli.IntFlag{Name: "masters", Value: 3},
 					&cli.IntFlag{Name: "nodes", Value: 1},
-					&cli.StringFlag{Name: "mode", Value: lab.ModeStock, Usage: "node mode: stock"},
+					&cli.StringFlag{Name: "mode", Value: lab.ModeInprocess, Usage: "node mode: inprocess (our containerd) or stock (stock containerd, hosts.toml)"},
+					&cli.IntSliceFlag{Name: "weights", Usage: "masters' weights for inprocess nodes, e.g. 3,1,1"},
+					&cli.BoolFlag{Name: "fallback", Usage: "inprocess nodes fall back to the upstream when every master is down"},
 					&cli.IntFlag{Name: "slot", Usage: "loopback network 127.SLOT.0.0/16, to run several labs at once"},
 					&cli.StringFlag{Name: "tag-ttl", Usage: "masters' cache.tag_ttl (default registryd's)"},
 					&cli.StringFlag{Name: "max-bytes", Usage: "masters' storage.max_bytes (default unbounded)"},
@@ -46,6 +48,7 @@ func newApp() *cli.App {
 					}
 					o.Dir, o.Masters, o.Nodes, o.Mode, o.Slot = c.String("dir"), c.Int("masters"), c.Int("nodes"), c.String("mode"), c.Int("slot")
 					o.Registryd.TagTTL, o.Registryd.MaxBytes = c.String("tag-ttl"), c.String("max-bytes")
+					o.Weights, o.Fallback = c.IntSlice("weights"), c.Bool("fallback")
 					l, err := lab.Up(c.Context, o)
 					if err != nil {
 						return err
@@ -135,13 +138,13 @@ func newApp() *cli.App {
 			{
 				Name:  "demo",
 				Usage: "bring a lab up, seed an image, pull it, show who served what, bring it down",
-				Flags: []cli.Flag{dirFlag},
+				Flags: []cli.Flag{dirFlag, &cli.StringFlag{Name: "mode", Value: lab.ModeInprocess, Usage: "node mode: inprocess or stock"}},
 				Action: func(c *cli.Context) error {
 					o, err := options(c)
 					if err != nil {
 						return err
 					}
-					o.Dir = c.String("dir")
+					o.Dir, o.Mode = c.String("dir"), c.String("mode")
 					return lab.Demo(c.Context, o, os.Stdout)
 				},
 			},
@@ -264,7 +267,7 @@ func options(c *cli.Context) (lab.Options, error) {
 	if tools == "" {
 		tools = filepath.Join(bin, "..", ".tools", "bin")
 	}
-	return lab.Options{BinDir: bin, ToolsDir: filepath.Clean(tools), Masters: 3, Nodes: 1, Mode: lab.ModeStock}, nil
+	return lab.Options{BinDir: bin, ToolsDir: filepath.Clean(tools), Masters: 3, Nodes: 1, Mode: lab.ModeInprocess}, nil
 }
 
 func printStatus(l *lab.Lab) error {
