@@ -18,9 +18,13 @@ build:
 	$(GO) build -o bin/ ./registryd/cmd/registryd ./test/cmd/hopless-lab
 	CGO_ENABLED=0 $(GO) build -ldflags "-X $(CONTAINERD_MODULE)/version.Version=$(CONTAINERD_VERSION)" -o bin/containerd ./plugin/cmd/containerd
 
+NGINX_DEBS := nginx libnginx-mod-stream
+NGINX_STAMP := .tools/nginx.stamp
+
 # Pinned tools, built from the module proxy once and reused: crictl at
-# CRICTL_VERSION, and a stock containerd from the version that go.mod pins.
-tools: $(TOOLS)/crictl $(TOOLS)/containerd-stock
+# CRICTL_VERSION, a stock containerd from the version that go.mod pins, and
+# Debian's nginx with its stream module (the NGINX stream hop baseline).
+tools: $(TOOLS)/crictl $(TOOLS)/containerd-stock $(NGINX_STAMP)
 
 $(TOOLS)/crictl: .tools/crictl-$(CRICTL_VERSION).stamp
 .tools/crictl-$(CRICTL_VERSION).stamp:
@@ -31,6 +35,25 @@ $(TOOLS)/crictl: .tools/crictl-$(CRICTL_VERSION).stamp
 $(TOOLS)/containerd-stock: go.mod go.sum
 	mkdir -p $(TOOLS)
 	CGO_ENABLED=0 $(GO) build -o $@ $(CONTAINERD_MODULE)/cmd/containerd
+
+# The NGINX stream hop that real clusters run on every node, for the lab's nginx
+# mode and the node benchmarks: Debian's own nginx and ngx_stream_module.so, as
+# .deb files fetched with apt-get download into .tools/debs and unpacked with
+# dpkg-deb -x into .tools/nginx. Nothing is installed: no service starts, and
+# /etc/nginx and dpkg's database are not touched. apt-get update runs only when
+# apt-get download fails (empty or stale package lists). The binary is checked
+# with nginx -t on a stream config like the lab's; the stamp makes it run once.
+$(NGINX_STAMP):
+	rm -rf .tools/debs .tools/nginx && mkdir -p .tools/debs .tools/nginx/check
+	cd .tools/debs && { apt-get download -o APT::Sandbox::User=root $(NGINX_DEBS) || { apt-get update && apt-get download -o APT::Sandbox::User=root $(NGINX_DEBS); }; }
+	for d in .tools/debs/*.deb; do dpkg-deb -x "$$d" .tools/nginx || exit 1; done
+	printf '%s\n' 'load_module $(CURDIR)/.tools/nginx/usr/lib/nginx/modules/ngx_stream_module.so;' \
+	  'daemon off; master_process off; pid $(CURDIR)/.tools/nginx/check/nginx.pid;' 'events {}' \
+	  'stream { upstream m { least_conn; server 127.0.0.1:5001; }' \
+	  '  server { listen 127.0.0.1:5001; proxy_pass m; proxy_connect_timeout 1s; proxy_timeout 1h; } }' \
+	  > .tools/nginx/check/nginx.conf
+	.tools/nginx/usr/sbin/nginx -p $(CURDIR)/.tools/nginx/check -e stderr -c $(CURDIR)/.tools/nginx/check/nginx.conf -t
+	touch $@
 
 $(TOOLS)/staticcheck: .tools/staticcheck-$(STATICCHECK_VERSION).stamp
 .tools/staticcheck-$(STATICCHECK_VERSION).stamp:

@@ -34,6 +34,7 @@ type attempt struct {
 	timer     *time.Timer // the ResponseHeader deadline
 	answered  bool        // the transport returned
 	overtaken bool        // a hedge was sent while this attempt waited
+	suspects  bool        // holds one count of the endpoint's suspect
 	detached  bool        // left to run after the race ended
 }
 
@@ -92,6 +93,7 @@ func (a *attempt) roundTrip() (*http.Response, error) {
 	a.mu.Lock()
 	a.answered = true
 	a.timer.Stop()
+	a.clearSuspect()
 	a.mu.Unlock()
 	return resp, err
 }
@@ -157,10 +159,25 @@ func (a *attempt) snippet(resp *http.Response) string {
 }
 
 // markOvertaken notes that a hedge was sent while the attempt waited for headers.
+// Until it answers, its endpoint is suspect and new requests avoid it: a frozen
+// master would otherwise take the next request too, and each one would cost another
+// hedge delay before the response-header deadline or a health check ejects it.
 func (a *attempt) markOvertaken() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.overtaken = true
+	if !a.answered && !a.suspects {
+		a.suspects = true
+		a.t.ep.suspect.Add(1)
+	}
+}
+
+// clearSuspect drops the attempt's count of its endpoint's suspicion; a.mu is held.
+func (a *attempt) clearSuspect() {
+	if a.suspects {
+		a.suspects = false
+		a.t.ep.suspect.Add(-1)
+	}
 }
 
 // abandon ends a loser's part in the race: it is cancelled, unless it was overtaken
@@ -179,6 +196,9 @@ func (a *attempt) abandon() {
 // finish releases the attempt once its response is done with. Idempotent.
 func (a *attempt) finish() {
 	a.once.Do(func() {
+		a.mu.Lock()
+		a.clearSuspect()
+		a.mu.Unlock()
 		a.t.ep.outstanding.Add(-1)
 		a.stop()
 		a.cancel(errFinished)

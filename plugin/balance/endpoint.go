@@ -21,6 +21,8 @@ type endpoint struct {
 	local  bool
 
 	outstanding atomic.Int64
+	// suspect counts attempts that a hedge overtook and that still wait for headers.
+	suspect atomic.Int64
 
 	current int  // the SWRR running weight
 	up      bool // takes traffic
@@ -71,12 +73,19 @@ func (b *Balancer) pick(tried map[*endpoint]bool) ticket {
 		}
 		return e.up || (!e.trial && !now.Before(e.retryAt))
 	}
+	// A suspect endpoint is chosen only when nothing else may take traffic.
+	trusted := func(e *endpoint) bool { return eligible(e) && e.suspect.Load() == 0 }
 	var e *endpoint
-	if b.cfg.PreferLocal {
-		e = swrr(b.eps, func(e *endpoint) bool { return e.local && eligible(e) })
-	}
-	if e == nil {
-		e = swrr(b.eps, eligible)
+	for _, ok := range []func(*endpoint) bool{trusted, eligible} {
+		if b.cfg.PreferLocal {
+			e = swrr(b.eps, func(e *endpoint) bool { return e.local && ok(e) })
+		}
+		if e == nil {
+			e = swrr(b.eps, ok)
+		}
+		if e != nil {
+			break
+		}
 	}
 	if e == nil {
 		return ticket{}

@@ -68,6 +68,9 @@ func All() []Bench {
 		{Name: "registryd-cold", About: "16 concurrent GETs of one cold blob through a registryd master vs. distribution's proxy: upstream bytes, time, peak RSS", Run: registrydCold},
 		{Name: "registryd-warm", About: "8 concurrent GETs of one cached blob from a registryd master vs. distribution's proxy: throughput", Run: registrydWarm},
 		{Name: "registryd-peers", About: "one image pulled through 3 registryd masters at once vs. 3 distribution proxies: upstream bytes, time", Run: registrydPeers},
+		{Name: "pull-throughput", About: "crictl pull of warm images (1 big layer, many small) on fresh nodes: in-process vs. the NGINX stream hop and stock hosts.toml", Run: nodePullThroughput},
+		{Name: "node-cpu", About: "node CPU (containerd, plus nginx in nginx mode) per GiB pulled: in-process vs. the NGINX stream hop and stock hosts.toml", Run: nodeCPU},
+		{Name: "frozen-master", About: "time a SIGSTOPped master adds to a warm pull: in-process vs. the NGINX stream hop and stock hosts.toml", Run: nodeFrozenMaster},
 	}
 }
 

@@ -69,6 +69,16 @@ const (
 	slotClusterReadOnly  = 27
 	slotClusterAuth      = 28
 	slotClusterBadInput  = 29
+	// Slots 30..39 belong to the plugin tests (plugin_test.go).
+	slotPluginWeights       = 30
+	slotPluginKillMidPull   = 31
+	slotPluginFrozenBefore  = 32
+	slotPluginFrozenMidBlob = 33
+	slotPluginFallback      = 34
+	slotPluginNoFallback    = 35
+	slotPluginUnconfigured  = 36
+	slotPluginMetrics       = 37
+	// 38 and 39 are spare.
 )
 
 // upLab starts a lab in slot that is brought down when the test ends; tune adjusts

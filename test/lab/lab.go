@@ -6,8 +6,10 @@ package lab
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -218,8 +220,13 @@ func (o *Options) check() error {
 	if o.Slot < 0 || o.Slot > 255 {
 		return fmt.Errorf("lab: --slot must be 0..255, got %d", o.Slot)
 	}
-	if o.Mode != ModeStock && o.Mode != ModeInprocess {
-		return fmt.Errorf("lab: --mode %q is not supported; supported: %s, %s", o.Mode, ModeStock, ModeInprocess)
+	if o.Mode != ModeStock && o.Mode != ModeInprocess && o.Mode != ModeNginx {
+		return fmt.Errorf("lab: --mode %q is not supported; supported: %s, %s, %s", o.Mode, ModeStock, ModeInprocess, ModeNginx)
+	}
+	if o.Mode == ModeNginx {
+		if err := checkNginx(o.ToolsDir); err != nil {
+			return err
+		}
 	}
 	if len(o.Weights) > 0 && len(o.Weights) != o.Masters {
 		return fmt.Errorf("lab: --weights lists %d weights for %d masters", len(o.Weights), o.Masters)
@@ -281,7 +288,7 @@ func (l *Lab) up(ctx context.Context, o Options) error {
 			Log: filepath.Join(l.Dir, fmt.Sprintf("master-%d", i), "log")})
 	}
 	for i := 1; i <= o.Masters; i++ {
-		if err := l.startMaster(ctx, ca, i); err != nil {
+		if err := l.startMaster(ctx, ca, i, nginxIPs(l.Mode, l.Slot, o.Nodes)...); err != nil {
 			return err
 		}
 	}
@@ -316,11 +323,13 @@ func (l *Lab) proc(name string) *Proc {
 	return nil
 }
 
-func (l *Lab) startMaster(ctx context.Context, ca *CA, i int) error {
+// startMaster starts master i with a certificate for its own address and
+// extraIPs (the nodes' NGINX hops in nginx mode).
+func (l *Lab) startMaster(ctx context.Context, ca *CA, i int, extraIPs ...net.IP) error {
 	name := fmt.Sprintf("master-%d", i)
 	d := filepath.Join(l.Dir, name)
 	addr := MasterAddr(l.Slot, i)
-	if err := ca.Issue(d, net.ParseIP(strings.Split(addr, ":")[0])); err != nil {
+	if err := ca.Issue(d, append([]net.IP{net.ParseIP(strings.Split(addr, ":")[0])}, extraIPs...)...); err != nil {
 		return err
 	}
 	cfg, err := l.registrydConfig(name, i)
@@ -338,7 +347,16 @@ func (l *Lab) startMaster(ctx context.Context, ca *CA, i int) error {
 func (l *Lab) startNode(ctx context.Context, i int) error {
 	name := fmt.Sprintf("node-%d", i)
 	d := filepath.Join(l.Dir, name)
-	n := Node{Name: name, Dir: d, Sock: filepath.Join(d, "containerd.sock"), Crictl: filepath.Join(d, "crictl.yaml")}
+	sock, err := l.socketPath(name)
+	if err != nil {
+		return err
+	}
+	n := Node{Name: name, Dir: d, Sock: sock, Crictl: filepath.Join(d, "crictl.yaml")}
+	if l.Mode == ModeNginx {
+		if err := l.startNginx(ctx, i); err != nil {
+			return err
+		}
+	}
 	if err := l.writeNodeConfig(n, i); err != nil {
 		return err
 	}
@@ -447,7 +465,34 @@ func (l *Lab) Down() error {
 			errs = append(errs, err)
 		}
 	}
+	if err := os.RemoveAll(l.shortSocketDir()); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
+}
+
+// maxSocketPath leaves room for containerd's ".ttrpc" suffix within the 108 bytes of
+// a unix socket address.
+const maxSocketPath = 100
+
+// socketPath is where node name's containerd listens: in its dir, or, when that path
+// is too long for a unix socket (deep test dirs), in a short per-lab dir under the
+// system temp dir.
+func (l *Lab) socketPath(name string) (string, error) {
+	p := filepath.Join(l.Dir, name, "containerd.sock")
+	if len(p)+len(".ttrpc") <= maxSocketPath {
+		return p, nil
+	}
+	d := l.shortSocketDir()
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		return "", fmt.Errorf("creating socket dir: %w", err)
+	}
+	return filepath.Join(d, name+".sock"), nil
+}
+
+func (l *Lab) shortSocketDir() string {
+	sum := sha256.Sum256([]byte(l.Dir))
+	return filepath.Join(os.TempDir(), "hopless-lab-"+hex.EncodeToString(sum[:6]))
 }
 
 // Status describes one process of the lab.
@@ -466,6 +511,9 @@ func (l *Lab) Status() []Status {
 	}
 	for _, n := range l.Nodes {
 		addr[n.Name] = n.Sock
+	}
+	for i := range l.Nodes {
+		addr[NginxName(i+1)] = NginxAddr(l.Slot, i+1)
 	}
 	var out []Status
 	for _, p := range l.Procs {
@@ -521,6 +569,8 @@ func (l *Lab) Start(ctx context.Context, name string) error {
 		ready = func(ctx context.Context) error { _, err := l.Crictl(ctx, i, "version"); return err }
 	case strings.HasPrefix(name, proxyPrefix):
 		ready = l.proxyReady(pool, name)
+	case strings.HasPrefix(name, nginxPrefix):
+		ready = l.nginxReady(pool, name)
 	}
 	return l.launch(ctx, name, p.Args, p.Log, ready)
 }

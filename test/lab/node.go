@@ -131,6 +131,9 @@ func (l *Lab) writeNodeConfig(n Node, i int) error {
 		data["Metrics"] = NodeMetricsAddr(l.Slot, i)
 		hostsData = map[string]any{"Why": "the hopless plugin serves " + l.ImageHost + "; a fallback pull goes to the upstream", "Server": l.Upstream, "CA": l.CA, "Masters": nil}
 	}
+	if l.Mode == ModeNginx {
+		hostsData = l.nginxHostsData(i)
+	}
 	cfg, err := render(containerdConfig, data)
 	if err != nil {
 		return err

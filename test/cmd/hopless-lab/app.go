@@ -34,7 +34,7 @@ func newApp() *cli.App {
 					dirFlag,
 					&cli.IntFlag{Name: "masters", Value: 3},
 					&cli.IntFlag{Name: "nodes", Value: 1},
-					&cli.StringFlag{Name: "mode", Value: lab.ModeInprocess, Usage: "node mode: inprocess (our containerd) or stock (stock containerd, hosts.toml)"},
+					&cli.StringFlag{Name: "mode", Value: lab.ModeInprocess, Usage: "node mode: inprocess (our containerd), stock (stock containerd, hosts.toml) or nginx (stock containerd through a per-node NGINX stream hop)"},
 					&cli.IntSliceFlag{Name: "weights", Usage: "masters' weights for inprocess nodes, e.g. 3,1,1"},
 					&cli.BoolFlag{Name: "fallback", Usage: "inprocess nodes fall back to the upstream when every master is down"},
 					&cli.IntFlag{Name: "slot", Usage: "loopback network 127.SLOT.0.0/16, to run several labs at once"},
@@ -138,7 +138,7 @@ func newApp() *cli.App {
 			{
 				Name:  "demo",
 				Usage: "bring a lab up, seed an image, pull it, show who served what, bring it down",
-				Flags: []cli.Flag{dirFlag, &cli.StringFlag{Name: "mode", Value: lab.ModeInprocess, Usage: "node mode: inprocess or stock"}},
+				Flags: []cli.Flag{dirFlag, &cli.StringFlag{Name: "mode", Value: lab.ModeInprocess, Usage: "node mode: inprocess, stock or nginx"}},
 				Action: func(c *cli.Context) error {
 					o, err := options(c)
 					if err != nil {
