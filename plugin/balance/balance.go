@@ -12,17 +12,20 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/hopless/hopless/conf"
 )
 
-// Defaults for the zero values of Config, the same as conf's.
+// Defaults for the zero values of Config: conf's, so that a node.toml that leaves a
+// timeout out and a Config that leaves it zero behave alike.
 const (
-	DefaultDial           = time.Second
-	DefaultResponseHeader = 3 * time.Second
-	DefaultStall          = 5 * time.Second
-	DefaultHealthInterval = time.Second
-	DefaultHealthTimeout  = 500 * time.Millisecond
-	DefaultHedgeMin       = 100 * time.Millisecond
-	DefaultHedgeMax       = time.Second
+	DefaultDial           = conf.DefaultDial
+	DefaultResponseHeader = conf.DefaultResponseHeader
+	DefaultStall          = conf.DefaultStall
+	DefaultHealthInterval = conf.DefaultHealthInterval
+	DefaultHealthTimeout  = conf.DefaultHealthTimeout
+	DefaultHedgeMin       = conf.DefaultHedgeMin
+	DefaultHedgeMax       = conf.DefaultHedgeMax
 )
 
 // Endpoint is one master registry.

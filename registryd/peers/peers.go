@@ -215,7 +215,7 @@ func New(cfg conf.Peers, opts ...Option) (*Set, error) {
 	}
 	switch {
 	case cfg.TokenFile != "":
-		tok, err := readToken(cfg.TokenFile)
+		tok, err := conf.ReadToken(cfg.TokenFile)
 		if err != nil {
 			return nil, fmt.Errorf("peers.token_file: %w", err)
 		}

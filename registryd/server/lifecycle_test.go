@@ -198,7 +198,7 @@ func TestNewErrors(t *testing.T) {
 			change: func(t *testing.T, env *registrytest.Env) {
 				env.Config.API.TokenFile = filepath.Join(env.Dir, "nope")
 			},
-			wantMsg: "api.token_file: token file: stat ",
+			wantMsg: "api.token_file: token file ",
 		},
 		{
 			name: "API token file readable by others",
@@ -216,7 +216,7 @@ func TestNewErrors(t *testing.T) {
 				env.Config.API.TokenFile = filepath.Join(env.Dir, "api-token")
 				registrytest.WriteSecret(t, env.Config.API.TokenFile, "")
 			},
-			wantMsg: "want one non-empty line",
+			wantMsg: "api-token: empty",
 		},
 		{
 			name: "peers without a token",

@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -142,7 +141,7 @@ func New(ctx context.Context, cfg *conf.Registryd, opts ...Option) (s *Server, e
 	}
 	var apiToken string
 	if cfg.API.TokenFile != "" {
-		if apiToken, err = readToken(cfg.API.TokenFile); err != nil {
+		if apiToken, err = conf.ReadToken(cfg.API.TokenFile); err != nil {
 			return nil, fmt.Errorf("api.token_file: %w", err)
 		}
 	}
@@ -175,26 +174,6 @@ func New(ctx context.Context, cfg *conf.Registryd, opts ...Option) (s *Server, e
 		"max_bytes", int64(cfg.Storage.MaxBytes), "ttl", cfg.Storage.TTL.String(), "tag_ttl", cfg.Cache.TagTTL.String(),
 		"peers", s.peers != nil, "client_auth", cfg.Auth.Htpasswd != "" || cfg.Auth.Token.Realm != "", "api", apiToken != "")
 	return s, nil
-}
-
-// readToken reads a one-line secret from a file that only its owner can read.
-func readToken(path string) (string, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return "", fmt.Errorf("token file: %w", err)
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return "", fmt.Errorf("token file %s: mode %#o is too open, want 0600", path, perm)
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("token file: %w", err)
-	}
-	tok := strings.TrimSpace(string(b))
-	if tok == "" || strings.ContainsAny(tok, "\r\n") {
-		return "", fmt.Errorf("token file %s: want one non-empty line", path)
-	}
-	return tok, nil
 }
 
 // background runs the peer health checks and the eviction loop until ctx ends.

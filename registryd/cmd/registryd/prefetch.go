@@ -28,15 +28,15 @@ func prefetch(ctx context.Context, configPath string, images []string, out io.Wr
 	if cfg.API.TokenFile == "" {
 		return fmt.Errorf("%s: api.token_file: is required for prefetch (the API is disabled without it)", configPath)
 	}
-	token, err := os.ReadFile(cfg.API.TokenFile)
+	token, err := conf.ReadToken(cfg.API.TokenFile)
 	if err != nil {
-		return fmt.Errorf("reading api.token_file: %w", err)
+		return fmt.Errorf("api.token_file: %w", err)
 	}
 	base, tlsConfig, err := localClient(cfg)
 	if err != nil {
 		return err
 	}
-	c := api.NewClient(base, strings.TrimSpace(string(token)), tlsConfig)
+	c := api.NewClient(base, token, tlsConfig)
 	job, err := c.Prefetch(ctx, images)
 	if err != nil {
 		return err
