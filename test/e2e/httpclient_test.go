@@ -188,8 +188,19 @@ func metric(t *testing.T, l *lab.Lab, master int, name string, want map[string]s
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET %s: %s", u, resp.Status)
 	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading %s: %v", u, err)
+	}
+	return sampleSum(t, string(b), name, want)
+}
+
+// sampleSum sums the samples of metric name in the Prometheus text whose labels
+// include every label in want.
+func sampleSum(t *testing.T, text, name string, want map[string]string) float64 {
+	t.Helper()
 	var sum float64
-	sc := bufio.NewScanner(resp.Body)
+	sc := bufio.NewScanner(strings.NewReader(text))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
@@ -206,12 +217,9 @@ func metric(t *testing.T, l *lab.Lab, master int, name string, want map[string]s
 		}
 		v, err := strconv.ParseFloat(strings.Fields(value)[0], 64)
 		if err != nil {
-			t.Fatalf("metrics of %s: bad sample %q: %v", l.Masters[master-1].Name, line, err)
+			t.Fatalf("bad sample %q: %v", line, err)
 		}
 		sum += v
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatalf("reading %s: %v", u, err)
 	}
 	return sum
 }

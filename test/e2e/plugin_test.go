@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -102,36 +101,6 @@ func plNodeMetrics(t *testing.T, l *lab.Lab, node int) string {
 		t.Fatalf("GET %s: %s, %v", u, resp.Status, err)
 	}
 	return string(body)
-}
-
-// plSample sums the samples of metric name in the Prometheus text whose labels
-// include every label in want. The hopless labels (endpoint URLs, codes, kinds)
-// hold no commas or quotes.
-func plSample(t *testing.T, text, name string, want map[string]string) float64 {
-	t.Helper()
-	var sum float64
-	sc := bufio.NewScanner(strings.NewReader(text))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		series, value, ok := strings.Cut(line, " ")
-		if !ok {
-			continue
-		}
-		n, labels, _ := strings.Cut(series, "{")
-		if n != name || !labelsInclude(strings.TrimSuffix(labels, "}"), want) {
-			continue
-		}
-		v, err := strconv.ParseFloat(strings.Fields(value)[0], 64)
-		if err != nil {
-			t.Fatalf("bad sample %q: %v", line, err)
-		}
-		sum += v
-	}
-	return sum
 }
 
 // plRegistryRE matches the registry API requests that the balancer spreads: the
@@ -297,7 +266,7 @@ func TestPluginMasterKilledMidPull(t *testing.T) {
 		}
 		metrics := plNodeMetrics(t, l, 1)
 		for _, m := range l.Masters {
-			if plSample(t, metrics, "hopless_plugin_bytes_total", map[string]string{"endpoint": plEndpoint(m)}) >= 1<<20 {
+			if sampleSum(t, metrics, "hopless_plugin_bytes_total", map[string]string{"endpoint": plEndpoint(m)}) >= 1<<20 {
 				victim = m
 				break
 			}
@@ -319,7 +288,7 @@ func TestPluginMasterKilledMidPull(t *testing.T) {
 		t.Fatalf("pull with %s killed mid-stream did not end within %s", victim.Name, plWait)
 	}
 	plHasImage(t, l, 1, img.Digest)
-	if n := plSample(t, plNodeMetrics(t, l, 1), "hopless_plugin_resumes_total", nil); n < 1 {
+	if n := sampleSum(t, plNodeMetrics(t, l, 1), "hopless_plugin_resumes_total", nil); n < 1 {
 		t.Errorf("hopless_plugin_resumes_total is %v: the cut body was not resumed on another master", n)
 	}
 }
@@ -416,7 +385,7 @@ func TestPluginFrozenMidBlob(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("master-1 did not send 8 MiB of the layer within %s", plWait)
 		}
-		if plSample(t, plNodeMetrics(t, l, 1), "hopless_plugin_bytes_total", m1) >= 8<<20 {
+		if sampleSum(t, plNodeMetrics(t, l, 1), "hopless_plugin_bytes_total", m1) >= 8<<20 {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -441,7 +410,7 @@ func TestPluginFrozenMidBlob(t *testing.T) {
 	}
 	t.Logf("the pull ended %s after master-1 froze", time.Since(frozenAt).Round(time.Millisecond))
 	plHasImage(t, l, 1, img.Digest)
-	if n := plSample(t, plNodeMetrics(t, l, 1), "hopless_plugin_errors_total", map[string]string{"endpoint": m1["endpoint"], "kind": "stall"}); n < 1 {
+	if n := sampleSum(t, plNodeMetrics(t, l, 1), "hopless_plugin_errors_total", map[string]string{"endpoint": m1["endpoint"], "kind": "stall"}); n < 1 {
 		t.Errorf("the node counted no stall of master-1 (hopless_plugin_errors_total{kind=\"stall\"} is %v)", n)
 	}
 
@@ -611,7 +580,7 @@ func TestPluginUnconfiguredHost(t *testing.T) {
 			t.Errorf("the upstream logged no GET of layer %s in the direct pull", d)
 		}
 	}
-	if n := plSample(t, plNodeMetrics(t, l, 1), "hopless_plugin_requests_total", nil); n != 0 {
+	if n := sampleSum(t, plNodeMetrics(t, l, 1), "hopless_plugin_requests_total", nil); n != 0 {
 		t.Errorf("the plugin counted %v requests for a pull it is not configured for", n)
 	}
 }
@@ -640,14 +609,14 @@ func TestPluginMetricsAndVersion(t *testing.T) {
 	metrics := plNodeMetrics(t, l, 1)
 	for _, m := range l.Masters {
 		ep := map[string]string{"endpoint": plEndpoint(m)}
-		if n := plSample(t, metrics, "hopless_plugin_requests_total", ep); n < 1 {
+		if n := sampleSum(t, metrics, "hopless_plugin_requests_total", ep); n < 1 {
 			t.Errorf("hopless_plugin_requests_total{endpoint=%q} is %v after a pull, want >= 1:\n%s", plEndpoint(m), n, plHopless(metrics))
 		}
-		if n := plSample(t, metrics, "hopless_plugin_endpoint_healthy", ep); n != 1 {
+		if n := sampleSum(t, metrics, "hopless_plugin_endpoint_healthy", ep); n != 1 {
 			t.Errorf("hopless_plugin_endpoint_healthy{endpoint=%q} is %v, want 1:\n%s", plEndpoint(m), n, plHopless(metrics))
 		}
 	}
-	if n := plSample(t, metrics, "hopless_plugin_bytes_total", nil); n < float64(img.Bytes) {
+	if n := sampleSum(t, metrics, "hopless_plugin_bytes_total", nil); n < float64(img.Bytes) {
 		t.Errorf("hopless_plugin_bytes_total is %v, want >= the %d layer bytes pulled", n, img.Bytes)
 	}
 }
