@@ -121,7 +121,10 @@ func (a *API) authorized(next http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-// peerBlob serves a blob to another master. It never asks a peer in turn.
+// peerBlob serves a blob to another master. It never asks a peer in turn. A failure
+// of the upstream is answered as the /v2/ endpoints answer it, with the
+// Hopless-Upstream-Error header, so that the asking master passes it on and does not
+// count it against this one.
 func (a *API) peerBlob(w http.ResponseWriter, r *http.Request) {
 	if a.peers == nil || !a.peers.Authenticate(r) {
 		writeError(w, http.StatusUnauthorized, errcode.ErrorCodeUnauthorized.WithMessage("a valid peer token is required"))
@@ -145,7 +148,8 @@ func (a *API) peerBlob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req := cache.Request{Route: route.Route{Upstream: idx, Repo: repo}, FromPeer: true}
-	if err := a.cache.ServeBlob(r.Context(), w, r, req, d); err != nil {
+	ctx, w := cache.UpstreamFailures(r.Context(), w)
+	if err := a.cache.ServeBlob(ctx, w, r, req, d); err != nil {
 		// The asking peer reads 404 as a definite answer; anything else as this
 		// master being unable to serve, which ejects it.
 		if errors.Is(err, distribution.ErrBlobUnknown) {

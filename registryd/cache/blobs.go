@@ -38,7 +38,7 @@ func (b *blobs) Stat(ctx context.Context, d digest.Digest) (v1.Descriptor, error
 	if size, err := b.cache.store.StatBlob(ctx, d); err == nil {
 		return blobDescriptor(d, size), nil
 	} else if !errdefs.IsNotFound(err) {
-		return v1.Descriptor{}, registryError(err)
+		return v1.Descriptor{}, b.cache.registryError(ctx, err)
 	}
 	b.missed.Store(true)
 	size, err := b.cache.fillBlob(b.req, d).Size(ctx)
@@ -46,7 +46,7 @@ func (b *blobs) Stat(ctx context.Context, d digest.Digest) (v1.Descriptor, error
 		if errdefs.IsNotFound(err) {
 			return v1.Descriptor{}, distribution.ErrBlobUnknown
 		}
-		return v1.Descriptor{}, registryError(err)
+		return v1.Descriptor{}, b.cache.registryError(ctx, err)
 	}
 	return blobDescriptor(d, size), nil
 }
@@ -67,7 +67,7 @@ func (b *blobs) Open(ctx context.Context, d digest.Digest) (io.ReadSeekCloser, e
 		return rs, nil
 	}
 	if !errdefs.IsNotFound(err) {
-		return nil, registryError(err)
+		return nil, b.cache.registryError(ctx, err)
 	}
 	fl := b.cache.fillBlob(b.req, d)
 	select {
@@ -79,11 +79,11 @@ func (b *blobs) Open(ctx context.Context, d digest.Digest) (io.ReadSeekCloser, e
 		if errdefs.IsNotFound(err) {
 			return nil, distribution.ErrBlobUnknown
 		}
-		return nil, registryError(err)
+		return nil, b.cache.registryError(ctx, err)
 	}
 	rs, _, err = b.cache.store.OpenBlob(ctx, d)
 	if err != nil {
-		return nil, registryError(err)
+		return nil, b.cache.registryError(ctx, err)
 	}
 	return rs, nil
 }
@@ -102,8 +102,19 @@ func (c *Cache) ServeBlob(ctx context.Context, w http.ResponseWriter, r *http.Re
 	return c.serveBlob(ctx, w, r, req, d, false)
 }
 
-// serveBlob serves d; missed says the request already missed the store.
+// serveBlob serves d; missed says the request already missed the store. A GET with
+// Cache-Control: no-cache first hashes the stored copy whole, whatever was verified
+// before; a bad copy is removed and the request served as a miss.
 func (c *Cache) serveBlob(ctx context.Context, w http.ResponseWriter, r *http.Request, req Request, d digest.Digest, missed bool) error {
+	if r.Method == http.MethodGet && noCache(r.Header) {
+		err := c.store.VerifyBlob(ctx, d)
+		switch {
+		case errdefs.IsDataLoss(err):
+			c.log.Warn("a client asked for a fresh copy and the stored one was corrupt; filling it again", "digest", d)
+		case err != nil && !errdefs.IsNotFound(err):
+			return c.registryError(ctx, err)
+		}
+	}
 	rs, _, err := c.store.OpenBlob(ctx, d)
 	if err == nil {
 		defer rs.Close()
@@ -112,12 +123,12 @@ func (c *Cache) serveBlob(ctx context.Context, w http.ResponseWriter, r *http.Re
 		} else {
 			c.metrics.CacheHits.WithLabelValues("blob").Inc()
 		}
-		setBlobHeaders(w, d)
+		setBlobHeaders(w, d, cacheHit)
 		http.ServeContent(w, r, "", time.Time{}, rs)
 		return nil
 	}
 	if !errdefs.IsNotFound(err) {
-		return registryError(err)
+		return c.registryError(ctx, err)
 	}
 	c.metrics.CacheMisses.WithLabelValues("blob").Inc()
 	fl := c.fillBlob(req, d)
@@ -126,9 +137,9 @@ func (c *Cache) serveBlob(ctx context.Context, w http.ResponseWriter, r *http.Re
 		if errdefs.IsNotFound(err) {
 			return distribution.ErrBlobUnknown
 		}
-		return registryError(err)
+		return c.registryError(ctx, err)
 	}
-	setBlobHeaders(w, d)
+	setBlobHeaders(w, d, cacheMiss)
 	start, end, partial, ok := parseRange(r.Header.Get("Range"), size)
 	if !ok {
 		w.Header().Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
@@ -163,13 +174,36 @@ func abort(c *Cache, d digest.Digest, err error) {
 	panic(http.ErrAbortHandler)
 }
 
-func setBlobHeaders(w http.ResponseWriter, d digest.Digest) {
+// CacheHeader is the response header of every blob that registryd serves: "hit"
+// when the bytes come from its store, "miss" when they are streamed from a fill in
+// progress, whose speed is the upstream's (or the owner peer's), not the store's.
+const (
+	CacheHeader = "Hopless-Cache"
+	cacheHit    = "hit"
+	cacheMiss   = "miss"
+)
+
+func setBlobHeaders(w http.ResponseWriter, d digest.Digest, cache string) {
 	h := w.Header()
+	h.Set(CacheHeader, cache)
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Docker-Content-Digest", d.String())
 	h.Set("Etag", `"`+d.String()+`"`)
 	h.Set("Cache-Control", "max-age=31536000")
 	h.Set("Accept-Ranges", "bytes")
+}
+
+// noCache reports whether a Cache-Control header asks for no-cache.
+func noCache(h http.Header) bool {
+	for _, v := range h.Values("Cache-Control") {
+		for dir := range strings.SplitSeq(v, ",") {
+			name, _, _ := strings.Cut(dir, "=")
+			if strings.EqualFold(strings.TrimSpace(name), "no-cache") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // parseRange reads a single "bytes=a-b", "bytes=a-" or "bytes=-n" range; anything

@@ -128,7 +128,10 @@ func requestFrom(ctx context.Context) (Request, bool) {
 
 // blobSource returns where a fill of d gets its bytes: the owner peer first (unless
 // the request came from a peer), then the upstream. A failed peer is not asked again
-// within the fill. The label says where the fill starts, for metrics.
+// within the fill. An owner that passes on its upstream's failure has not failed: the
+// failure is the fill's, and the upstream is not asked again from here, which would
+// double the load on a failing upstream and the wait of whoever asked. The label says
+// where the fill starts, for metrics.
 func (c *Cache) blobSource(req Request, d digest.Digest) (fill.Source, string) {
 	up := c.upstreams[req.Route.Upstream]
 	var owner peers.Peer
@@ -153,6 +156,10 @@ func (c *Cache) blobSource(req Request, d digest.Digest) (fill.Source, string) {
 			rc, size, err := c.peers.Blob(ctx, owner, up.Host(), req.Route.Repo, d, offset)
 			if err == nil {
 				return rc, size, nil
+			}
+			var ue *upstream.Error
+			if errors.As(err, &ue) {
+				return nil, 0, err
 			}
 			c.log.Warn("peer fill failed, falling back to upstream", "peer", owner.URL, "digest", d, "error", err)
 			peerFailed.Store(true)

@@ -441,8 +441,10 @@ func TestTagTTL(t *testing.T) {
 		t.Errorf("stale tags served went from %v to %v, want one more", stale, got)
 	}
 	resp, body := f.get(t, http.MethodGet, f.repo+"/manifests/never-cached", acceptAll)
-	if resp.StatusCode != http.StatusServiceUnavailable || registrytest.Errors(t, body)[0].Code != "UNAVAILABLE" {
-		t.Errorf("an uncached tag with the upstream stopped: %d %s, want 503 UNAVAILABLE", resp.StatusCode, body)
+	if resp.StatusCode != http.StatusGatewayTimeout || registrytest.Errors(t, body)[0].Code != "UNAVAILABLE" ||
+		resp.Header.Get("Hopless-Upstream-Error") != "upstream="+up.Host+"; reason=unreachable" {
+		t.Errorf("an uncached tag with the upstream stopped: %d %s (%q), want 504 UNAVAILABLE as the upstream's failure",
+			resp.StatusCode, body, resp.Header.Get("Hopless-Upstream-Error"))
 	}
 }
 

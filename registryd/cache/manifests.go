@@ -41,11 +41,11 @@ func (m *manifests) Get(ctx context.Context, d digest.Digest, _ ...distribution.
 		if errdefs.IsNotFound(err) {
 			return nil, distribution.ErrManifestUnknownRevision{Name: m.name, Revision: d}
 		}
-		return nil, registryError(err)
+		return nil, m.cache.registryError(ctx, err)
 	}
 	man, _, err := distribution.UnmarshalManifest(res.mediaType, res.payload)
 	if err != nil {
-		return nil, registryError(fmt.Errorf("manifest %s of media type %q: %v: %w", d, res.mediaType, err, errdefs.ErrInvalidArgument))
+		return nil, m.cache.registryError(ctx, fmt.Errorf("manifest %s of media type %q: %v: %w", d, res.mediaType, err, errdefs.ErrInvalidArgument))
 	}
 	return man, nil
 }

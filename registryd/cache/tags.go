@@ -32,7 +32,7 @@ func (t *tags) Get(ctx context.Context, tag string) (v1.Descriptor, error) {
 		if errdefs.IsNotFound(err) {
 			return v1.Descriptor{}, distribution.ErrTagUnknown{Tag: tag}
 		}
-		return v1.Descriptor{}, registryError(err)
+		return v1.Descriptor{}, t.cache.registryError(ctx, err)
 	}
 	return desc, nil
 }

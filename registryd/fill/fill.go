@@ -14,6 +14,13 @@
 // length; if it turns out to be bad (longer than the blob, or the finished blob does
 // not verify), it is truncated and the fill starts over, once.
 //
+// The one failure that is not retried is the upstream's own before any response has
+// given the blob's size: every request for the blob is then still waiting for the
+// fill's first answer, and retrying with backoff would keep them waiting past their
+// own deadlines (a node, or a master asking this one as the blob's owner, would give
+// up on this master instead of hearing that the upstream failed). The fill fails at
+// once with the upstream's error, and whoever asked decides whether to ask again.
+//
 // Nothing unverified is ever complete: readers get bytes only up to the last 64 KiB
 // boundary before the end until the whole blob's digest matches, and a failed fill
 // turns every Read into an error, never io.EOF. Only a verified, fsynced spool is
@@ -41,6 +48,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/hopless/hopless/internal/upstreamerr"
 	"github.com/hopless/hopless/registryd/metrics"
 )
 
@@ -65,7 +73,9 @@ var errStalled = errors.New("source stalled")
 // The body must stop (Read returns an error) once ctx is cancelled, as HTTP response
 // bodies do: that is how stalls and Close end an attempt. Errors wrapping
 // errdefs.ErrNotFound, ErrPermissionDenied, ErrUnauthenticated, ErrInvalidArgument,
-// ErrOutOfRange or ErrDataLoss fail the fill at once; any other error is retried. A
+// ErrOutOfRange or ErrDataLoss fail the fill at once, and so does an upstream failure
+// (an error with a Failure() upstreamerr.Failure method, such as registryd/upstream's
+// *Error) while no call has yet given the size; any other error is retried. A
 // Source should return errdefs.ErrOutOfRange for an offset at or past the end (HTTP
 // 416), so that a bad crash leftover of full length is dropped without retries.
 type Source func(ctx context.Context, offset int64) (io.ReadCloser, int64, error)
@@ -263,8 +273,9 @@ func (f *Filler) fill(log *slog.Logger, fl *Fill, src Source) (err error) {
 			err = fmt.Errorf("content of %s hashes to %s: %w", d, got, errdefs.ErrDataLoss)
 		}
 		// A leftover that cannot be resumed at all may be the bad one (a Source need
-		// not say ErrOutOfRange for an offset at the end), so it is dropped too.
-		bad := errdefs.IsDataLoss(err) || errdefs.IsOutOfRange(err) || reached == have
+		// not say ErrOutOfRange for an offset at the end), so it is dropped too, unless
+		// the upstream failed to answer at all.
+		bad := errdefs.IsDataLoss(err) || errdefs.IsOutOfRange(err) || (reached == have && !upstreamFailed(err))
 		if !leftover || ctx.Err() != nil || !bad {
 			return err
 		}
@@ -306,6 +317,10 @@ func (f *Filler) download(ctx context.Context, log *slog.Logger, fl *Fill, file 
 			return off, fmt.Errorf("fill of %s stopped at byte %d: %w", fl.d, off, ctx.Err())
 		}
 		if !retry || permanent(err) {
+			return off, err
+		}
+		if fl.sizeNow() < 0 && upstreamFailed(err) {
+			// Everyone who asked is waiting for the first answer: give them this one.
 			return off, err
 		}
 		if n > 0 {
@@ -371,6 +386,12 @@ func (f *Filler) attempt(ctx context.Context, fl *Fill, file *os.File, h hash.Ha
 		}
 	}
 	return n, false, nil
+}
+
+// upstreamFailed reports whether err is an upstream registry's own failure.
+func upstreamFailed(err error) bool {
+	var f interface{ Failure() upstreamerr.Failure }
+	return errors.As(err, &f)
 }
 
 func permanent(err error) bool {

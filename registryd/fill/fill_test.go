@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/hopless/hopless/internal/upstreamerr"
 	"github.com/hopless/hopless/registryd/fill"
 	"github.com/hopless/hopless/registryd/metrics"
 )
@@ -1087,4 +1088,89 @@ func TestInvalidDigest(t *testing.T) {
 			}
 		})
 	}
+}
+
+// upstreamFailure is an upstream's own failure, as registryd/upstream reports one.
+type upstreamFailure struct{ error }
+
+func (u upstreamFailure) Unwrap() error { return u.error }
+
+func (upstreamFailure) Failure() upstreamerr.Failure {
+	return upstreamerr.Failure{Upstream: "upstream.example", Status: 503, Reason: upstreamerr.ReasonStatus}
+}
+
+// TestUpstreamFailure checks that the upstream failing before any answer gave the size
+// fails the fill at once, with that failure, for everyone waiting, while the same
+// failure is retried once the size is known, and a leftover spool file is kept.
+func TestUpstreamFailure(t *testing.T) {
+	t.Parallel()
+	const size = 2*mib + 3
+	data := blob(size, 14)
+	d := digest.FromBytes(data)
+	failure := upstreamFailure{fmt.Errorf("upstream answered 503: %w", errdefs.ErrUnavailable)}
+
+	t.Run("before the size", func(t *testing.T) {
+		t.Parallel()
+		c := newCommitter(t)
+		f, _ := newFiller(t, c, fill.WithRetries(5, time.Millisecond))
+		src := &memSource{data: data, plan: func(int) call { return call{err: failure} }}
+		fl := f.Fill(d, "upstream", src.source)
+		if _, err := fl.Size(testCtx(t)); !errors.As(err, new(upstreamFailure)) {
+			t.Fatalf("Size: %v, want the upstream's failure", err)
+		}
+		waitDone(t, fl)
+		if err := fl.Err(); !errors.As(err, new(upstreamFailure)) || !errdefs.IsUnavailable(err) {
+			t.Errorf("fill error %v, want the upstream's failure", err)
+		}
+		if got := src.seen(); fmt.Sprint(got) != "[0]" {
+			t.Errorf("source offsets = %v, want one call at 0", got)
+		}
+	})
+	t.Run("after the size", func(t *testing.T) {
+		t.Parallel()
+		c := newCommitter(t)
+		f, _ := newFiller(t, c, fill.WithRetries(5, time.Millisecond))
+		src := &memSource{data: data, plan: func(i int) call {
+			switch i {
+			case 0:
+				return call{bytes: mib}
+			case 1, 2:
+				return call{err: failure}
+			}
+			return call{bytes: -1}
+		}}
+		fl := f.Fill(d, "upstream", src.source)
+		waitDone(t, fl)
+		if err := fl.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := fmt.Sprint(src.seen()), fmt.Sprint([]int64{0, mib, mib, mib}); got != want {
+			t.Errorf("source offsets = %v, want %v", got, want)
+		}
+		checkCommitted(t, c, d, data)
+	})
+	t.Run("leftover kept", func(t *testing.T) {
+		t.Parallel()
+		c := newCommitter(t)
+		spool := c.SpoolPath(d)
+		if err := os.MkdirAll(filepath.Dir(spool), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(spool, data[:mib], 0o644); err != nil {
+			t.Fatal(err)
+		}
+		f, _ := newFiller(t, c, fill.WithRetries(5, time.Millisecond))
+		src := &memSource{data: data, plan: func(int) call { return call{err: failure} }}
+		fl := f.Fill(d, "upstream", src.source)
+		waitDone(t, fl)
+		if err := fl.Err(); !errors.As(err, new(upstreamFailure)) {
+			t.Fatalf("fill error %v, want the upstream's failure", err)
+		}
+		if got := fmt.Sprint(src.seen()); got != fmt.Sprint([]int64{mib}) {
+			t.Errorf("source offsets = %v, want one call at the leftover's end", got)
+		}
+		if st, err := os.Stat(spool); err != nil || st.Size() != mib {
+			t.Errorf("spool file = %v, %v; want the %d-byte leftover kept", st, err, mib)
+		}
+	})
 }

@@ -28,7 +28,8 @@ type Metrics struct {
 	UpstreamRequests *prometheus.CounterVec
 	// UpstreamBytes counts blob and manifest body bytes received from each upstream.
 	UpstreamBytes *prometheus.CounterVec
-	// PeerFills counts blob fills asked of a peer, by peer and result (ok, error).
+	// PeerFills counts blob fills asked of a peer, by peer and result (ok, error, or
+	// upstream: the peer passed on its upstream's failure, which is not its own).
 	PeerFills *prometheus.CounterVec
 	// PeerRequests counts blob requests served to peers.
 	PeerRequests prometheus.Counter

@@ -15,7 +15,10 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/hopless/hopless/conf"
+	"github.com/hopless/hopless/internal/upstreamerr"
 	"github.com/hopless/hopless/registryd/metrics"
+	"github.com/hopless/hopless/registryd/upstream"
 )
 
 var testBlob = bytes.Repeat([]byte("0123456789abcdef"), 4096)
@@ -262,5 +265,111 @@ func TestBlobCut(t *testing.T) {
 				t.Errorf("%s fills = %v, want 1", tt.wantResult, n)
 			}
 		})
+	}
+}
+
+// TestBlobUpstreamFailure covers an owner that answers with the upstream's failure:
+// with a valid Hopless-Upstream-Error for the upstream asked about, the error is that
+// failure and the owner stays up; anything else is the owner's own failure.
+func TestBlobUpstreamFailure(t *testing.T) {
+	t.Parallel()
+	d := digest.FromBytes(testBlob)
+	answer := func(code int, header, retryAfter string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set(upstreamerr.Header, header)
+			if retryAfter != "" {
+				w.Header().Set("Retry-After", retryAfter)
+			}
+			http.Error(w, `{"errors":[{"code":"UNAVAILABLE"}]}`, code)
+		}
+	}
+	tests := []struct {
+		name       string
+		handler    http.HandlerFunc
+		want       string // the *upstream.Error's failure; "" for the owner's own failure
+		retryAfter string
+	}{
+		{name: "502 status", handler: answer(502, "upstream=registry.example; status=503", "7"),
+			want: "upstream=registry.example; status=503", retryAfter: "7"},
+		{name: "504 timeout", handler: answer(504, "upstream=registry.example; reason=timeout", ""),
+			want: "upstream=registry.example; reason=timeout"},
+		{name: "429 with a date", handler: answer(429, "upstream=Registry.Example; status=429", "Wed, 21 Oct 2037 07:28:00 GMT"),
+			want: "upstream=registry.example; status=429", retryAfter: "Wed, 21 Oct 2037 07:28:00 GMT"},
+		{name: "invalid Retry-After dropped", handler: answer(502, "upstream=registry.example; status=500", "later"),
+			want: "upstream=registry.example; status=500"},
+		{name: "another upstream", handler: answer(502, "upstream=other.example; status=503", "")},
+		{name: "garbage header", handler: answer(502, "upstream=registry.example; status=503; x=1", "")},
+		{name: "header on a 200", handler: func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set(upstreamerr.Header, "upstream=registry.example; status=503")
+			w.WriteHeader(http.StatusNoContent)
+		}},
+		{name: "no header", handler: status(http.StatusBadGateway)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			srv, cfg := tlsPeer(t, tt.handler)
+			m := metrics.New()
+			s := mustNew(t, cfg, WithMetrics(m))
+			rc, _, err := s.Blob(t.Context(), s.Healthy()[0], "registry.example", "deckhouse/ce", d, 0)
+			if err == nil {
+				rc.Close()
+				t.Fatal("Blob succeeded, want an error")
+			}
+			if !errdefs.IsUnavailable(err) {
+				t.Errorf("error %v is not unavailable", err)
+			}
+			var ue *upstream.Error
+			switch {
+			case tt.want == "" && errors.As(err, &ue):
+				t.Errorf("error %v is the upstream failure %q, want the owner's own", err, ue.Failure())
+			case tt.want == "":
+			case !errors.As(err, &ue):
+				t.Errorf("error %v is no upstream failure, want %q", err, tt.want)
+			case ue.Failure().String() != tt.want || ue.RetryAfter != tt.retryAfter:
+				t.Errorf("failure %q Retry-After %q, want %q and %q", ue.Failure(), ue.RetryAfter, tt.want, tt.retryAfter)
+			}
+			ownFailure := tt.want == ""
+			if got := !isUp(s, srv.URL); got != ownFailure {
+				t.Errorf("ejected = %v, want %v", got, ownFailure)
+			}
+			result := resultUpstream
+			if ownFailure {
+				result = resultError
+			}
+			if n := fills(t, m, srv.URL, result); n != 1 {
+				t.Errorf("%s fills = %v, want 1", result, n)
+			}
+		})
+	}
+}
+
+// TestBlobStall checks that a body that sends nothing for peers.stall fails, and
+// ejects the peer.
+func TestBlobStall(t *testing.T) {
+	t.Parallel()
+	srv, cfg := tlsPeer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(testBlob)))
+		_, _ = w.Write(testBlob[:100])
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	}))
+	cfg.Stall = conf.Duration{Duration: 100 * time.Millisecond}
+	m := metrics.New()
+	s := mustNew(t, cfg, WithMetrics(m))
+	rc, _, err := s.Blob(t.Context(), s.Healthy()[0], "registry.example", "deckhouse/ce", digest.FromBytes(testBlob), 0)
+	if err != nil {
+		t.Fatalf("Blob: %v", err)
+	}
+	defer rc.Close()
+	_, err = io.ReadAll(rc)
+	if !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), "sent nothing for 100ms") {
+		t.Errorf("read error %v, want unavailable after 100ms without bytes", err)
+	}
+	if isUp(s, srv.URL) {
+		t.Error("a stalled peer is still up")
+	}
+	if n := fills(t, m, srv.URL, resultError); n != 1 {
+		t.Errorf("error fills = %v, want 1", n)
 	}
 }

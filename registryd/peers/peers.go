@@ -27,7 +27,8 @@
 // mark a peer down and one success marks it up again. A peer starts up, so that
 // ownership is consistent from the first request. A peer that fails a Blob request is
 // marked down at once (passive ejection) until a health check started after the failure
-// succeeds. Self is always considered healthy. In DNS mode the peers are the A and
+// succeeds. A peer that answers with the Hopless-Upstream-Error header has not failed:
+// it passes on its upstream's failure, which Blob returns as the upstream's. Self is always considered healthy. In DNS mode the peers are the A and
 // AAAA records of a headless Service, resolved again every five health intervals.
 //
 // # Loop freedom
@@ -74,11 +75,10 @@ const (
 	// downAfter is the number of consecutive failed health checks that mark a peer down.
 	downAfter = 2
 	// dnsEvery is the number of health intervals between two DNS resolutions.
-	dnsEvery              = 5
-	dialTimeout           = time.Second
-	responseHeaderTimeout = 5 * time.Second
-	maxHealthTimeout      = time.Second
-	maxDNSTimeout         = 5 * time.Second
+	dnsEvery         = 5
+	dialTimeout      = time.Second
+	maxHealthTimeout = time.Second
+	maxDNSTimeout    = 5 * time.Second
 )
 
 // Peer is another master that may own blobs.
@@ -103,6 +103,8 @@ type Set struct {
 	dnsScheme string
 	dnsPort   string
 	interval  time.Duration
+	// stall fails a peer body that delivers no bytes for this long.
+	stall time.Duration
 
 	mu sync.RWMutex
 	// peers are the other masters by URL; self is never among them.
@@ -138,7 +140,8 @@ func WithLookup(lookup func(ctx context.Context, host string) ([]string, error))
 	return func(s *Set) { s.lookup = lookup }
 }
 
-// WithHTTPClient replaces the client built from cfg.TLS, for tests.
+// WithHTTPClient replaces the client built from cfg.TLS and cfg.ResponseHeader, for
+// tests.
 func WithHTTPClient(c *http.Client) Option {
 	return func(s *Set) { s.client = c }
 }
@@ -152,10 +155,14 @@ func New(cfg conf.Peers, opts ...Option) (*Set, error) {
 		lookup:   net.DefaultResolver.LookupHost,
 		dns:      cfg.DNS,
 		interval: cfg.HealthInterval.Duration,
+		stall:    cfg.Stall.Duration,
 		peers:    make(map[string]*member),
 	}
 	if s.interval <= 0 {
 		s.interval = defaultHealthInterval
+	}
+	if s.stall <= 0 {
+		s.stall = conf.DefaultPeerStall
 	}
 	for _, o := range opts {
 		o(s)
@@ -225,7 +232,7 @@ func New(cfg conf.Peers, opts ...Option) (*Set, error) {
 		return nil, fmt.Errorf("peers.token_file: required when there are peers: %w", errdefs.ErrInvalidArgument)
 	}
 	if s.client == nil {
-		c, err := newClient(cfg.TLS)
+		c, err := newClient(cfg.TLS, cfg.ResponseHeader.Duration)
 		if err != nil {
 			return nil, fmt.Errorf("peers.tls: %w", err)
 		}
@@ -306,9 +313,14 @@ func canonicalURL(raw string, insecure bool) (string, error) {
 
 // newClient is the client for peer requests: the cluster CA only, no proxy from the
 // environment, and short dial and header timeouts so that a dead or frozen peer costs
-// little. It stays on HTTP/1.1 so that concurrent fills use their own connections and a
-// stalled stream does not hold up others.
-func newClient(t conf.TLS) (*http.Client, error) {
+// little (responseHeader, default 5s, is peers.response_header, which validation keeps
+// above every upstream's, so that an owner waiting on its upstream answers first). It
+// stays on HTTP/1.1 so that concurrent fills use their own connections and a stalled
+// stream does not hold up others.
+func newClient(t conf.TLS, responseHeader time.Duration) (*http.Client, error) {
+	if responseHeader <= 0 {
+		responseHeader = conf.DefaultPeerResponseHeader
+	}
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
 	if t.CA != "" {
 		pem, err := os.ReadFile(t.CA)
@@ -335,7 +347,7 @@ func newClient(t conf.TLS) (*http.Client, error) {
 		}).DialContext,
 		TLSClientConfig:       tc,
 		TLSHandshakeTimeout:   dialTimeout,
-		ResponseHeaderTimeout: responseHeaderTimeout,
+		ResponseHeaderTimeout: responseHeader,
 		MaxIdleConnsPerHost:   16,
 		IdleConnTimeout:       90 * time.Second,
 	}}, nil

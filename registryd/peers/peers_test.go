@@ -240,3 +240,27 @@ func TestRunReturnsWhenDone(t *testing.T) {
 		t.Fatal("Run did not return after its context was cancelled")
 	}
 }
+
+// TestTimeouts checks that peers.response_header and peers.stall reach the client,
+// with their defaults when unset.
+func TestTimeouts(t *testing.T) {
+	t.Parallel()
+	_, cfg := tlsPeer(t, http.NotFoundHandler())
+	for _, tt := range []struct {
+		responseHeader, stall         time.Duration
+		wantResponseHeader, wantStall time.Duration
+	}{
+		{0, 0, conf.DefaultPeerResponseHeader, conf.DefaultPeerStall},
+		{7 * time.Second, 6 * time.Second, 7 * time.Second, 6 * time.Second},
+	} {
+		cfg.ResponseHeader = conf.Duration{Duration: tt.responseHeader}
+		cfg.Stall = conf.Duration{Duration: tt.stall}
+		s := mustNew(t, cfg)
+		tr := s.client.Transport.(*http.Transport)
+		if tr.ResponseHeaderTimeout != tt.wantResponseHeader || tr.TLSHandshakeTimeout != dialTimeout || s.stall != tt.wantStall {
+			t.Errorf("response_header %s, stall %s: transport waits %s for headers, %s for TLS, stall %s; want %s, %s, %s",
+				tt.responseHeader, tt.stall, tr.ResponseHeaderTimeout, tr.TLSHandshakeTimeout, s.stall,
+				tt.wantResponseHeader, dialTimeout, tt.wantStall)
+		}
+	}
+}

@@ -58,7 +58,9 @@ func (s *Server) routes(registry http.Handler) http.Handler {
 const readOnlyMessage = "registryd is a read-only pull-through cache"
 
 // serveV2 refuses writes, validates a /v2/ request and hands it to distribution with
-// its route in the context.
+// its route in the context, and with the cache's note of upstream failures, so that
+// a request that fails because of the upstream says so (502, 504 or 429 with the
+// Hopless-Upstream-Error header) while registryd's own failures stay 500 or 503.
 func (s *Server) serveV2(w http.ResponseWriter, r *http.Request, registry http.Handler) {
 	name, kind, ref := splitV2(r.URL.Path)
 	switch {
@@ -88,10 +90,11 @@ func (s *Server) serveV2(w http.ResponseWriter, r *http.Request, registry http.H
 		writeRegistryError(w, http.StatusNotFound, "UNSUPPORTED", "registryd does not list tags")
 		return
 	}
+	ctx, w := cache.UpstreamFailures(r.Context(), w)
 	if req != nil {
-		r = r.WithContext(cache.WithRequest(r.Context(), *req))
+		ctx = cache.WithRequest(ctx, *req)
 	}
-	registry.ServeHTTP(w, r)
+	registry.ServeHTTP(w, r.WithContext(ctx))
 }
 
 // route validates a /v2/ request's repository name and reference and picks its

@@ -261,8 +261,10 @@ func TestNewOffline(t *testing.T) {
 		t.Errorf("readyz with the upstream down: %d %s, want 200", resp.StatusCode, body)
 	}
 	resp, body = registrytest.Do(t, env.Cert.Client(t), http.MethodGet, baseURL(s)+"/v2/system/deckhouse/install/manifests/v1", nil)
-	if resp.StatusCode != http.StatusServiceUnavailable || registrytest.Errors(t, body)[0].Code != "UNAVAILABLE" {
-		t.Errorf("uncached tag with the upstream down: %d %s, want 503 UNAVAILABLE", resp.StatusCode, body)
+	if resp.StatusCode != http.StatusGatewayTimeout || registrytest.Errors(t, body)[0].Code != "UNAVAILABLE" ||
+		resp.Header.Get("Hopless-Upstream-Error") != "upstream="+up.Host+"; reason=unreachable" {
+		t.Errorf("uncached tag with the upstream down: %d %s (%q), want 504 UNAVAILABLE as the upstream's failure",
+			resp.StatusCode, body, resp.Header.Get("Hopless-Upstream-Error"))
 	}
 }
 

@@ -127,7 +127,13 @@ func New(ctx context.Context, cfg *conf.Registryd, opts ...Option) (s *Server, e
 		}
 	}()
 	for i, u := range cfg.Upstream {
-		c, err := upstream.New(u, upstream.WithLogger(s.log), upstream.WithMetrics(s.metrics))
+		// Zero timeouts (a configuration not loaded from a file) keep the defaults.
+		opts := []upstream.Option{upstream.WithLogger(s.log), upstream.WithMetrics(s.metrics),
+			upstream.WithTimeouts(u.Timeouts.Dial.Duration, u.Timeouts.ResponseHeader.Duration)}
+		if stall := u.Timeouts.Stall.Duration; stall > 0 {
+			opts = append(opts, upstream.WithStallTimeout(stall))
+		}
+		c, err := upstream.New(u, opts...)
 		if err != nil {
 			return nil, fmt.Errorf("upstream[%d] %s: %w", i, redact(u.URL), err)
 		}

@@ -208,6 +208,28 @@ func (s *Store) StatBlob(ctx context.Context, d digest.Digest) (int64, error) {
 // On the filesystem driver a verified blob is returned as its *os.File, for
 // http.ServeContent's sendfile path; removing the blob meanwhile does not disturb it.
 func (s *Store) OpenBlob(ctx context.Context, d digest.Digest) (io.ReadSeekCloser, int64, error) {
+	return s.openBlob(ctx, d, false)
+}
+
+// VerifyBlob hashes all of the stored blob d now, even if it was verified before and
+// looks unchanged (same size, mtime and inode): a client that found the bytes it was
+// served to be wrong asks for this with Cache-Control: no-cache. A copy that does not
+// match is removed as OpenBlob's reader removes one, and VerifyBlob returns an error
+// wrapping errdefs.ErrDataLoss; a missing blob is errdefs.ErrNotFound. A copy that
+// matches is remembered as verified, so that the OpenBlob that follows serves it
+// straight from the file.
+func (s *Store) VerifyBlob(ctx context.Context, d digest.Digest) error {
+	r, _, err := s.openBlob(ctx, d, true)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return r.(*verifyingReader).verify()
+}
+
+// openBlob is OpenBlob; recheck returns a verifying reader whatever the blob's
+// verified state.
+func (s *Store) openBlob(ctx context.Context, d digest.Digest, recheck bool) (io.ReadSeekCloser, int64, error) {
 	if err := checkDigest(d); err != nil {
 		return nil, 0, err
 	}
@@ -270,7 +292,7 @@ func (s *Store) OpenBlob(ctx context.Context, d digest.Digest) (io.ReadSeekClose
 	}
 	s.touch(d, id.size)
 	key := verifyKey{d: d, id: id}
-	if s.verified.has(key) {
+	if !recheck && s.verified.has(key) {
 		return r, id.size, nil
 	}
 	return &verifyingReader{s: s, d: d, r: r, size: id.size, key: key, same: same,

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -474,5 +475,57 @@ func TestCommitCountsAsVerified(t *testing.T) {
 	}
 	if n := s.verifications.Load(); n != 0 {
 		t.Fatalf("verifications = %d, want 0", n)
+	}
+}
+
+// TestVerifyBlob flips a byte of a verified blob in place and restores its mtime, so
+// that it looks unchanged: OpenBlob serves it whole, VerifyBlob finds and removes it.
+func TestVerifyBlob(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, "filesystem")
+	m := newMetrics()
+	s := b.open(t, WithMetrics(m))
+	content := randomBytes(12, 200<<10)
+	d := commit(t, s, content)
+	if err := s.VerifyBlob(t.Context(), d); err != nil {
+		t.Fatalf("VerifyBlob of a good blob: %v", err)
+	}
+	if n := s.verifications.Load(); n != 1 {
+		t.Fatalf("verifications = %d, want 1: VerifyBlob hashes a blob verified at commit", n)
+	}
+
+	p := s.fsPath(blobPath(d))
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{content[777] ^ 1}, 777); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(p, fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	bad := bytes.Clone(content)
+	bad[777] ^= 1
+	readAll(t, s, d, bad) // the verified state trusts the unchanged-looking file
+
+	if err := s.VerifyBlob(t.Context(), d); !errdefs.IsDataLoss(err) {
+		t.Fatalf("VerifyBlob of the flipped blob: %v, want data loss", err)
+	}
+	if has(t, s, d) {
+		t.Fatal("the corrupt blob was kept")
+	}
+	if v := counter(t, m.VerifyFailures.WithLabelValues("store")); v != 1 {
+		t.Errorf("store verify failures = %v, want 1", v)
+	}
+	if err := s.VerifyBlob(t.Context(), d); !errdefs.IsNotFound(err) {
+		t.Errorf("VerifyBlob of the removed blob: %v, want not found", err)
 	}
 }

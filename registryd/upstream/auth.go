@@ -145,7 +145,7 @@ func (c *Client) parseChallenge(ctx context.Context, resp *http.Response) (*tran
 	})
 	ch, err := transport.Ping(ctx, c.reg, replay)
 	if err != nil {
-		return nil, fmt.Errorf("parsing the WWW-Authenticate challenge: %v: %w", err, errdefs.ErrUnavailable)
+		return nil, c.badAnswer(resp.StatusCode, fmt.Errorf("parsing the WWW-Authenticate challenge: %v: %w", err, errdefs.ErrUnavailable))
 	}
 	ch.Insecure = c.insecure
 	return ch, nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -153,6 +154,9 @@ func TestFaults(t *testing.T) {
 		opts     []Option
 		wantErr  errorClass
 		wantText string
+		// failure is the *Error's Failure without its "upstream=<host>; " prefix,
+		// or empty when the error must not be an *Error.
+		failure string
 	}{
 		{name: "404 blob", op: blobOp(0), wantErr: errdefs.IsNotFound, wantText: "BLOB_UNKNOWN blob unknown to registry",
 			handler: func(<-chan struct{}) http.Handler { return fakeRegistry(status(404, notFound), nil) }},
@@ -160,11 +164,11 @@ func TestFaults(t *testing.T) {
 			handler: func(<-chan struct{}) http.Handler { return fakeRegistry(status(404, ""), nil) }},
 		{name: "404 head", op: headOp, wantErr: errdefs.IsNotFound, wantText: "404",
 			handler: func(<-chan struct{}) http.Handler { return fakeRegistry(nil, status(404, "")) }},
-		{name: "500 blob", op: blobOp(0), wantErr: errdefs.IsUnavailable, wantText: "500 Internal Server Error",
+		{name: "500 blob", op: blobOp(0), wantErr: errdefs.IsUnavailable, wantText: "500 Internal Server Error", failure: "status=500",
 			handler: func(<-chan struct{}) http.Handler { return fakeRegistry(status(500, "boom"), nil) }},
-		{name: "503 manifest", op: manifestOp, wantErr: errdefs.IsUnavailable, wantText: "503",
+		{name: "503 manifest", op: manifestOp, wantErr: errdefs.IsUnavailable, wantText: "503", failure: "status=503",
 			handler: func(<-chan struct{}) http.Handler { return fakeRegistry(nil, status(503, "")) }},
-		{name: "429 manifest", op: manifestOp, wantErr: errdefs.IsUnavailable, wantText: "429",
+		{name: "429 manifest", op: manifestOp, wantErr: errdefs.IsUnavailable, wantText: "429", failure: "status=429",
 			handler: func(<-chan struct{}) http.Handler {
 				return fakeRegistry(nil, status(429, `{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}`))
 			}},
@@ -176,18 +180,18 @@ func TestFaults(t *testing.T) {
 			handler: func(<-chan struct{}) http.Handler { return fakeRegistry(nil, status(400, "")) }},
 		{name: "418 manifest", op: manifestOp, wantErr: errdefs.IsUnknown, wantText: "418",
 			handler: func(<-chan struct{}) http.Handler { return fakeRegistry(nil, status(418, "")) }},
-		{name: "closed connection blob", op: blobOp(0), wantErr: errdefs.IsUnavailable, wantText: "fetching blob a/b@",
+		{name: "closed connection blob", op: blobOp(0), wantErr: errdefs.IsUnavailable, wantText: "fetching blob a/b@", failure: "reason=unreachable",
 			handler: func(<-chan struct{}) http.Handler { return fakeRegistry(hangUp, nil) }},
-		{name: "closed connection manifest", op: manifestOp, wantErr: errdefs.IsUnavailable, wantText: "fetching manifest a/b:v1",
+		{name: "closed connection manifest", op: manifestOp, wantErr: errdefs.IsUnavailable, wantText: "fetching manifest a/b:v1", failure: "reason=unreachable",
 			handler: func(<-chan struct{}) http.Handler { return fakeRegistry(nil, hangUp) }},
-		{name: "closed connection on ping", op: manifestOp, wantErr: errdefs.IsUnavailable, wantText: "GET /v2/",
+		{name: "closed connection on ping", op: manifestOp, wantErr: errdefs.IsUnavailable, wantText: "GET /v2/", failure: "reason=unreachable",
 			handler: func(<-chan struct{}) http.Handler { return http.HandlerFunc(hangUp) }},
-		{name: "ping 500", op: blobOp(0), wantErr: errdefs.IsUnavailable, wantText: "500",
+		{name: "ping 500", op: blobOp(0), wantErr: errdefs.IsUnavailable, wantText: "500", failure: "status=500",
 			handler: func(<-chan struct{}) http.Handler { return status(500, "") }},
-		{name: "ping 404", op: statOp, wantErr: onlyUnavailable, wantText: "404",
+		{name: "ping 404", op: statOp, wantErr: onlyUnavailable, wantText: "404", failure: "status=404; reason=bad-answer",
 			handler: func(<-chan struct{}) http.Handler { return http.NotFoundHandler() }},
 		{name: "no response headers", op: manifestOp, opts: []Option{WithTimeouts(0, 200*time.Millisecond)},
-			wantErr: errdefs.IsUnavailable, wantText: "timeout awaiting response headers",
+			wantErr: errdefs.IsUnavailable, wantText: "timeout awaiting response headers", failure: "reason=timeout",
 			handler: func(done <-chan struct{}) http.Handler {
 				return fakeRegistry(nil, func(w http.ResponseWriter, r *http.Request) {
 					select {
@@ -197,7 +201,7 @@ func TestFaults(t *testing.T) {
 				})
 			}},
 		{name: "stalled body", op: blobOp(0), opts: []Option{WithStallTimeout(200 * time.Millisecond)},
-			wantErr: errdefs.IsUnavailable, wantText: "sent nothing for 200ms",
+			wantErr: errdefs.IsUnavailable, wantText: "sent nothing for 200ms", failure: "reason=timeout",
 			handler: func(done <-chan struct{}) http.Handler {
 				return fakeRegistry(func(w http.ResponseWriter, r *http.Request) {
 					w.Header().Set("Content-Length", "1000")
@@ -209,7 +213,7 @@ func TestFaults(t *testing.T) {
 					}
 				}, nil)
 			}},
-		{name: "cut body", op: blobOp(0), wantErr: errdefs.IsUnavailable, wantText: "unexpected EOF",
+		{name: "cut body", op: blobOp(0), wantErr: errdefs.IsUnavailable, wantText: "unexpected EOF", failure: "reason=bad-answer",
 			handler: func(<-chan struct{}) http.Handler {
 				return fakeRegistry(func(w http.ResponseWriter, r *http.Request) {
 					w.Header().Set("Content-Length", "1000")
@@ -218,14 +222,14 @@ func TestFaults(t *testing.T) {
 					panic(http.ErrAbortHandler)
 				}, nil)
 			}},
-		{name: "bad Content-Range", op: blobOp(10), wantErr: errdefs.IsUnavailable, wantText: "Content-Range",
+		{name: "bad Content-Range", op: blobOp(10), wantErr: errdefs.IsUnavailable, wantText: "Content-Range", failure: "status=206; reason=bad-answer",
 			handler: func(<-chan struct{}) http.Handler {
 				return fakeRegistry(func(w http.ResponseWriter, r *http.Request) {
 					w.Header().Set("Content-Range", "bytes x")
 					w.WriteHeader(http.StatusPartialContent)
 				}, nil)
 			}},
-		{name: "wrong range", op: blobOp(10), wantErr: errdefs.IsUnavailable, wantText: `Content-Range "bytes 0-99/100"`,
+		{name: "wrong range", op: blobOp(10), wantErr: errdefs.IsUnavailable, wantText: `Content-Range "bytes 0-99/100"`, failure: "status=206; reason=bad-answer",
 			handler: func(<-chan struct{}) http.Handler {
 				return fakeRegistry(func(w http.ResponseWriter, r *http.Request) {
 					w.Header().Set("Content-Range", "bytes 0-99/100")
@@ -234,14 +238,14 @@ func TestFaults(t *testing.T) {
 					_, _ = w.Write(make([]byte, 100))
 				}, nil)
 			}},
-		{name: "stat without a size", op: statOp, wantErr: errdefs.IsUnavailable, wantText: "Content-Length",
+		{name: "stat without a size", op: statOp, wantErr: errdefs.IsUnavailable, wantText: "Content-Length", failure: "status=200; reason=bad-answer",
 			handler: func(<-chan struct{}) http.Handler {
 				return fakeRegistry(func(w http.ResponseWriter, r *http.Request) {
 					w.Header().Set("Transfer-Encoding", "chunked")
 					w.WriteHeader(http.StatusOK)
 				}, nil)
 			}},
-		{name: "redirect to plain http", op: blobOp(0), wantErr: errdefs.IsUnavailable, wantText: "not https",
+		{name: "redirect to plain http", op: blobOp(0), wantErr: errdefs.IsUnavailable, wantText: "not https", failure: "reason=bad-answer",
 			handler: func(<-chan struct{}) http.Handler {
 				return fakeRegistry(func(w http.ResponseWriter, r *http.Request) {
 					http.Redirect(w, r, "http://"+r.Host+"/elsewhere", http.StatusTemporaryRedirect)
@@ -258,6 +262,7 @@ func TestFaults(t *testing.T) {
 			c := newTestClient(t, srv, conf.Upstream{}, tt.opts...)
 			err := tt.op(testContext(t), c.Client)
 			checkError(t, err, tt.wantErr, tt.wantText)
+			checkFailure(t, err, c.Client, tt.failure)
 		})
 	}
 }
@@ -299,7 +304,9 @@ func TestUnreachable(t *testing.T) {
 		ca := caFile(t, srv)
 		srv.Close()
 		c := newTestClient(t, srv, conf.Upstream{TLS: conf.TLS{CA: ca}})
-		checkError(t, blobOp(0)(testContext(t), c.Client), errdefs.IsUnavailable, "connection refused")
+		err := blobOp(0)(testContext(t), c.Client)
+		checkError(t, err, errdefs.IsUnavailable, "connection refused")
+		checkFailure(t, err, c.Client, "reason=unreachable")
 	})
 	t.Run("unknown certificate authority", func(t *testing.T) {
 		t.Parallel()
@@ -308,7 +315,9 @@ func TestUnreachable(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		checkError(t, manifestOp(testContext(t), c), errdefs.IsUnavailable, "certificate")
+		err = manifestOp(testContext(t), c)
+		checkError(t, err, errdefs.IsUnavailable, "certificate")
+		checkFailure(t, err, c, "reason=unreachable")
 	})
 	t.Run("plain http server", func(t *testing.T) {
 		t.Parallel()
@@ -318,8 +327,49 @@ func TestUnreachable(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		checkError(t, manifestOp(testContext(t), c), errdefs.IsUnavailable, "")
+		err = manifestOp(testContext(t), c)
+		checkError(t, err, errdefs.IsUnavailable, "")
+		checkFailure(t, err, c, "reason=unreachable")
 	})
+}
+
+// TestRetryAfter checks that a valid Retry-After of a 429 or 503 is kept, unchanged,
+// and that no other is.
+func TestRetryAfter(t *testing.T) {
+	t.Parallel()
+	const date = "Wed, 21 Oct 2037 07:28:00 GMT"
+	tests := []struct {
+		status     int
+		retryAfter string
+		want       string
+	}{
+		{503, "7", "7"},
+		{429, date, date},
+		{429, "120", "120"},
+		{503, "soon", ""},
+		{503, "", ""},
+		{500, "7", ""},
+		{502, date, ""},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%d %q", tt.status, tt.retryAfter), func(t *testing.T) {
+			t.Parallel()
+			srv := httptest.NewTLSServer(fakeRegistry(nil, func(w http.ResponseWriter, r *http.Request) {
+				if tt.retryAfter != "" {
+					w.Header().Set("Retry-After", tt.retryAfter)
+				}
+				w.WriteHeader(tt.status)
+			}))
+			t.Cleanup(srv.Close)
+			c := newTestClient(t, srv, conf.Upstream{})
+			err := manifestOp(testContext(t), c.Client)
+			checkFailure(t, err, c.Client, fmt.Sprintf("status=%d", tt.status))
+			var e *Error
+			if errors.As(err, &e) && e.RetryAfter != tt.want {
+				t.Errorf("RetryAfter = %q, want %q", e.RetryAfter, tt.want)
+			}
+		})
+	}
 }
 
 // TestCallerContext checks that the caller giving up is not reported as the upstream
@@ -343,6 +393,7 @@ func TestCallerContext(t *testing.T) {
 	if !errdefs.IsCanceled(err) || errdefs.IsUnavailable(err) {
 		t.Errorf("cancelled: %v; want canceled, not unavailable", err)
 	}
+	checkFailure(t, err, c.Client, "")
 
 	ctx, cancel = context.WithTimeout(testContext(t), 100*time.Millisecond)
 	defer cancel()
@@ -350,6 +401,7 @@ func TestCallerContext(t *testing.T) {
 	if !errdefs.IsDeadlineExceeded(err) || !errdefs.IsUnavailable(err) {
 		t.Errorf("deadline: %v; want deadline exceeded and unavailable", err)
 	}
+	checkFailure(t, err, c.Client, "reason=timeout")
 }
 
 // TestSlowReader checks that only time spent waiting on the upstream counts as a stall.

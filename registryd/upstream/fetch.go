@@ -19,6 +19,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hopless/hopless/internal/upstreamerr"
 )
 
 // Manifest is a manifest as the upstream sent it.
@@ -163,11 +165,12 @@ func (c *Client) position(resp *http.Response, b *body, offset int64, what strin
 		first, last, total, err := parseContentRange(cr)
 		switch {
 		case err != nil:
-			return 0, fmt.Errorf("%s: upstream %s answered 206 with Content-Range %q: %v: %w", what, c.host, cr, err, errdefs.ErrUnavailable)
+			return 0, c.badAnswer(resp.StatusCode, fmt.Errorf("%s: upstream %s answered 206 with Content-Range %q: %v: %w",
+				what, c.host, cr, err, errdefs.ErrUnavailable))
 		case first != offset || (total >= 0 && last != total-1) ||
 			(resp.ContentLength >= 0 && resp.ContentLength != last-first+1):
-			return 0, fmt.Errorf("%s: upstream %s answered Content-Range %q and Content-Length %d to %q: %w",
-				what, c.host, cr, resp.ContentLength, resp.Request.Header.Get("Range"), errdefs.ErrUnavailable)
+			return 0, c.badAnswer(resp.StatusCode, fmt.Errorf("%s: upstream %s answered Content-Range %q and Content-Length %d to %q: %w",
+				what, c.host, cr, resp.ContentLength, resp.Request.Header.Get("Range"), errdefs.ErrUnavailable))
 		case total < 0:
 			total = last + 1
 		}
@@ -246,7 +249,7 @@ func (c *Client) StatBlob(ctx context.Context, repo string, dgst digest.Digest) 
 		return 0, c.statusError(what, resp)
 	}
 	if resp.ContentLength < 0 {
-		return 0, fmt.Errorf("%s: upstream %s gave no Content-Length: %w", what, c.host, errdefs.ErrUnavailable)
+		return 0, c.badAnswer(resp.StatusCode, fmt.Errorf("%s: upstream %s gave no Content-Length: %w", what, c.host, errdefs.ErrUnavailable))
 	}
 	return resp.ContentLength, nil
 }
@@ -468,9 +471,14 @@ func (b *body) Read(p []byte) (int, error) {
 	}
 	if err != nil && err != io.EOF {
 		if b.stalled.Load() {
-			err = fmt.Errorf("%s: upstream %s sent nothing for %s: %w", b.what, b.c.host, b.c.stall, errdefs.ErrUnavailable)
+			err = &Error{Host: b.c.host, Reason: upstreamerr.ReasonTimeout,
+				Err: fmt.Errorf("%s: upstream %s sent nothing for %s: %w", b.what, b.c.host, b.c.stall, errdefs.ErrUnavailable)}
 		} else {
 			err = b.c.transportError(b.ctx, b.what, err)
+			// The answer had begun: a body cut short is a bad answer, not no answer.
+			if e, ok := err.(*Error); ok && e.Reason == upstreamerr.ReasonUnreachable {
+				e.Reason = upstreamerr.ReasonBadAnswer
+			}
 		}
 	}
 	return n, err

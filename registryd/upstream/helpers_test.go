@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/pem"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/distribution/distribution/v3/configuration"
 	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd"
 	"github.com/distribution/distribution/v3/registry/handlers"
@@ -249,5 +251,24 @@ func checkError(t *testing.T, err error, want errorClass, wantText string) {
 		t.Fatalf("error %q has the wrong class", err)
 	case !strings.Contains(err.Error(), wantText):
 		t.Fatalf("error %q does not contain %q", err, wantText)
+	}
+}
+
+// checkFailure asserts that err is an *Error of c's upstream whose Failure reads
+// "upstream=<host>; "+want, or, when want is empty, that err is no *Error.
+func checkFailure(t *testing.T, err error, c *Client, want string) {
+	t.Helper()
+	var e *Error
+	switch {
+	case want == "" && errors.As(err, &e):
+		t.Fatalf("error %q is an upstream failure %q, want none", err, e.Failure())
+	case want == "":
+		return
+	case !errors.As(err, &e):
+		t.Fatalf("error %q is no *Error, want the failure %q", err, want)
+	case e.Failure().String() != "upstream="+c.Host()+"; "+want:
+		t.Fatalf("failure %q, want %q", e.Failure(), "upstream="+c.Host()+"; "+want)
+	case !errdefs.IsUnavailable(e):
+		t.Fatalf("*Error %q is not unavailable", e)
 	}
 }

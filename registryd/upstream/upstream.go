@@ -27,7 +27,10 @@
 //     transport errors, timeouts, stalled bodies, nonsense answers) and ErrInvalidArgument
 //     (bad names, oversized manifests, digest mismatches). The caller's own cancellation
 //     stays a context error; its deadline is both context.DeadlineExceeded and
-//     ErrUnavailable.
+//     ErrUnavailable. Every ErrUnavailable that is the upstream's own failure is also
+//     an *Error, which says what the upstream did (its status, or why there was no
+//     answer) and carries its Retry-After, so that registryd can pass the failure on as
+//     the upstream's (see internal/upstreamerr).
 //   - Every round trip, including pings, token requests and redirects, is counted in
 //     UpstreamRequests; blob and manifest body bytes are counted in UpstreamBytes as they
 //     are read.
@@ -58,9 +61,9 @@ import (
 )
 
 const (
-	defaultDialTimeout           = 5 * time.Second
-	defaultResponseHeaderTimeout = 30 * time.Second
-	defaultStallTimeout          = 30 * time.Second
+	defaultDialTimeout           = conf.DefaultUpstreamDial
+	defaultResponseHeaderTimeout = conf.DefaultUpstreamResponseHeader
+	defaultStallTimeout          = conf.DefaultUpstreamStall
 	maxRedirects                 = 3
 	// maxScopes bounds the per-repository round trippers a Client keeps.
 	maxScopes = 1024
@@ -116,8 +119,9 @@ func WithMetrics(m *metrics.Metrics) Option {
 	return func(o *options) { o.metrics = m }
 }
 
-// WithTimeouts bounds the TCP and TLS handshakes (dial, default 5s) and the wait for
-// response headers (default 30s). A value <= 0 keeps the default.
+// WithTimeouts bounds the TCP and TLS handshakes (dial, default 2s) and the wait for
+// response headers (default 4s), as upstream.timeouts.dial and response_header do. A
+// value <= 0 keeps the default.
 func WithTimeouts(dial, responseHeader time.Duration) Option {
 	return func(o *options) {
 		if dial > 0 {
@@ -129,7 +133,8 @@ func WithTimeouts(dial, responseHeader time.Duration) Option {
 	}
 }
 
-// WithStallTimeout fails a body read that receives no byte for d (default 30s), so that
+// WithStallTimeout fails a body read that receives no byte for d (default 3s, as
+// upstream.timeouts.stall), so that
 // a frozen upstream cannot hold a fill forever. Only time spent inside Read counts: a
 // caller that reads slowly is not a stalled upstream. d <= 0 disables the check.
 func WithStallTimeout(d time.Duration) Option {
@@ -268,10 +273,10 @@ func tlsConfig(t conf.TLS) (*tls.Config, error) {
 // host: net/http drops it and go-containerregistry only adds it for the upstream.
 func (c *Client) checkRedirect(req *http.Request, via []*http.Request) error {
 	if len(via) > maxRedirects {
-		return fmt.Errorf("stopped after %d redirects", maxRedirects)
+		return answerError(fmt.Sprintf("stopped after %d redirects", maxRedirects))
 	}
 	if req.URL.Scheme != "https" && !c.insecure {
-		return fmt.Errorf("refusing redirect to %s: not https", redactURL(req.URL))
+		return answerError(fmt.Sprintf("refusing redirect to %s: not https", redactURL(req.URL)))
 	}
 	return nil
 }
@@ -286,7 +291,7 @@ type guard struct {
 func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
 	c := g.c
 	if req.URL.Scheme != "https" && !c.insecure {
-		return nil, fmt.Errorf("refusing plain http request to %s: upstream %s is https only", req.URL.Host, c.host)
+		return nil, answerError(fmt.Sprintf("refusing plain http request to %s: upstream %s is https only", req.URL.Host, c.host))
 	}
 	kind := kindOf(req.Context())
 	if r := c.realm.Load(); r != nil && req.URL.Host+req.URL.Path == *r {
