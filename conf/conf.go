@@ -40,8 +40,10 @@ type Auth struct {
 type Timeouts struct {
 	// Dial bounds the TCP and TLS handshake. Default 1s.
 	Dial Duration `toml:"dial"`
-	// ResponseHeader bounds the wait for response headers before the endpoint is
-	// ejected. Default 3s.
+	// ResponseHeader bounds one attempt's wait for response headers; a miss counts
+	// as one local-origin failure of the endpoint. It must exceed the masters' own
+	// bounds on their peer and upstream waits (see registryd's timeout table).
+	// Default 10s.
 	ResponseHeader Duration `toml:"response_header"`
 	// Stall aborts a body that delivers no bytes for this long. Default 5s.
 	Stall Duration `toml:"stall"`
@@ -54,6 +56,49 @@ type Timeouts struct {
 	HedgeMax Duration `toml:"hedge_max"`
 }
 
+// Outlier says when an endpoint is taken out of rotation for its own failures.
+type Outlier struct {
+	// ConsecutiveFailures ejects an endpoint after this many local-origin failures
+	// in a row (connect or TLS error, no headers in time, a stalled, cut or too slow
+	// body). A failed active check marks it unhealthy at once. Default 3.
+	ConsecutiveFailures int `toml:"consecutive_failures"`
+	// Consecutive5xx ejects an endpoint after this many 5xx answers of its own in a
+	// row; a 5xx that the master marks as the upstream's never counts. Default 5.
+	Consecutive5xx int `toml:"consecutive_5xx"`
+	// MaxEjectionPercent caps the share of endpoints ejected for failures at once;
+	// one may always be ejected. Default 50.
+	MaxEjectionPercent int `toml:"max_ejection_percent"`
+}
+
+// Hedge is the budget of hedged and retried requests.
+type Hedge struct {
+	// BudgetPercent is how many hedges and retries may be sent per 100 requests.
+	// 0 disables hedging (retries after failures are still made). Default 8: with
+	// Burst, hedges stay within 10 % of the requests over a few dozen of them.
+	BudgetPercent int `toml:"budget_percent"`
+	// Burst is how many may be sent at once before the budget has accrued, e.g.
+	// on a fresh node. Default 1.
+	Burst int `toml:"burst"`
+}
+
+// Body tunes how response bodies are watched and resumed.
+type Body struct {
+	// MinRate is the throughput floor, in bytes per second, below which a body is
+	// resumed on another endpoint after Warmup. Default 64KiB.
+	MinRate Size `toml:"min_rate"`
+	// RelativeRate raises the floor for a body served from a master's cache to
+	// this fraction of the fastest other endpoint's recent throughput. 0 turns
+	// the relative floor off. Default 0.1.
+	RelativeRate float64 `toml:"relative_rate"`
+	// Warmup is how long a body runs before its throughput is judged. Default 2s.
+	Warmup Duration `toml:"warmup"`
+	// Window is the period over which throughput is measured. Default 2s.
+	Window Duration `toml:"window"`
+	// ResumeAttempts bounds the resumes of one body after failures, on any
+	// endpoint, the same one included, with backoff. Default 6.
+	ResumeAttempts int `toml:"resume_attempts"`
+}
+
 // Registry is one image host whose pulls a node sends to the masters.
 type Registry struct {
 	// Host is the image host as written in image references, e.g.
@@ -64,6 +109,9 @@ type Registry struct {
 	TLS       TLS        `toml:"tls"`
 	Auth      Auth       `toml:"auth"`
 	Timeouts  Timeouts   `toml:"timeouts"`
+	Outlier   Outlier    `toml:"outlier"`
+	Hedge     Hedge      `toml:"hedge"`
+	Body      Body       `toml:"body"`
 	// Fallback sends a pull to the image host itself when every endpoint is down.
 	Fallback bool `toml:"fallback"`
 }
@@ -151,9 +199,22 @@ type Upstream struct {
 	Path string `toml:"path"`
 	// NS lists the values of the ns query parameter (the registry host a client
 	// pulled) that select this upstream. Default: the URL's host.
-	NS   []string `toml:"ns"`
-	TLS  TLS      `toml:"tls"`
-	Auth Auth     `toml:"auth"`
+	NS       []string         `toml:"ns"`
+	TLS      TLS              `toml:"tls"`
+	Auth     Auth             `toml:"auth"`
+	Timeouts UpstreamTimeouts `toml:"timeouts"`
+}
+
+// UpstreamTimeouts bound registryd's requests to one upstream. Each must be shorter
+// than the caller's bound on registryd: peers.response_header and peers.stall must
+// exceed response_header and stall here (see registryd's timeout table).
+type UpstreamTimeouts struct {
+	// Dial bounds the TCP and TLS handshakes. Default 2s.
+	Dial Duration `toml:"dial"`
+	// ResponseHeader bounds the wait for response headers. Default 4s.
+	ResponseHeader Duration `toml:"response_header"`
+	// Stall fails a body that delivers no bytes for this long. Default 3s.
+	Stall Duration `toml:"stall"`
 }
 
 // Peers are the other masters; a miss asks the blob's owner among them first.
@@ -171,6 +232,14 @@ type Peers struct {
 	TLS       TLS    `toml:"tls"`
 	// HealthInterval is the period of peer health checks. Default 2s.
 	HealthInterval Duration `toml:"health_interval"`
+	// ResponseHeader bounds the wait for a peer's response headers. It must exceed
+	// every upstream's timeouts.response_header, so that an owner waiting on its
+	// upstream answers (with the upstream's failure) before the asking master gives
+	// up on it. Default 5s.
+	ResponseHeader Duration `toml:"response_header"`
+	// Stall fails a peer body that delivers no bytes for this long; it must exceed
+	// every upstream's timeouts.stall. Default 4s.
+	Stall Duration `toml:"stall"`
 }
 
 // ClientAuth is how clients authenticate; empty means anonymous pulls.

@@ -158,7 +158,7 @@ func TestLoadNode(t *testing.T) {
 				}
 				want := Timeouts{
 					Dial:           Duration{time.Second},
-					ResponseHeader: Duration{3 * time.Second},
+					ResponseHeader: Duration{10 * time.Second},
 					Stall:          Duration{5 * time.Second},
 					HealthInterval: Duration{time.Second},
 					HealthTimeout:  Duration{ms(500)},
@@ -167,6 +167,16 @@ func TestLoadNode(t *testing.T) {
 				}
 				if r.Timeouts != want {
 					t.Errorf("Timeouts = %+v, want %+v", r.Timeouts, want)
+				}
+				if o := (Outlier{ConsecutiveFailures: 3, Consecutive5xx: 5, MaxEjectionPercent: 50}); r.Outlier != o {
+					t.Errorf("Outlier = %+v, want %+v", r.Outlier, o)
+				}
+				if h := (Hedge{BudgetPercent: 8, Burst: 1}); r.Hedge != h {
+					t.Errorf("Hedge = %+v, want %+v", r.Hedge, h)
+				}
+				wantBody := Body{MinRate: 64 << 10, RelativeRate: 0.1, Warmup: Duration{2 * time.Second}, Window: Duration{2 * time.Second}, ResumeAttempts: 6}
+				if r.Body != wantBody {
+					t.Errorf("Body = %+v, want %+v", r.Body, wantBody)
 				}
 				if r.TLS != (TLS{}) || r.Auth != (Auth{}) || r.Fallback {
 					t.Errorf("TLS %+v, Auth %+v, Fallback %v; want zero", r.TLS, r.Auth, r.Fallback)
@@ -503,6 +513,38 @@ url = "https://10.0.0.1:5001"
 			want: []fieldWant{{"registry[0].timeouts.response_header", `bad duration "-3s": must not be negative`}},
 		},
 		{
+			name: "hedge_max not below response_header",
+			text: nodeOK + "[registry.timeouts]\nresponse_header = \"1s\"\nhedge_max = \"1s\"\n",
+			want: []fieldWant{{"registry[0].timeouts.hedge_max", "must be < response_header (1s), got 1s"}},
+		},
+		{
+			name: "outlier thresholds",
+			text: nodeOK + "[registry.outlier]\nconsecutive_failures = 0\nconsecutive_5xx = 0\nmax_ejection_percent = 101\n",
+			want: []fieldWant{
+				{"registry[0].outlier.consecutive_failures", "must be >= 1, got 0"},
+				{"registry[0].outlier.consecutive_5xx", "must be >= 1, got 0"},
+				{"registry[0].outlier.max_ejection_percent", "must be 0..100, got 101"},
+			},
+		},
+		{
+			name: "hedge budget",
+			text: nodeOK + "[registry.hedge]\nbudget_percent = -1\nburst = -2\n",
+			want: []fieldWant{
+				{"registry[0].hedge.budget_percent", "must be 0..100, got -1"},
+				{"registry[0].hedge.burst", "must be >= 0, got -2"},
+			},
+		},
+		{
+			name: "body watchdog",
+			text: nodeOK + "[registry.body]\nrelative_rate = 1.5\nwarmup = \"0s\"\nwindow = \"0s\"\nresume_attempts = -1\nmin_rate = \"1MiB\"\n",
+			want: []fieldWant{
+				{"registry[0].body.relative_rate", "must be >= 0 and < 1, got 1.5"},
+				{"registry[0].body.warmup", "must be > 0, got 0s"},
+				{"registry[0].body.window", "must be > 0, got 0s"},
+				{"registry[0].body.resume_attempts", "must be >= 0, got -1"},
+			},
+		},
+		{
 			name: "zero duration",
 			text: nodeOK + "[registry.timeouts]\nstall = \"0s\"\n",
 			want: []fieldWant{{"registry[0].timeouts.stall", "must be > 0, got 0s"}},
@@ -715,6 +757,10 @@ ns = ["registry.deckhouse.io", "registry.d8-system.svc:5001"]
 ca = "pki/upstream-ca.pem"
 [upstream.auth]
 credentials_file = "secrets/upstream-creds"
+[upstream.timeouts]
+dial = "1s"
+response_header = "6s"
+stall = "2s"
 
 [[upstream]]
 url = "https://mirror.example:5000"
@@ -724,6 +770,8 @@ local_prefix = "mirror"
 self = "https://10.0.0.1:5001"
 token_file = "secrets/peer-token"
 health_interval = "3s"
+response_header = "7s"
+stall = "5s"
 endpoint = [
   { url = "https://10.0.0.1:5001", local = true },
   { url = "https://10.0.0.2:5001" },
@@ -796,11 +844,12 @@ func TestLoadRegistryd(t *testing.T) {
 					LocalPrefix: "system/deckhouse",
 					Path:        "deckhouse/ce",
 					NS:          []string{"registry.example"},
+					Timeouts:    UpstreamTimeouts{Dial: Duration{2 * time.Second}, ResponseHeader: Duration{4 * time.Second}, Stall: Duration{3 * time.Second}},
 				}}
 				if !reflect.DeepEqual(r.Upstream, wantUp) {
 					t.Errorf("Upstream = %+v, want %+v", r.Upstream, wantUp)
 				}
-				wantPeers := Peers{HealthInterval: Duration{2 * time.Second}}
+				wantPeers := Peers{HealthInterval: Duration{2 * time.Second}, ResponseHeader: Duration{5 * time.Second}, Stall: Duration{4 * time.Second}}
 				if !reflect.DeepEqual(r.Peers, wantPeers) {
 					t.Errorf("Peers = %+v, want %+v", r.Peers, wantPeers)
 				}
@@ -1326,6 +1375,8 @@ Type = "static"`, 1),
 					},
 					TokenFile:      filepath.Join(dir, "peer-token"),
 					HealthInterval: Duration{2 * time.Second},
+					ResponseHeader: Duration{5 * time.Second},
+					Stall:          Duration{4 * time.Second},
 				}
 				if !reflect.DeepEqual(r.Peers, want) {
 					t.Errorf("Peers = %+v, want %+v", r.Peers, want)
@@ -1493,6 +1544,72 @@ health_interval = "5s"
 			text: registrydOK + "[[peers.endpoint]]\nurl = \"https://10.0.0.1:5001\"\nwieght = 2\n",
 			want: []fieldWant{{"peers.endpoint[0].wieght", "unknown key"}},
 		},
+		{
+			name: "zero peers.response_header and peers.stall",
+			text: registrydOK + "[peers]\nresponse_header = \"0s\"\nstall = \"0s\"\n",
+			want: []fieldWant{
+				{"peers.response_header", "must be > 0, got 0s"},
+				{"peers.stall", "must be > 0, got 0s"},
+			},
+		},
+		{
+			name:  "peers.response_header not above the upstream's",
+			text:  registrydOK + "[upstream.timeouts]\nresponse_header = \"5s\"\n" + peersStatic("https://master-0.example"),
+			files: []file{{name: "peer-token", text: "t"}},
+			want:  []fieldWant{{"peers.response_header", "must be > upstream[0].timeouts.response_header (5s), got 5s"}},
+		},
+		{
+			name:  "peers.stall not above the upstream's",
+			text:  registrydOK + "[upstream.timeouts]\nstall = \"4500ms\"\n" + peersStatic("https://master-0.example"),
+			files: []file{{name: "peer-token", text: "t"}},
+			want:  []fieldWant{{"peers.stall", "must be > upstream[0].timeouts.stall (4.5s), got 4s"}},
+		},
+		{
+			name: "peer timeouts checked against every upstream",
+			text: registrydOK + "[[upstream]]\nurl = \"https://mirror.example\"\nlocal_prefix = \"mirror\"\n" +
+				"[upstream.timeouts]\nresponse_header = \"10s\"\nstall = \"10s\"\n" +
+				peersStatic("https://master-0.example"),
+			files: []file{{name: "peer-token", text: "t"}},
+			want: []fieldWant{
+				{"peers.response_header", "must be > upstream[1].timeouts.response_header (10s), got 5s"},
+				{"peers.stall", "must be > upstream[1].timeouts.stall (10s), got 4s"},
+			},
+		},
+		{
+			name: "peer timeouts raised above the upstream's",
+			text: registrydOK + "[upstream.timeouts]\nresponse_header = \"10s\"\nstall = \"10s\"\n" +
+				strings.Replace(peersStatic("https://master-0.example"), "token_file", "response_header = \"11s\"\nstall = \"10500ms\"\ntoken_file", 1),
+			files: []file{{name: "peer-token", text: "t"}},
+			check: func(t *testing.T, _ string, r *Registryd) {
+				if r.Peers.ResponseHeader.Duration != 11*time.Second || r.Peers.Stall.Duration != ms(10500) {
+					t.Errorf("Peers.ResponseHeader %s, Stall %s; want 11s and 10.5s", r.Peers.ResponseHeader, r.Peers.Stall)
+				}
+			},
+		},
+		{
+			name: "long upstream timeouts without peers",
+			text: registrydOK + "[upstream.timeouts]\ndial = \"3s\"\nresponse_header = \"30s\"\nstall = \"20s\"\n",
+			check: func(t *testing.T, _ string, r *Registryd) {
+				want := UpstreamTimeouts{Dial: Duration{3 * time.Second}, ResponseHeader: Duration{30 * time.Second}, Stall: Duration{20 * time.Second}}
+				if r.Upstream[0].Timeouts != want {
+					t.Errorf("Upstream[0].Timeouts = %+v, want %+v", r.Upstream[0].Timeouts, want)
+				}
+			},
+		},
+		{
+			name: "zero upstream timeouts",
+			text: registrydOK + "[upstream.timeouts]\ndial = \"0s\"\nresponse_header = \"0s\"\nstall = \"0s\"\n",
+			want: []fieldWant{
+				{"upstream[0].timeouts.dial", "must be > 0, got 0s"},
+				{"upstream[0].timeouts.response_header", "must be > 0, got 0s"},
+				{"upstream[0].timeouts.stall", "must be > 0, got 0s"},
+			},
+		},
+		{
+			name: "unknown key in upstream.timeouts",
+			text: registrydOK + "[upstream.timeouts]\nconnect = \"1s\"\n",
+			want: []fieldWant{{"upstream[0].timeouts.connect", "unknown key"}},
+		},
 
 		// Client auth.
 		{
@@ -1611,11 +1728,13 @@ health_interval = "5s"
 							NS:          []string{"registry.deckhouse.io", "registry.d8-system.svc:5001"},
 							TLS:         TLS{CA: filepath.Join(dir, "pki/upstream-ca.pem")},
 							Auth:        Auth{CredentialsFile: filepath.Join(dir, "secrets/upstream-creds")},
+							Timeouts:    UpstreamTimeouts{Dial: Duration{time.Second}, ResponseHeader: Duration{6 * time.Second}, Stall: Duration{2 * time.Second}},
 						},
 						{
 							URL:         "https://mirror.example:5000",
 							LocalPrefix: "mirror",
 							NS:          []string{"mirror.example:5000"},
+							Timeouts:    UpstreamTimeouts{Dial: Duration{2 * time.Second}, ResponseHeader: Duration{4 * time.Second}, Stall: Duration{3 * time.Second}},
 						},
 					},
 					Peers: Peers{
@@ -1632,6 +1751,8 @@ health_interval = "5s"
 							Key:  filepath.Join(dir, "pki/peer.key"),
 						},
 						HealthInterval: Duration{3 * time.Second},
+						ResponseHeader: Duration{7 * time.Second},
+						Stall:          Duration{5 * time.Second},
 					},
 					Auth: ClientAuth{Token: TokenAuth{
 						Realm:          "https://auth.example/token",

@@ -10,18 +10,29 @@ import (
 // explicit value, even zero, is kept so that validation can reject it by name.
 
 const (
-	DefaultWeight          = 1
-	DefaultDial            = time.Second
-	DefaultResponseHeader  = 3 * time.Second
-	DefaultStall           = 5 * time.Second
-	DefaultHealthInterval  = time.Second
-	DefaultHealthTimeout   = 500 * time.Millisecond
-	DefaultHedgeMin        = 100 * time.Millisecond
-	DefaultHedgeMax        = time.Second
-	DefaultListen          = ":5001"
-	DefaultShutdownTimeout = 10 * time.Second
-	DefaultLocalPrefix     = "system/deckhouse"
-	DefaultLogLevel        = "info"
+	DefaultWeight         = 1
+	DefaultDial           = time.Second
+	DefaultResponseHeader = 10 * time.Second
+	DefaultStall          = 5 * time.Second
+	DefaultHealthInterval = time.Second
+	DefaultHealthTimeout  = 500 * time.Millisecond
+	DefaultHedgeMin       = 100 * time.Millisecond
+	DefaultHedgeMax       = time.Second
+
+	DefaultConsecutiveFailures      = 3
+	DefaultConsecutive5xx           = 5
+	DefaultMaxEjectionPercent       = 50
+	DefaultHedgeBudgetPercent       = 8
+	DefaultHedgeBurst               = 1
+	DefaultBodyMinRate         Size = 64 << 10
+	DefaultBodyRelativeRate         = 0.1
+	DefaultBodyWarmup               = 2 * time.Second
+	DefaultBodyWindow               = 2 * time.Second
+	DefaultResumeAttempts           = 6
+	DefaultListen                   = ":5001"
+	DefaultShutdownTimeout          = 10 * time.Second
+	DefaultLocalPrefix              = "system/deckhouse"
+	DefaultLogLevel                 = "info"
 
 	// DefaultStorageDriver is storage.driver.
 	DefaultStorageDriver = "filesystem"
@@ -40,11 +51,26 @@ const (
 
 	// DefaultPeerHealthInterval is peers.health_interval.
 	DefaultPeerHealthInterval = 2 * time.Second
+	// DefaultPeerResponseHeader and DefaultPeerStall are peers.response_header and
+	// peers.stall.
+	DefaultPeerResponseHeader = 5 * time.Second
+	DefaultPeerStall          = 4 * time.Second
+	// DefaultUpstreamDial, DefaultUpstreamResponseHeader and DefaultUpstreamStall are
+	// upstream.timeouts.dial, response_header and stall.
+	DefaultUpstreamDial           = 2 * time.Second
+	DefaultUpstreamResponseHeader = 4 * time.Second
+	DefaultUpstreamStall          = 3 * time.Second
 )
 
 func setDuration(d *Duration, raw any, def time.Duration, path ...any) {
 	if !present(raw, path...) {
 		d.Duration = def
+	}
+}
+
+func setInt(v *int, raw any, def int, path ...any) {
+	if !present(raw, path...) {
+		*v = def
 	}
 }
 
@@ -70,6 +96,20 @@ func (n *Node) applyDefaults(raw map[string]any, base string) {
 		setDuration(&r.Timeouts.HealthTimeout, raw, DefaultHealthTimeout, append(t, "health_timeout")...)
 		setDuration(&r.Timeouts.HedgeMin, raw, DefaultHedgeMin, append(t, "hedge_min")...)
 		setDuration(&r.Timeouts.HedgeMax, raw, DefaultHedgeMax, append(t, "hedge_max")...)
+		setInt(&r.Outlier.ConsecutiveFailures, raw, DefaultConsecutiveFailures, "registry", i, "outlier", "consecutive_failures")
+		setInt(&r.Outlier.Consecutive5xx, raw, DefaultConsecutive5xx, "registry", i, "outlier", "consecutive_5xx")
+		setInt(&r.Outlier.MaxEjectionPercent, raw, DefaultMaxEjectionPercent, "registry", i, "outlier", "max_ejection_percent")
+		setInt(&r.Hedge.BudgetPercent, raw, DefaultHedgeBudgetPercent, "registry", i, "hedge", "budget_percent")
+		setInt(&r.Hedge.Burst, raw, DefaultHedgeBurst, "registry", i, "hedge", "burst")
+		if !present(raw, "registry", i, "body", "min_rate") {
+			r.Body.MinRate = DefaultBodyMinRate
+		}
+		if !present(raw, "registry", i, "body", "relative_rate") {
+			r.Body.RelativeRate = DefaultBodyRelativeRate
+		}
+		setDuration(&r.Body.Warmup, raw, DefaultBodyWarmup, "registry", i, "body", "warmup")
+		setDuration(&r.Body.Window, raw, DefaultBodyWindow, "registry", i, "body", "window")
+		setInt(&r.Body.ResumeAttempts, raw, DefaultResumeAttempts, "registry", i, "body", "resume_attempts")
 		r.TLS.resolvePaths(base)
 		r.Auth.CredentialsFile = resolve(base, r.Auth.CredentialsFile)
 	}
@@ -118,6 +158,10 @@ func (r *Registryd) applyDefaults(raw map[string]any, base string) {
 		}
 		u.TLS.resolvePaths(base)
 		u.Auth.CredentialsFile = resolve(base, u.Auth.CredentialsFile)
+		ut := []any{"upstream", i, "timeouts"}
+		setDuration(&u.Timeouts.Dial, raw, DefaultUpstreamDial, append(ut, "dial")...)
+		setDuration(&u.Timeouts.ResponseHeader, raw, DefaultUpstreamResponseHeader, append(ut, "response_header")...)
+		setDuration(&u.Timeouts.Stall, raw, DefaultUpstreamStall, append(ut, "stall")...)
 	}
 
 	p := &r.Peers
@@ -129,6 +173,8 @@ func (r *Registryd) applyDefaults(raw map[string]any, base string) {
 	p.TokenFile = resolve(base, p.TokenFile)
 	p.TLS.resolvePaths(base)
 	setDuration(&p.HealthInterval, raw, DefaultPeerHealthInterval, "peers", "health_interval")
+	setDuration(&p.ResponseHeader, raw, DefaultPeerResponseHeader, "peers", "response_header")
+	setDuration(&p.Stall, raw, DefaultPeerStall, "peers", "stall")
 
 	r.Auth.Htpasswd = resolve(base, r.Auth.Htpasswd)
 	r.Auth.Token.RootCertBundle = resolve(base, r.Auth.Token.RootCertBundle)

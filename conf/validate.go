@@ -42,6 +42,9 @@ func (n *Node) Validate(file string) error {
 		errs = append(errs, r.TLS.validate(file, f+".tls")...)
 		add(r.Auth.validate(file, f+".auth"))
 		errs = append(errs, r.Timeouts.validate(file, f+".timeouts")...)
+		errs = append(errs, r.Outlier.validate(file, f+".outlier")...)
+		errs = append(errs, r.Hedge.validate(file, f+".hedge")...)
+		errs = append(errs, r.Body.validate(file, f+".body")...)
 	}
 	return errors.Join(errs...)
 }
@@ -95,6 +98,55 @@ func (t Timeouts) validate(file, f string) []error {
 	}
 	if t.HealthTimeout.Duration > t.HealthInterval.Duration {
 		errs = append(errs, fieldErr(file, f+".health_timeout", "must be <= health_interval (%s), got %s", t.HealthInterval.Duration, t.HealthTimeout.Duration))
+	}
+	// A hedge is sent while the first attempt still waits; one that may come only
+	// after the attempt's own deadline is never sent.
+	if t.HedgeMax.Duration > 0 && t.HedgeMax.Duration >= t.ResponseHeader.Duration {
+		errs = append(errs, fieldErr(file, f+".hedge_max", "must be < response_header (%s), got %s", t.ResponseHeader.Duration, t.HedgeMax.Duration))
+	}
+	return errs
+}
+
+func (o Outlier) validate(file, f string) []error {
+	var errs []error
+	if o.ConsecutiveFailures < 1 {
+		errs = append(errs, fieldErr(file, f+".consecutive_failures", "must be >= 1, got %d", o.ConsecutiveFailures))
+	}
+	if o.Consecutive5xx < 1 {
+		errs = append(errs, fieldErr(file, f+".consecutive_5xx", "must be >= 1, got %d", o.Consecutive5xx))
+	}
+	if o.MaxEjectionPercent < 0 || o.MaxEjectionPercent > 100 {
+		errs = append(errs, fieldErr(file, f+".max_ejection_percent", "must be 0..100, got %d", o.MaxEjectionPercent))
+	}
+	return errs
+}
+
+func (h Hedge) validate(file, f string) []error {
+	var errs []error
+	if h.BudgetPercent < 0 || h.BudgetPercent > 100 {
+		errs = append(errs, fieldErr(file, f+".budget_percent", "must be 0..100, got %d", h.BudgetPercent))
+	}
+	if h.Burst < 0 {
+		errs = append(errs, fieldErr(file, f+".burst", "must be >= 0, got %d", h.Burst))
+	}
+	return errs
+}
+
+func (b Body) validate(file, f string) []error {
+	var errs []error
+	if b.RelativeRate < 0 || b.RelativeRate >= 1 {
+		errs = append(errs, fieldErr(file, f+".relative_rate", "must be >= 0 and < 1, got %g", b.RelativeRate))
+	}
+	for _, d := range []struct {
+		name string
+		v    Duration
+	}{{"warmup", b.Warmup}, {"window", b.Window}} {
+		if d.v.Duration <= 0 {
+			errs = append(errs, fieldErr(file, f+"."+d.name, "must be > 0, got %s", d.v.Duration))
+		}
+	}
+	if b.ResumeAttempts < 0 {
+		errs = append(errs, fieldErr(file, f+".resume_attempts", "must be >= 0, got %d", b.ResumeAttempts))
 	}
 	return errs
 }
@@ -206,8 +258,10 @@ func (r *Registryd) Validate(file string) error {
 		}
 		errs = append(errs, u.TLS.validate(file, f+".tls")...)
 		add(u.Auth.validate(file, f+".auth"))
+		errs = append(errs, u.Timeouts.validate(file, f+".timeouts")...)
 	}
 	errs = append(errs, r.Peers.validate(file)...)
+	errs = append(errs, r.validateNesting(file)...)
 	errs = append(errs, r.Auth.validate(file)...)
 	add(prefixed(file, "api.token_file", checkSecretFile(r.API.TokenFile)))
 	switch r.Log.Level {
@@ -321,6 +375,49 @@ func (p Peers) validate(file string) []error {
 	errs = append(errs, p.TLS.validate(file, "peers.tls")...)
 	if p.HealthInterval.Duration <= 0 {
 		add("health_interval", "must be > 0, got %s", p.HealthInterval.Duration)
+	}
+	if p.ResponseHeader.Duration <= 0 {
+		add("response_header", "must be > 0, got %s", p.ResponseHeader.Duration)
+	}
+	if p.Stall.Duration <= 0 {
+		add("stall", "must be > 0, got %s", p.Stall.Duration)
+	}
+	return errs
+}
+
+func (t UpstreamTimeouts) validate(file, f string) []error {
+	var errs []error
+	for _, d := range []struct {
+		name string
+		v    Duration
+	}{{"dial", t.Dial}, {"response_header", t.ResponseHeader}, {"stall", t.Stall}} {
+		if d.v.Duration <= 0 {
+			errs = append(errs, fieldErr(file, f+"."+d.name, "must be > 0, got %s", d.v.Duration))
+		}
+	}
+	return errs
+}
+
+// validateNesting checks that a master asking the owner of a blob waits longer than
+// the owner waits on its upstream, so that the owner answers with the upstream's
+// failure before the asking master gives up on it and counts it as down. Without
+// peers nobody waits on a master's upstream wait but the nodes, whose own bound
+// (registry.timeouts in node.toml) lives in another file.
+func (r *Registryd) validateNesting(file string) []error {
+	p := r.Peers
+	if len(p.Endpoints) == 0 && p.DNS == "" {
+		return nil
+	}
+	var errs []error
+	for i, u := range r.Upstream {
+		if p.ResponseHeader.Duration > 0 && p.ResponseHeader.Duration <= u.Timeouts.ResponseHeader.Duration {
+			errs = append(errs, fieldErr(file, "peers.response_header", "must be > upstream[%d].timeouts.response_header (%s), got %s",
+				i, u.Timeouts.ResponseHeader.Duration, p.ResponseHeader.Duration))
+		}
+		if p.Stall.Duration > 0 && p.Stall.Duration <= u.Timeouts.Stall.Duration {
+			errs = append(errs, fieldErr(file, "peers.stall", "must be > upstream[%d].timeouts.stall (%s), got %s",
+				i, u.Timeouts.Stall.Duration, p.Stall.Duration))
+		}
 	}
 	return errs
 }

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 	"unicode"
+
+	"github.com/hopless/hopless/internal/upstreamerr"
 )
 
 // snippetBytes is how much of a 5xx body goes into the error message.
@@ -27,6 +29,7 @@ type attempt struct {
 	stop   func() bool   // stops forwarding the caller's cancel
 	out    *http.Request // the request as sent to the endpoint
 	desc   string        // "GET https://master/v2/...", for messages
+	class  string        // the request class, for latency windows
 	start  time.Time
 	once   sync.Once
 
@@ -34,6 +37,7 @@ type attempt struct {
 	timer     *time.Timer // the ResponseHeader deadline
 	answered  bool        // the transport returned
 	overtaken bool        // a hedge was sent while this attempt waited
+	hedged    bool        // it was sent as a hedge
 	suspects  bool        // holds one count of the endpoint's suspect
 	detached  bool        // left to run after the race ended
 }
@@ -43,7 +47,7 @@ type attempt struct {
 func (b *Balancer) newAttempt(req *http.Request, t ticket) *attempt {
 	parent := req.Context()
 	ctx, cancel := context.WithCancelCause(context.WithoutCancel(parent))
-	a := &attempt{b: b, t: t, ctx: ctx, cancel: cancel}
+	a := &attempt{b: b, t: t, ctx: ctx, cancel: cancel, class: classOf(req)}
 	a.stop = context.AfterFunc(parent, func() {
 		a.mu.Lock()
 		defer a.mu.Unlock()
@@ -70,6 +74,11 @@ func (b *Balancer) newAttempt(req *http.Request, t ticket) *attempt {
 	a.out.Host = e.url.Host
 	a.out.RequestURI = ""
 	a.desc = a.out.Method + " " + a.out.URL.Redacted()
+	if d, ok := blobDigest(req); ok && reverifying(parent, d) {
+		// The master is to hash its stored copy again before serving it: a copy of
+		// this blob already failed verification here.
+		a.out.Header.Set("Cache-Control", "no-cache")
+	}
 	e.outstanding.Add(1)
 	return a
 }
@@ -87,9 +96,11 @@ func (a *attempt) roundTrip() (*http.Response, error) {
 		}
 	})
 	a.mu.Unlock()
+	a.b.waiting(a, true)
 
 	resp, err := a.b.transport.RoundTrip(a.out)
 
+	a.b.waiting(a, false)
 	a.mu.Lock()
 	a.answered = true
 	a.timer.Stop()
@@ -98,11 +109,39 @@ func (a *attempt) roundTrip() (*http.Response, error) {
 	return resp, err
 }
 
-// judge records the outcome of roundTrip in the endpoint's health and the metrics.
-// It returns nil for an answer below 500, and also for a 5xx if keep5xx is set (the
-// caller passes it on); otherwise the error, with a 5xx body consumed for the
-// message.
-func (a *attempt) judge(resp *http.Response, err error, keep5xx bool) error {
+// abortWaiting cancels the attempt if it still waits for headers: its endpoint just
+// failed an active check, so the answer is not coming, and the request moves on now
+// rather than at its own deadline (or a hedge that the budget may not allow).
+func (a *attempt) abortWaiting() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.answered {
+		a.cancel(&timeoutError{what: "no response headers before the endpoint failed its active check", d: time.Since(a.start).Round(time.Millisecond)})
+	}
+}
+
+// verdict is what an attempt's answer means for the request.
+type verdict int
+
+const (
+	// verdictOK: an answer to pass to the caller (or one that accept refused).
+	verdictOK verdict = iota
+	// verdictUpstream: the master passed on the upstream's failure; an answer,
+	// not a failure of the master.
+	verdictUpstream
+	// verdictFail: a failure of the endpoint.
+	verdictFail
+	// verdictRefused: an answer that does not continue a resumed body.
+	verdictRefused
+)
+
+// judge records the outcome of roundTrip in the endpoint's health and the metrics,
+// by the failure classes of the package documentation. It returns verdictOK for an
+// answer below 500, and also for a 5xx of the master's own if keep5xx is set (the
+// caller passes it on); verdictUpstream with an *UpstreamError for a failure the
+// master marks as the upstream's; verdictFail with the error otherwise, a 5xx body
+// consumed for the message.
+func (a *attempt) judge(resp *http.Response, err error, keep5xx bool) (verdict, error) {
 	name := a.t.ep.name
 	if err != nil {
 		cause := context.Cause(a.ctx)
@@ -121,9 +160,19 @@ func (a *attempt) judge(resp *http.Response, err error, keep5xx bool) error {
 			a.b.metrics.requestOutcome(name, "error")
 			a.b.failed(a.t, err, kindTransport)
 		}
-		return err
+		return verdictFail, err
 	}
 	a.b.metrics.request(name, resp.StatusCode)
+	took := time.Since(a.start)
+	if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests {
+		if f, ok := upstreamFailure(resp); ok {
+			ue := &UpstreamError{Request: a.desc, Endpoint: name, Status: resp.StatusCode, Failure: f, RetryAfter: resp.Header.Get("Retry-After")}
+			drainClose(resp)
+			a.b.metrics.upstreamError(name, f.Status)
+			a.b.answered(a.t)
+			return verdictUpstream, ue
+		}
+	}
 	if resp.StatusCode >= 500 {
 		se := &statusError{status: resp.Status}
 		if !keep5xx {
@@ -132,13 +181,38 @@ func (a *attempt) judge(resp *http.Response, err error, keep5xx bool) error {
 		err := fmt.Errorf("%s: %w", a.desc, se)
 		a.b.failed(a.t, err, kindStatus)
 		if keep5xx {
-			return nil
+			return verdictOK, nil
 		}
-		return err
+		return verdictFail, err
 	}
-	a.b.hedge.observe(time.Since(a.start))
-	a.b.succeeded(a.t)
-	return nil
+	class := a.class
+	if resp.StatusCode == http.StatusUnauthorized {
+		class = classToken // a challenge is answered at once, whatever was asked
+	}
+	a.b.hedge.observe(class, took)
+	a.b.observeHeaders(a.t.ep, class, took)
+	a.b.answered(a.t)
+	return verdictOK, nil
+}
+
+// upstreamFailure reads the master's upstream-error header of a 5xx or 429.
+func upstreamFailure(resp *http.Response) (upstreamerr.Failure, bool) {
+	v := resp.Header.Get(upstreamerr.Header)
+	if v == "" {
+		return upstreamerr.Failure{}, false
+	}
+	f, err := upstreamerr.Parse(v)
+	if err != nil {
+		return upstreamerr.Failure{}, false
+	}
+	return f, true
+}
+
+// drainClose reads a little of an answer's body, so that the connection can be
+// reused, and closes it.
+func drainClose(resp *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	resp.Body.Close()
 }
 
 // snippet reads the start of an error body, within Stall, and closes it.

@@ -2,6 +2,7 @@ package balance
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -17,15 +19,25 @@ import (
 )
 
 // Defaults for the zero values of Config: conf's, so that a node.toml that leaves a
-// timeout out and a Config that leaves it zero behave alike.
+// setting out and a Config that leaves it zero behave alike.
 const (
-	DefaultDial           = conf.DefaultDial
-	DefaultResponseHeader = conf.DefaultResponseHeader
-	DefaultStall          = conf.DefaultStall
-	DefaultHealthInterval = conf.DefaultHealthInterval
-	DefaultHealthTimeout  = conf.DefaultHealthTimeout
-	DefaultHedgeMin       = conf.DefaultHedgeMin
-	DefaultHedgeMax       = conf.DefaultHedgeMax
+	DefaultDial                = conf.DefaultDial
+	DefaultResponseHeader      = conf.DefaultResponseHeader
+	DefaultStall               = conf.DefaultStall
+	DefaultHealthInterval      = conf.DefaultHealthInterval
+	DefaultHealthTimeout       = conf.DefaultHealthTimeout
+	DefaultHedgeMin            = conf.DefaultHedgeMin
+	DefaultHedgeMax            = conf.DefaultHedgeMax
+	DefaultConsecutiveFailures = conf.DefaultConsecutiveFailures
+	DefaultConsecutive5xx      = conf.DefaultConsecutive5xx
+	DefaultMaxEjectionPercent  = conf.DefaultMaxEjectionPercent
+	DefaultHedgeBudgetPercent  = conf.DefaultHedgeBudgetPercent
+	DefaultHedgeBurst          = conf.DefaultHedgeBurst
+	DefaultMinRate             = int64(conf.DefaultBodyMinRate)
+	DefaultRelativeRate        = conf.DefaultBodyRelativeRate
+	DefaultWarmup              = conf.DefaultBodyWarmup
+	DefaultWindow              = conf.DefaultBodyWindow
+	DefaultResumeAttempts      = conf.DefaultResumeAttempts
 )
 
 // Endpoint is one master registry.
@@ -38,7 +50,8 @@ type Endpoint struct {
 	Local bool
 }
 
-// Config configures a Balancer. Zero durations take the defaults above.
+// Config configures a Balancer. Zero values take the defaults above; a negative
+// count or rate turns its mechanism off where that makes sense (noted per field).
 type Config struct {
 	Endpoints []Endpoint
 	// Host is the virtual host:port the resolver talks to. Requests for any other
@@ -50,8 +63,8 @@ type Config struct {
 	Transport http.RoundTripper
 	// Dial bounds the TCP and TLS handshakes of the default transport.
 	Dial time.Duration
-	// ResponseHeader bounds the wait for response headers; an endpoint that misses
-	// it is ejected.
+	// ResponseHeader bounds one attempt's wait for response headers; a miss is a
+	// local-origin failure of the endpoint.
 	ResponseHeader time.Duration
 	// Stall aborts, and resumes elsewhere, a body that delivers no byte for this long.
 	Stall time.Duration
@@ -62,6 +75,32 @@ type Config struct {
 	// HedgeMin and HedgeMax clamp the adaptive hedge delay.
 	HedgeMin time.Duration
 	HedgeMax time.Duration
+	// ConsecutiveFailures ejects an endpoint after this many local-origin failures
+	// in a row; Consecutive5xx after this many 5xx answers of its own in a row.
+	ConsecutiveFailures int
+	Consecutive5xx      int
+	// MaxEjectionPercent caps the share of endpoints ejected at once (one always
+	// may be); negative means 0, so that only the first ejection is allowed.
+	MaxEjectionPercent int
+	// HedgeBudgetPercent is how many hedges per 100 requests may be sent, with
+	// HedgeBurst at once; a negative percent turns hedging off.
+	HedgeBudgetPercent int
+	HedgeBurst         int
+	// MinRate is the body throughput floor in bytes/s after Warmup, measured over
+	// Window; RelativeRate raises it, for bodies served from a master's cache, to
+	// that fraction of the fastest other endpoint's recent throughput. Negative
+	// values turn each off.
+	MinRate      int64
+	RelativeRate float64
+	Warmup       time.Duration
+	Window       time.Duration
+	// ResumeAttempts bounds the resumes of one body after failures; negative
+	// means none.
+	ResumeAttempts int
+	// Reauthorize, if set, is called when a resume request is refused with 401
+	// (its token expired): it sets fresh credentials on req from the challenge in
+	// resp. The resume is then sent once more.
+	Reauthorize func(ctx context.Context, req *http.Request, resp *http.Response) error
 	// PreferLocal sends every request to a healthy local endpoint if there is one.
 	PreferLocal bool
 	// Now is the clock of health decisions (ejection and backoff); nil is time.Now.
@@ -81,9 +120,18 @@ type Balancer struct {
 	metrics   *Metrics
 	log       *slog.Logger
 	hedge     *hedger
+	budget    *budget
+	// checking is set while Run performs active checks.
+	checking atomic.Bool
+	// reauth is Config.Reauthorize, or what SetReauthorize set.
+	reauth atomic.Pointer[func(ctx context.Context, req *http.Request, resp *http.Response) error]
+	// jitter spreads ejection lengths (tests replace it to assert them exactly).
+	jitter func(time.Duration) time.Duration
 
-	mu  sync.Mutex // guards the state fields of every endpoint
-	eps []*endpoint
+	mu     sync.Mutex // guards the state fields of every endpoint, and picks
+	eps    []*endpoint
+	picks  [shareWindow]int16
+	npicks int
 }
 
 var _ http.RoundTripper = (*Balancer)(nil)
@@ -94,31 +142,9 @@ func New(cfg Config) (*Balancer, error) {
 	if len(cfg.Endpoints) == 0 {
 		return nil, fmt.Errorf("balance: no endpoints: %w", errdefs.ErrInvalidArgument)
 	}
-	durations := []struct {
-		name string
-		d    *time.Duration
-		def  time.Duration
-	}{
-		{"dial", &cfg.Dial, DefaultDial},
-		{"response_header", &cfg.ResponseHeader, DefaultResponseHeader},
-		{"stall", &cfg.Stall, DefaultStall},
-		{"health_interval", &cfg.HealthInterval, DefaultHealthInterval},
-		{"health_timeout", &cfg.HealthTimeout, DefaultHealthTimeout},
-		{"hedge_min", &cfg.HedgeMin, DefaultHedgeMin},
-		{"hedge_max", &cfg.HedgeMax, DefaultHedgeMax},
+	if err := cfg.defaults(); err != nil {
+		return nil, err
 	}
-	for _, f := range durations {
-		switch {
-		case *f.d < 0:
-			return nil, fmt.Errorf("balance: %s: must not be negative, got %s: %w", f.name, *f.d, errdefs.ErrInvalidArgument)
-		case *f.d == 0:
-			*f.d = f.def
-		}
-	}
-	if cfg.HedgeMin > cfg.HedgeMax {
-		return nil, fmt.Errorf("balance: hedge_min %s exceeds hedge_max %s: %w", cfg.HedgeMin, cfg.HedgeMax, errdefs.ErrInvalidArgument)
-	}
-
 	b := &Balancer{
 		cfg:       cfg,
 		transport: cfg.Transport,
@@ -126,9 +152,17 @@ func New(cfg Config) (*Balancer, error) {
 		metrics:   cfg.Metrics,
 		log:       cfg.Logger,
 		hedge:     newHedger(cfg.HedgeMin, cfg.HedgeMax),
+		budget:    newBudget(max(cfg.HedgeBudgetPercent, 0), cfg.HedgeBurst),
+		jitter:    jitter,
+	}
+	if cfg.HedgeBudgetPercent < 0 {
+		b.budget = newBudget(0, 0)
 	}
 	if b.transport == nil {
 		b.transport = defaultTransport(cfg.Dial)
+	}
+	if cfg.Reauthorize != nil {
+		b.SetReauthorize(cfg.Reauthorize)
 	}
 	if b.now == nil {
 		b.now = time.Now
@@ -137,6 +171,7 @@ func New(cfg Config) (*Balancer, error) {
 		b.log = slog.New(slog.DiscardHandler)
 	}
 	seen := make(map[string]bool)
+	now := b.now()
 	for i, ep := range cfg.Endpoints {
 		u, err := endpointURL(ep.URL)
 		if err != nil {
@@ -154,10 +189,81 @@ func New(cfg Config) (*Balancer, error) {
 		case w == 0:
 			w = 1
 		}
-		b.eps = append(b.eps, &endpoint{url: u, name: name, weight: w, local: ep.Local, up: true, backoff: backoffMin})
+		e := &endpoint{url: u, name: name, weight: w, local: ep.Local, index: i, backoff: backoffMin, since: now, lat: map[string]*window{}, waiting: map[*attempt]struct{}{}}
+		for _, c := range classes {
+			e.lat[c] = newWindow(statusWindow)
+		}
+		b.eps = append(b.eps, e)
 		b.metrics.setHealthy(name, true)
 	}
 	return b, nil
+}
+
+// SetReauthorize sets the hook that a resume refused with 401 calls, as
+// Config.Reauthorize; for callers whose authorizer exists only after the balancer.
+func (b *Balancer) SetReauthorize(f func(ctx context.Context, req *http.Request, resp *http.Response) error) {
+	b.reauth.Store(&f)
+}
+
+// defaults fills the zero values of c and checks the rest.
+func (c *Config) defaults() error {
+	durations := []struct {
+		name string
+		d    *time.Duration
+		def  time.Duration
+	}{
+		{"dial", &c.Dial, DefaultDial},
+		{"response_header", &c.ResponseHeader, DefaultResponseHeader},
+		{"stall", &c.Stall, DefaultStall},
+		{"health_interval", &c.HealthInterval, DefaultHealthInterval},
+		{"health_timeout", &c.HealthTimeout, DefaultHealthTimeout},
+		{"hedge_min", &c.HedgeMin, DefaultHedgeMin},
+		{"hedge_max", &c.HedgeMax, DefaultHedgeMax},
+		{"warmup", &c.Warmup, DefaultWarmup},
+		{"window", &c.Window, DefaultWindow},
+	}
+	for _, f := range durations {
+		switch {
+		case *f.d < 0:
+			return fmt.Errorf("balance: %s: must not be negative, got %s: %w", f.name, *f.d, errdefs.ErrInvalidArgument)
+		case *f.d == 0:
+			*f.d = f.def
+		}
+	}
+	if c.HedgeMin > c.HedgeMax {
+		return fmt.Errorf("balance: hedge_min %s exceeds hedge_max %s: %w", c.HedgeMin, c.HedgeMax, errdefs.ErrInvalidArgument)
+	}
+	ints := []struct {
+		v   *int
+		def int
+	}{
+		{&c.ConsecutiveFailures, DefaultConsecutiveFailures},
+		{&c.Consecutive5xx, DefaultConsecutive5xx},
+		{&c.MaxEjectionPercent, DefaultMaxEjectionPercent},
+		{&c.HedgeBudgetPercent, DefaultHedgeBudgetPercent},
+		{&c.HedgeBurst, DefaultHedgeBurst},
+		{&c.ResumeAttempts, DefaultResumeAttempts},
+	}
+	for _, f := range ints {
+		if *f.v == 0 {
+			*f.v = f.def
+		}
+	}
+	c.ConsecutiveFailures = max(c.ConsecutiveFailures, 1)
+	c.Consecutive5xx = max(c.Consecutive5xx, 1)
+	c.MaxEjectionPercent = max(c.MaxEjectionPercent, 0)
+	c.HedgeBurst = max(c.HedgeBurst, 0)
+	c.ResumeAttempts = max(c.ResumeAttempts, 0)
+	if c.MinRate == 0 {
+		c.MinRate = DefaultMinRate
+	}
+	if c.RelativeRate == 0 {
+		c.RelativeRate = DefaultRelativeRate
+	}
+	if c.RelativeRate >= 1 {
+		return fmt.Errorf("balance: relative_rate must be < 1, got %g: %w", c.RelativeRate, errdefs.ErrInvalidArgument)
+	}
+	return nil
 }
 
 // endpointURL checks that u is scheme://host[:port] and returns a clean copy.
@@ -201,6 +307,8 @@ func (b *Balancer) RoundTrip(req *http.Request) (*http.Response, error) {
 	if b.cfg.Host != "" && !strings.EqualFold(req.URL.Host, b.cfg.Host) {
 		return b.transport.RoundTrip(req)
 	}
+	b.metrics.clientRequest(classOf(req))
+	b.budget.earn()
 	var (
 		resp *http.Response
 		a    *attempt
@@ -220,17 +328,17 @@ func (b *Balancer) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-// once sends a request that may not be repeated to a single endpoint. A 5xx ejects
-// the endpoint but is returned to the caller as is.
+// once sends a request that may not be repeated to a single endpoint. A 5xx of the
+// master's own counts against it but is returned to the caller as is.
 func (b *Balancer) once(req *http.Request) (*http.Response, *attempt, error) {
-	t := b.pick(nil)
+	t := b.pick(nil, false)
 	if t.ep == nil {
 		closeBody(req)
-		return nil, nil, b.allDown(nil)
+		return nil, nil, b.allDown(nil, 0)
 	}
 	a := b.newAttempt(req, t)
 	resp, err := a.roundTrip()
-	if err = a.judge(resp, err, true); err != nil {
+	if v, err := a.judge(resp, err, true); v != verdictOK {
 		a.finish()
 		return nil, nil, err
 	}
@@ -241,41 +349,56 @@ func (b *Balancer) once(req *http.Request) (*http.Response, *attempt, error) {
 type result struct {
 	a    *attempt
 	resp *http.Response
+	v    verdict
 	err  error
 }
 
 // race sends a GET or HEAD to one endpoint after another, never to one in tried
-// (and adds each one it uses), hedging after the hedge delay and moving on at once
-// after a failure, until an attempt answers with headers and a status below 500
-// that accept (if set) takes. It returns the winner's response and attempt, or
-// *AllDownError when no endpoint is left.
+// (and adds each one it uses), until an attempt answers in a way that accept (if
+// set) takes:
+//   - after the hedge delay of the request's class, if the budget has a token, the
+//     same request goes to the next endpoint as well; without a token the request
+//     waits on the endpoints it was sent to;
+//   - after a failure it moves on to the next endpoint at once;
+//   - an answer that passes on the upstream's failure is tried on one more
+//     endpoint (budget permitting, and never for a throttling 429) and is then
+//     the request's answer, as an *UpstreamError.
+//
+// It returns the winner's response and attempt; or the last upstream failure or
+// refused answer; or *AllDownError when no endpoint is left.
 func (b *Balancer) race(req *http.Request, tried map[*endpoint]bool, accept func(*http.Response) error) (*http.Response, *attempt, error) {
 	ctx := req.Context()
+	class := classOf(req)
 	results := make(chan result, len(b.eps))
 	var (
-		mu       sync.Mutex // guards done against late results
-		done     bool
-		inflight []*attempt
-		errs     = make(map[*endpoint]error)
+		mu              sync.Mutex // guards done against late results
+		done            bool
+		inflight        []*attempt
+		errs            = make(map[*endpoint]error)
+		launched        int
+		answer          error // an upstream failure or a refused answer
+		upstreamRetried bool
 	)
-	launch := func() bool {
-		t := b.pick(tried)
+	launch := func(hedged bool) bool {
+		t := b.pick(tried, hedged)
 		if t.ep == nil {
 			return false
 		}
 		tried[t.ep] = true
+		launched++
 		a := b.newAttempt(req, t)
+		a.hedged = hedged
 		inflight = append(inflight, a)
 		go func() {
 			resp, err := a.roundTrip()
-			err = a.judge(resp, err, false)
-			if err == nil && accept != nil {
+			v, err := a.judge(resp, err, false)
+			if v == verdictOK && accept != nil {
 				if err = accept(resp); err != nil {
 					resp.Body.Close()
-					err = fmt.Errorf("%s: %w", a.desc, err)
+					v, err = verdictRefused, fmt.Errorf("%s: %w", a.desc, err)
 				}
 			}
-			if err != nil {
+			if v != verdictOK {
 				a.finish()
 				resp = nil
 			}
@@ -288,7 +411,7 @@ func (b *Balancer) race(req *http.Request, tried map[*endpoint]bool, accept func
 				}
 				return
 			}
-			results <- result{a: a, resp: resp, err: err}
+			results <- result{a: a, resp: resp, v: v, err: err}
 		}()
 		return true
 	}
@@ -320,40 +443,76 @@ func (b *Balancer) race(req *http.Request, tried map[*endpoint]bool, accept func
 			}
 		}
 	}
-
-	if !launch() {
-		return nil, nil, b.allDown(errs)
+	lost := func() error {
+		end(nil)
+		if answer != nil {
+			return answer
+		}
+		return b.allDown(errs, launched)
 	}
-	hedge := time.NewTimer(b.hedge.get())
+
+	if !launch(false) {
+		return nil, nil, b.allDown(errs, 0)
+	}
+	hedge := time.NewTimer(b.hedge.delay(class))
 	defer hedge.Stop()
 	for {
 		select {
 		case r := <-results:
 			inflight = removeAttempt(inflight, r.a)
-			if r.err == nil {
+			switch r.v {
+			case verdictOK:
 				end(r.a)
+				if r.a.hedged {
+					b.metrics.hedgeWon()
+				}
 				return r.resp, r.a, nil
+			case verdictUpstream:
+				answer = r.err
+				var ue *UpstreamError
+				retry := errors.As(r.err, &ue) && ue.Status != http.StatusTooManyRequests && !upstreamRetried
+				if ctx.Err() == nil && retry && b.budget.take() {
+					upstreamRetried = true
+					if launch(false) {
+						hedge.Reset(b.hedge.delay(class))
+						continue
+					}
+					b.budget.refund()
+				}
+				if len(inflight) == 0 {
+					return nil, nil, lost()
+				}
+				continue
+			case verdictRefused:
+				answer = r.err
 			}
 			errs[r.a.t.ep] = r.err
 			if ctx.Err() != nil {
 				continue // the ctx.Done case reports it
 			}
-			if launch() {
-				hedge.Reset(b.hedge.get())
+			if launch(false) {
+				b.budget.spend()
+				hedge.Reset(b.hedge.delay(class))
 			} else if len(inflight) == 0 {
-				end(nil)
-				return nil, nil, b.allDown(errs)
+				return nil, nil, lost()
 			}
 		case <-hedge.C:
-			overtaken := inflight
-			if launch() {
-				for _, a := range overtaken {
-					a.markOvertaken()
-				}
-				b.metrics.hedge()
-				b.log.Debug("hedged a slow request", "path", req.URL.Path, "after", b.hedge.get())
-				hedge.Reset(b.hedge.get())
+			if !b.budget.take() {
+				b.metrics.budgetExhausted()
+				continue
 			}
+			overtaken := inflight
+			if !launch(true) {
+				b.budget.refund()
+				continue
+			}
+			for _, a := range overtaken {
+				a.markOvertaken()
+			}
+			b.metrics.hedge()
+			d := b.hedge.delay(class)
+			b.log.Debug("hedged a slow request", "path", req.URL.Path, "after", d)
+			hedge.Reset(d)
 		case <-ctx.Done():
 			end(nil)
 			return nil, nil, fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), context.Cause(ctx))

@@ -14,9 +14,9 @@ import (
 )
 
 const (
-	blobSize   = 64 << 10
-	blobETag   = `"sha256:0123"`
-	blobDigest = "sha256:0123"
+	blobSize       = 64 << 10
+	blobETag       = `"sha256:0123"`
+	testBlobDigest = "sha256:0123"
 )
 
 func blob() []byte {
@@ -33,7 +33,7 @@ func blob() []byte {
 func breakAfter(be *backend, content []byte, limit int, cut bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("ETag", blobETag)
-		w.Header().Set("Docker-Content-Digest", blobDigest)
+		w.Header().Set("Docker-Content-Digest", testBlobDigest)
 		bw := &breakingWriter{ResponseWriter: w, left: limit, brk: func() {
 			if !cut {
 				be.block(r)
@@ -77,7 +77,7 @@ func (rr *rangeRecorder) serve(content []byte, etag string) http.HandlerFunc {
 		rr.ranges = append(rr.ranges, r.Header.Get("Range"))
 		rr.mu.Unlock()
 		w.Header().Set("ETag", etag)
-		w.Header().Set("Docker-Content-Digest", blobDigest)
+		w.Header().Set("Docker-Content-Digest", testBlobDigest)
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(content))
 	}
 }
@@ -127,7 +127,7 @@ func TestResume(t *testing.T) {
 				Stall:     200 * time.Millisecond,
 				Metrics:   NewMetrics(reg),
 			})
-			req := request(t, http.MethodGet, "/v2/x/blobs/"+blobDigest, nil)
+			req := request(t, http.MethodGet, "/v2/x/blobs/"+testBlobDigest, nil)
 			if tt.rng != "" {
 				req.Header.Set("Range", tt.rng)
 			}
@@ -190,24 +190,16 @@ func TestResumeRefused(t *testing.T) {
 		wantErr []string
 	}{
 		{
-			name: "Range ignored",
-			second: func(*backend) http.HandlerFunc {
-				return func(w http.ResponseWriter, r *http.Request) { w.Write(content) }
-			},
-			wantN:   10000,
-			wantErr: []string{"no body bytes within 200ms", "want 206 Partial Content"},
-		},
-		{
 			name:    "another ETag",
 			second:  func(*backend) http.HandlerFunc { return new(rangeRecorder).serve(content, `"other"`) },
 			wantN:   10000,
 			wantErr: []string{"ETag", `"other"`},
 		},
 		{
-			name:    "every endpoint breaks",
-			second:  func(be *backend) http.HandlerFunc { return breakAfter(be, content, 5000, true) },
-			wantN:   15000,
-			wantErr: []string{"body broken at byte 15000", "all 2 registry endpoints are down"},
+			name:    "a 401",
+			second:  func(*backend) http.HandlerFunc { return status(http.StatusUnauthorized) },
+			wantN:   10000,
+			wantErr: []string{"status 401", "credentials were refused"},
 		},
 	}
 	for _, tt := range tests {
@@ -218,7 +210,7 @@ func TestResumeRefused(t *testing.T) {
 			second := newBackend(t, false, nil)
 			second.set(tt.second(second))
 			b := newBalancer(t, Config{Endpoints: endpoints(first.url(t), second.url(t)), Stall: 200 * time.Millisecond})
-			resp, err := b.RoundTrip(request(t, http.MethodGet, "/v2/x/blobs/"+blobDigest, nil))
+			resp, err := b.RoundTrip(request(t, http.MethodGet, "/v2/x/blobs/"+testBlobDigest, nil))
 			if err != nil {
 				t.Fatal(err)
 			}

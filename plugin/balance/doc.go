@@ -4,76 +4,100 @@
 // straight to one of the master registries, rewriting only the scheme and host
 // (path, query and headers are kept; the Host header becomes the master's).
 //
-// The failure it exists for is the frozen master: a process that is stopped or
-// wedged still completes the TCP handshake (the kernel does it), so a connect timeout
-// never fires, and containerd on its own waits 30 s for response headers on every
-// request that lands there. Here such a request costs one hedge delay, and the master
-// is out of rotation within ResponseHeader (or sooner, by the active check).
+// Its rule is that a failure stays where it happens: a node is never worse off than
+// behind the NGINX stream hop it replaces, which ejects nothing for an HTTP answer.
+// Picking, health and the request race are kept apart: pick (endpoint.go) chooses,
+// the endpoint state records health, and race (balance.go) runs one request.
 //
 // # Picking: smooth weighted round robin
 //
 // Each request goes to the endpoint chosen by nginx's smooth weighted round robin
-// (SWRR) over the endpoints that may take traffic. SWRR is deterministic: weights
-// 3:1:1 give exactly three, one and one of every five requests, interleaved rather
-// than in bursts. That is what an operator who sets weights expects and what tests
-// can assert. Power-of-two-choices (P2C, least outstanding of two random picks) was
-// rejected: a node has only a few requests in flight, so outstanding counts are
-// mostly 0 or 1 and P2C degenerates into a random pick whose shares only hold on
-// average; it sees one node's load, not the master's, so it cannot balance the
-// masters anyway; and weights fit it only approximately. Slow masters are handled by
-// hedging and ejection instead of by the picker. With PreferLocal, a healthy local
-// endpoint takes every request and the others serve only as its failover.
+// (SWRR) over the endpoints in rotation. SWRR is deterministic: weights 3:1:1 give
+// exactly three, one and one of every five requests, interleaved rather than in
+// bursts. That is what an operator who sets weights expects and what tests can
+// assert. Power-of-two-choices was rejected: a node has only a few requests in
+// flight, so outstanding counts are mostly 0 or 1 and P2C degenerates into a random
+// pick; it sees one node's load, not the master's. Endpoints that a hedge overtook
+// (suspect) or whose body was too slow in the last seconds are picked only when no
+// other endpoint may take the request. With PreferLocal a healthy local endpoint
+// takes every request.
 //
-// # Health: passive ejection, half-open trials and active checks
+// # Failure classes and ejection (as Envoy's outlier detection)
 //
-// An endpoint is up or ejected. A transport error, a 5xx, no response headers within
-// ResponseHeader, a stalled or cut body, or a failed active check ejects it at once
-// (one strike, as NGINX's default; a 4xx is a valid answer and never ejects). After
-// a backoff (1 s, doubling to 30 s, reset by a successful request) the endpoint is
-// half-open: exactly one request is let through as a trial, and that trial or the
-// next active check, whichever finishes first, decides whether it is up again or
-// ejected for twice as long. Results of requests that were not the trial, arriving
-// while the endpoint is ejected, only update its last error.
+// Local-origin failures count against an endpoint: a connect or TLS error, no
+// response headers within ResponseHeader, a body that stalls, breaks, falls below
+// the throughput floor or fails its digest, and a failed active check. Answers do
+// not count: a 4xx never does, and a 5xx that registryd marks with the
+// upstream-error header (internal/upstreamerr: the upstream failed, not the master)
+// is returned to containerd as *UpstreamError after one more endpoint was asked.
+// A 5xx of the master's own counts separately, as Envoy's consecutive_5xx.
 //
-// Run performs the active checks: GET <endpoint>/v2/ every HealthInterval, bounded by
-// HealthTimeout; 200 or 401 (the registry asks for a token) counts as up. A passing
-// check revives a half-open endpoint but does not reset the backoff, so a master
-// that answers /v2/ yet fails real requests is tried less and less often.
+// An endpoint is ejected after ConsecutiveFailures local-origin failures in a row,
+// or Consecutive5xx own 5xx in a row (any answer resets both), for a backoff of 1 s
+// doubling to 30 s with ±20 % jitter. At most MaxEjectionPercent of the endpoints are
+// ejected at once (one always may be). A failed active check marks an endpoint
+// unhealthy at once, not capped: a frozen master goes out within one check.
 //
-// When no endpoint may take traffic, RoundTrip fails at once with *AllDownError,
-// which names every endpoint and its last error, instead of waiting for timeouts.
+// While Run performs active checks (GET /v2/ every HealthInterval ±10 %, bounded by
+// HealthTimeout, 200 or 401 passing), an ejected endpoint comes back only through a
+// passing check once its backoff has passed: real requests are never the trial.
+// Without Run, an ejected endpoint is half-open after its backoff and exactly one
+// real request is its trial.
+//
+// When no endpoint is in rotation, requests still go to them (panic routing), the
+// best first: healthy by the last check, then the fewest consecutive failures, then
+// the latest success. Only when every endpoint was tried and failed does a request
+// end in *AllDownError, which names each endpoint and what it did; it is the only
+// error that matches errdefs.ErrUnavailable, and so the only one that triggers the
+// fallback to the image host.
 //
 // # Retries and hedging
 //
-// GET and HEAD without a body are retried on another endpoint, each endpoint at most
-// once per request. They are also hedged: if no response headers arrive within the
-// hedge delay, the same request goes to the next endpoint as well, and the first
-// response with headers (any status below 500) wins. Other methods go to one
-// endpoint, once, with their body passed through; their 5xx is returned as is.
+// GET and HEAD without a body are retried on another endpoint after a failure, each
+// endpoint at most once per request, and hedged: if no response headers arrive
+// within the hedge delay, the same request goes to the next endpoint as well, and
+// the first usable answer wins. Other methods go to one endpoint, once.
 //
 // The hedge delay is the 95th percentile of the time to response headers over the
-// last 256 successful attempts, clamped to [HedgeMin, HedgeMax]. Until 20 samples
-// exist it is HedgeMax: with no data, a short delay would duplicate every request
-// that is merely slow, and the first pulls after a rollout are exactly when caches
-// are cold and requests slow. The frozen-master cost is still bounded: HedgeMax per
-// request for the first seconds, until the master is ejected; once the window fills
-// with a warm registry's answers the delay drops toward HedgeMin.
+// last 256 answers of the request's class (manifest and blob HEAD; blob GET; token
+// and 401 exchanges), clamped to [HedgeMin, HedgeMax]. A class with fewer than 20
+// samples uses four times the slowest recent active-check round trip, clamped the
+// same way: what the node knows of the masters, so that a master frozen before any
+// history exists costs about HedgeMin, not HedgeMax.
 //
-// A loser is cancelled as soon as a winner arrives, with one exception: an attempt
-// that had already been overtaken by a hedge is left to run until its own
-// ResponseHeader deadline (its body is closed the moment headers arrive). It is the
-// evidence against a possibly frozen master; cancelling it would hide the failure
-// from passive ejection, and every later request would pay the hedge delay again.
+// Hedges come out of a budget, a token bucket as gRPC's retry throttling: each
+// request earns HedgeBudgetPercent/100 of a token, up to HedgeBurst; a hedge spends
+// one. With the budget spent, a request waits on the endpoints it was sent to: when
+// every master is slow, hedging would only double their load. Retries after a
+// failure spend a token too but are never refused. A loser is cancelled when a
+// winner arrives, except an attempt a hedge had overtaken: it runs to its own
+// deadline, as evidence against a possibly frozen master.
 //
-// # Bodies: stall detection and resume
+// # Bodies
 //
-// A response body is watched while the caller reads it: a Read that gets no byte for
-// Stall is aborted. A stalled or broken body of a GET 200 or 206 is resumed on
-// another endpoint with "Range: bytes=<offset>-<end>", where the offsets come from
-// the first response (its Content-Range, which already accounts for the caller's own
-// Range header). The answer must be a 206 whose Content-Range matches (a 200 only
-// when resuming from byte 0 of a whole body), with the same ETag and
-// Docker-Content-Digest when both sides send them; the caller sees one continuous
-// body. Each endpoint serves a body at most once, so resuming gives up, with an
-// error, once the endpoints are exhausted.
+// A response body is watched while the caller reads it. A Read that gets no byte for
+// Stall is aborted. After Warmup, the throughput over each Window (bytes over the
+// time spent blocked in reads, so a slow reader does not blame the master) is held
+// against a floor: MinRate, and for a body the master serves from its cache
+// (Hopless-Cache: hit), RelativeRate times the fastest other endpoint's recent
+// throughput. A stream from a fill moves at the upstream's pace, which is not the
+// master's doing. A body below the floor moves to another endpoint, at most once per
+// endpoint.
+//
+// A stalled, broken or too slow body of a GET 200 or 206 is resumed with
+// "Range: bytes=<offset>-<end>". The answer must continue the body: a 206 whose
+// Content-Range matches, or a 200 of the whole resource, which is skipped up to the
+// offset, with the same ETag and Docker-Content-Digest when both sides send them. A
+// 401 calls Reauthorize and is sent once more. An answer that does not continue the
+// body is a *ResumeError that says what mismatched, never all-down. Resumes after
+// failures are counted, up to ResumeAttempts, with backoff: the first avoids the
+// endpoint that failed, later ones may go to any, the same one included. When the
+// balancer gives up it returns io.ErrUnexpectedEOF itself, which makes containerd
+// reopen the body from its offset.
+//
+// A GET of /v2/<name>/blobs/<digest> without a Range header is hashed as it is
+// handed to the caller; at its end a mismatch is a *DigestError instead of io.EOF,
+// counted against every endpoint that served part of it. The transfer wrapper then
+// drops the bad ingest and pulls again with WithReverify, whose requests carry
+// "Cache-Control: no-cache": the master hashes its stored copy before serving it.
 package balance

@@ -5,23 +5,29 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"sync"
 	"time"
 )
 
-// Run checks every endpoint at once, then again every HealthInterval, until ctx
-// ends. Without Run the balancer relies on passive ejection and trial requests only.
+// Run checks every endpoint at once, then again about every HealthInterval (±10 %,
+// so that many nodes do not check in step), until ctx ends. While it runs, an
+// ejected endpoint comes back only through a passing check. Without Run the
+// balancer relies on passive ejection and half-open trial requests.
 func (b *Balancer) Run(ctx context.Context) {
-	t := time.NewTicker(b.cfg.HealthInterval)
+	b.checking.Store(true)
+	defer b.checking.Store(false)
+	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
-		b.checkAll(ctx)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		b.checkAll(ctx)
+		t.Reset(time.Duration(float64(b.cfg.HealthInterval) * (0.9 + 0.2*rand.Float64())))
 	}
 }
 
@@ -51,7 +57,11 @@ func (b *Balancer) check(ctx context.Context, e *endpoint) error {
 	if err != nil {
 		return fmt.Errorf("health check GET %s: %w", target, err)
 	}
+	began := time.Now()
 	resp, err := b.transport.RoundTrip(req)
+	if err == nil {
+		b.hedge.observeCheck(time.Since(began))
+	}
 	if err != nil {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			err = &timeoutError{what: "no answer", d: b.cfg.HealthTimeout}

@@ -19,8 +19,13 @@ func TestHedgeDelay(t *testing.T) {
 	tests := []struct {
 		name    string
 		samples []time.Duration
+		checks  []time.Duration // active-check round trips
+		other   []time.Duration // samples of another class
 		want    time.Duration
 	}{
+		{name: "no samples, checks known: 4x the slowest check, clamped", checks: []time.Duration{ms, 2 * ms}, want: 100 * ms},
+		{name: "no samples, slow checks: 4x the slowest", checks: []time.Duration{ms, 60 * ms}, want: 240 * ms},
+		{name: "another class's samples do not count", other: series(50, func(int) time.Duration { return 500 * ms }), want: time.Second},
 		{name: "no samples: HedgeMax", want: time.Second},
 		{name: "too few samples: HedgeMax", samples: series(ttfbMinSamples-1, func(int) time.Duration { return ms }), want: time.Second},
 		{name: "fast answers: clamped to HedgeMin", samples: series(ttfbMinSamples, func(int) time.Duration { return ms }), want: 100 * ms},
@@ -41,9 +46,15 @@ func TestHedgeDelay(t *testing.T) {
 			t.Parallel()
 			h := newHedger(100*ms, time.Second)
 			for _, d := range tt.samples {
-				h.observe(d)
+				h.observe(classBlob, d)
 			}
-			if got := h.get(); got != tt.want {
+			for _, d := range tt.other {
+				h.observe(classManifest, d)
+			}
+			for _, d := range tt.checks {
+				h.observeCheck(d)
+			}
+			if got := h.delay(classBlob); got != tt.want {
 				t.Errorf("hedge delay %v, want %v", got, tt.want)
 			}
 		})

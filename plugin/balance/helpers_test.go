@@ -162,12 +162,22 @@ func endpoints(us ...*url.URL) []Endpoint {
 	return eps
 }
 
+// newBalancer builds a balancer for a test. Unless the test sets them, one failure
+// ejects (the tests of other mechanics are clearer with one strike; the outlier
+// tests set their thresholds).
 func newBalancer(t *testing.T, cfg Config) *Balancer {
 	t.Helper()
+	if cfg.ConsecutiveFailures == 0 {
+		cfg.ConsecutiveFailures = 1
+	}
+	if cfg.Consecutive5xx == 0 {
+		cfg.Consecutive5xx = 1
+	}
 	b, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	b.jitter = func(d time.Duration) time.Duration { return d }
 	if tr, ok := b.transport.(*http.Transport); ok {
 		t.Cleanup(tr.CloseIdleConnections)
 	}

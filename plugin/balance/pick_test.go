@@ -49,7 +49,7 @@ func TestPickShares(t *testing.T) {
 			const picks = 10000
 			counts := make(map[*endpoint]int)
 			for range picks {
-				tk := b.pick(nil)
+				tk := b.pick(nil, false)
 				if tk.ep == nil {
 					t.Fatal("no endpoint picked")
 				}
@@ -73,7 +73,7 @@ func TestPickSmooth(t *testing.T) {
 	names := map[*endpoint]string{b.eps[0]: "a", b.eps[1]: "b", b.eps[2]: "c"}
 	var got strings.Builder
 	for range 14 {
-		got.WriteString(names[b.pick(nil).ep])
+		got.WriteString(names[b.pick(nil, false).ep])
 	}
 	if want := "aabacaaaabacaa"; got.String() != want {
 		t.Errorf("sequence %s, want %s", got.String(), want)
@@ -87,13 +87,13 @@ func TestPickSkipsTried(t *testing.T) {
 	b := newBalancer(t, Config{Endpoints: fakeEndpoints(t, []int{3, 1, 1}, -1)})
 	tried := make(map[*endpoint]bool)
 	for i := range 3 {
-		tk := b.pick(tried)
+		tk := b.pick(tried, false)
 		if tk.ep == nil || tried[tk.ep] {
 			t.Fatalf("pick %d: got %v, want an untried endpoint", i, tk.ep)
 		}
 		tried[tk.ep] = true
 	}
-	if tk := b.pick(tried); tk.ep != nil {
+	if tk := b.pick(tried, false); tk.ep != nil {
 		t.Errorf("pick after all were tried: got %s, want none", tk.ep.name)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -43,20 +44,20 @@ func TestNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := load(t, `version = 4
-[plugins.'io.containerd.internal.v1.hopless']
-  [[plugins.'io.containerd.internal.v1.hopless'.registry]]
+[plugins.'io.containerd.hopless.v1.hopless']
+  [[plugins.'io.containerd.hopless.v1.hopless'.registry]]
     host = "registry.d8-system.svc:5001"
     fallback = true
     endpoint = [{url = "https://10.0.0.1:5001", weight = 3}, {url = "https://10.0.0.2:5001"}]
-    [plugins.'io.containerd.internal.v1.hopless'.registry.tls]
+    [plugins.'io.containerd.hopless.v1.hopless'.registry.tls]
       ca = "`+ca+`"
-    [plugins.'io.containerd.internal.v1.hopless'.registry.auth]
+    [plugins.'io.containerd.hopless.v1.hopless'.registry.auth]
       credentials_file = "`+creds+`"
-    [plugins.'io.containerd.internal.v1.hopless'.registry.timeouts]
+    [plugins.'io.containerd.hopless.v1.hopless'.registry.timeouts]
       dial = "250ms"
-  [[plugins.'io.containerd.internal.v1.hopless'.registry]]
+  [[plugins.'io.containerd.hopless.v1.hopless'.registry]]
     host = "other.example"
-    [[plugins.'io.containerd.internal.v1.hopless'.registry.endpoint]]
+    [[plugins.'io.containerd.hopless.v1.hopless'.registry.endpoint]]
       url = "https://10.0.0.3"
       local = true
 `)
@@ -87,7 +88,7 @@ func TestNode(t *testing.T) {
 
 func TestNodeErrors(t *testing.T) {
 	t.Parallel()
-	const head = "version = 4\n[[plugins.'io.containerd.internal.v1.hopless'.registry]]\n"
+	const head = "version = 4\n[[plugins.'io.containerd.hopless.v1.hopless'.registry]]\n"
 	for _, tc := range []struct {
 		name  string
 		text  string
@@ -145,7 +146,7 @@ func TestNotConfigured(t *testing.T) {
 func TestNodeJoinsErrors(t *testing.T) {
 	t.Parallel()
 	_, err := load(t, `version = 4
-[[plugins.'io.containerd.internal.v1.hopless'.registry]]
+[[plugins.'io.containerd.hopless.v1.hopless'.registry]]
 host = "h:5001"
 endpoint = [{url = "https://10.0.0.1", weight = 0}]
 tls = {ca = "ca.pem"}
@@ -164,5 +165,136 @@ tls = {ca = "ca.pem"}
 	}
 	if strings.Contains(got, "not found") {
 		t.Errorf("error %q also reports the relative file as missing", got)
+	}
+}
+
+func TestSettings(t *testing.T) {
+	t.Parallel()
+	const head = "version = 4\n[plugins.'io.containerd.hopless.v1.hopless']\n"
+	for _, tc := range []struct {
+		name  string
+		text  string
+		want  Settings
+		field string // empty: no error
+		msg   string
+	}{
+		{name: "defaults", text: "",
+			want: Settings{ReloadInterval: DefaultReloadInterval, CRILocalPull: CRILocalPullRefuse}},
+		{name: "all set", text: `node_config = "/etc/hopless/node.toml"
+reload_interval = "500ms"
+cri_local_pull = "warn"`,
+			want: Settings{NodeConfig: "/etc/hopless/node.toml", ReloadInterval: 500 * time.Millisecond, CRILocalPull: CRILocalPullWarn}},
+		{name: "minimum interval", text: `reload_interval = "100ms"`,
+			want: Settings{ReloadInterval: MinReloadInterval, CRILocalPull: CRILocalPullRefuse}},
+		{name: "bad cri_local_pull", text: `cri_local_pull = "allow"`,
+			field: "cri_local_pull", msg: `must be "refuse" or "warn", got "allow"`},
+		{name: "empty cri_local_pull", text: `cri_local_pull = ""`,
+			field: "cri_local_pull", msg: `got ""`},
+		{name: "bad duration", text: `reload_interval = "2 seconds"`,
+			field: "reload_interval", msg: `bad duration "2 seconds"`},
+		{name: "interval too short", text: `reload_interval = "10ms"`,
+			field: "reload_interval", msg: "must be at least 100ms, got 10ms"},
+		{name: "zero interval", text: `reload_interval = "0s"`,
+			field: "reload_interval", msg: "must be at least 100ms, got 0s"},
+		{name: "relative node_config", text: `node_config = "node.toml"`,
+			field: "node_config", msg: `must be an absolute path, got "node.toml"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := load(t, head+tc.text).Settings()
+			if tc.field == "" {
+				if err != nil || got != tc.want {
+					t.Errorf("Settings() = %+v, %v; want %+v", got, err, tc.want)
+				}
+				return
+			}
+			want := Section + ": " + tc.field + ": "
+			if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("error %v\nwant one starting %q containing %q", err, want, tc.msg)
+			}
+			if !errdefs.IsInvalidArgument(err) {
+				t.Errorf("error %q does not wrap errdefs.ErrInvalidArgument", err)
+			}
+		})
+	}
+}
+
+func TestNodeConfig(t *testing.T) {
+	t.Parallel()
+	writeNode := func(t *testing.T, text string) string {
+		t.Helper()
+		p := filepath.Join(t.TempDir(), "node.toml")
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	const fileHosts = `[[registry]]
+host = "file.example"
+endpoint = [{url = "https://10.0.0.9"}]
+[[registry]]
+host = "other.example"
+endpoint = [{url = "https://10.0.0.8"}]
+`
+	const inline = `[[plugins.'io.containerd.hopless.v1.hopless'.registry]]
+host = "inline.example"
+endpoint = [{url = "https://10.0.0.1"}]
+`
+	for _, tc := range []struct {
+		name   string
+		inline string
+		file   string // node.toml; empty: a missing file
+		hosts  []string
+		field  string
+		msg    string
+	}{
+		{name: "file only", file: fileHosts, hosts: []string{"file.example", "other.example"}},
+		{name: "inline and file", inline: inline, file: fileHosts, hosts: []string{"inline.example", "file.example", "other.example"}},
+		{name: "host in both", inline: `[[plugins.'io.containerd.hopless.v1.hopless'.registry]]
+host = "FILE.example"
+endpoint = [{url = "https://10.0.0.1"}]
+`, file: fileHosts, field: Section + ": node_config", msg: `host "file.example" is in registry[0] of this section and in registry[0] of `},
+		{name: "invalid file", file: `[[registry]]
+host = "file.example"
+endpoint = [{url = "https://10.0.0.9", weight = 0}]
+`, field: "node.toml: registry[0].endpoint[0].weight", msg: "must be > 0, got 0"},
+		{name: "unparseable file", file: "[[registry]\n", field: "node.toml: line", msg: ""},
+		{name: "missing file", field: "node.toml", msg: "config file not found"},
+		{name: "errors of both", inline: `[[plugins.'io.containerd.hopless.v1.hopless'.registry]]
+host = "inline.example"
+endpoint = [{url = "https://10.0.0.1", weight = 0}]
+`, file: "[[registry]]\nhost = 1\n", field: Section + ": registry[0].endpoint[0].weight", msg: "node.toml: registry[0].host"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			path := filepath.Join(t.TempDir(), "node.toml")
+			if tc.file != "" {
+				path = writeNode(t, tc.file)
+			}
+			c := load(t, "version = 4\n[plugins.'io.containerd.hopless.v1.hopless']\nnode_config = \""+path+"\"\n"+tc.inline)
+			if !c.Configured() {
+				t.Fatal("Configured() = false with node_config")
+			}
+			n, err := c.Node()
+			if tc.field != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.field) || !strings.Contains(err.Error(), tc.msg) {
+					t.Fatalf("error %v\nwant one naming %q containing %q", err, tc.field, tc.msg)
+				}
+				if !errdefs.IsInvalidArgument(err) && !errdefs.IsNotFound(err) {
+					t.Errorf("error %q is neither invalid argument nor not found", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, r := range n.Registries {
+				got = append(got, r.Host)
+			}
+			if !slices.Equal(got, tc.hosts) {
+				t.Errorf("hosts %v, want %v", got, tc.hosts)
+			}
+		})
 	}
 }

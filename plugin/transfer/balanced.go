@@ -34,24 +34,11 @@ func Balanced(m *balance.Metrics) RoundTripperFactory {
 			ForceAttemptHTTP2:   true,
 			DisableCompression:  true,
 		}
-		var eps []balance.Endpoint
-		preferLocal := false
-		for i, e := range r.Endpoints {
-			u, err := url.Parse(e.URL)
-			if err != nil {
-				return nil, fmt.Errorf("endpoint[%d].url: %w", i, err)
-			}
-			eps = append(eps, balance.Endpoint{URL: u, Weight: e.Weight, Local: e.Local})
-			preferLocal = preferLocal || e.Local
+		cfg, err := balanceConfig(r, tr, m)
+		if err != nil {
+			return nil, err
 		}
-		t := r.Timeouts
-		b, err := balance.New(balance.Config{
-			Endpoints: eps, Host: r.Host, Transport: tr, PreferLocal: preferLocal,
-			Dial: t.Dial.Duration, ResponseHeader: t.ResponseHeader.Duration, Stall: t.Stall.Duration,
-			HealthInterval: t.HealthInterval.Duration, HealthTimeout: t.HealthTimeout.Duration,
-			HedgeMin: t.HedgeMin.Duration, HedgeMax: t.HedgeMax.Duration,
-			Metrics: m, Logger: slogFromContainerd(log.L.WithField("host", r.Host)),
-		})
+		b, err := balance.New(cfg)
 		if err != nil {
 			return nil, err
 		}
@@ -65,7 +52,72 @@ func Balanced(m *balance.Metrics) RoundTripperFactory {
 	}
 }
 
-// running is a balancer whose health checks stop when containerd closes it.
+// balanceConfig maps one [[registry]] to the balancer's Config. A new conf.Registry
+// key that the balancer takes is passed through here, one field per line.
+func balanceConfig(r conf.Registry, tr http.RoundTripper, m *balance.Metrics) (balance.Config, error) {
+	var eps []balance.Endpoint
+	preferLocal := false
+	for i, e := range r.Endpoints {
+		u, err := url.Parse(e.URL)
+		if err != nil {
+			return balance.Config{}, fmt.Errorf("endpoint[%d].url: %w", i, err)
+		}
+		eps = append(eps, balance.Endpoint{URL: u, Weight: e.Weight, Local: e.Local})
+		preferLocal = preferLocal || e.Local
+	}
+	t := r.Timeouts
+	return balance.Config{
+		Endpoints:   eps,
+		Host:        r.Host,
+		Transport:   tr,
+		PreferLocal: preferLocal,
+
+		// [registry.timeouts]
+		Dial:           t.Dial.Duration,
+		ResponseHeader: t.ResponseHeader.Duration,
+		Stall:          t.Stall.Duration,
+		HealthInterval: t.HealthInterval.Duration,
+		HealthTimeout:  t.HealthTimeout.Duration,
+		HedgeMin:       t.HedgeMin.Duration,
+		HedgeMax:       t.HedgeMax.Duration,
+
+		// [registry.outlier], [registry.hedge], [registry.body]. conf has applied
+		// the defaults, so a zero here was written as 0, which for the balancer is
+		// "off": it takes a negative value for that.
+		ConsecutiveFailures: r.Outlier.ConsecutiveFailures,
+		Consecutive5xx:      r.Outlier.Consecutive5xx,
+		MaxEjectionPercent:  off(r.Outlier.MaxEjectionPercent),
+		HedgeBudgetPercent:  off(r.Hedge.BudgetPercent),
+		HedgeBurst:          off(r.Hedge.Burst),
+		MinRate:             int64(off(int(r.Body.MinRate))),
+		RelativeRate:        offRate(r.Body.RelativeRate),
+		Warmup:              r.Body.Warmup.Duration,
+		Window:              r.Body.Window.Duration,
+		ResumeAttempts:      off(r.Body.ResumeAttempts),
+
+		Metrics: m,
+		Logger:  slogFromContainerd(log.L.WithField("host", r.Host)),
+	}, nil
+}
+
+// off maps a configured 0 to the balancer's "off" (negative); the balancer reads 0
+// as "default".
+func off(v int) int {
+	if v == 0 {
+		return -1
+	}
+	return v
+}
+
+func offRate(v float64) float64 {
+	if v == 0 {
+		return -1
+	}
+	return v
+}
+
+// running is a balancer whose health checks stop when it is closed: when containerd
+// stops, or after a reload replaced it. Status is the balancer's.
 type running struct {
 	*balance.Balancer
 	stop func()

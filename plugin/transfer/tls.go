@@ -32,7 +32,7 @@ func tlsConfig(t conf.TLS, systemRoots bool) (*tls.Config, error) {
 	if t.Cert != "" {
 		cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
 		if err != nil {
-			return nil, fmt.Errorf("tls.cert: %w", err)
+			return nil, fmt.Errorf("tls.cert, tls.key: %s, %s: %w", t.Cert, t.Key, err)
 		}
 		c.Certificates = []tls.Certificate{cert}
 	}

@@ -39,10 +39,10 @@ type seen struct {
 // With user set, it wants basic auth.
 type fakeRegistry struct {
 	*httptest.Server
-	user, pass string
 
-	mu   sync.Mutex
-	reqs []seen
+	mu         sync.Mutex
+	user, pass string
+	reqs       []seen
 }
 
 func newFakeRegistry(t *testing.T, user, pass string) *fakeRegistry {
@@ -56,9 +56,10 @@ func newFakeRegistry(t *testing.T, user, pass string) *fakeRegistry {
 func (f *fakeRegistry) serve(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	f.reqs = append(f.reqs, seen{r.Method, r.URL.Path, r.Host, r.Header.Get("Authorization")})
+	user, pass := f.user, f.pass
 	f.mu.Unlock()
-	if f.user != "" {
-		if u, p, ok := r.BasicAuth(); !ok || u != f.user || p != f.pass {
+	if user != "" {
+		if u, p, ok := r.BasicAuth(); !ok || u != user || p != pass {
 			w.Header().Set("WWW-Authenticate", `Basic realm="fake"`)
 			w.WriteHeader(http.StatusUnauthorized)
 			return
@@ -164,13 +165,13 @@ func (f *fakeInner) sources() []any {
 
 func newTransferrer(t *testing.T, rs ...conf.Registry) (*Transferrer, *fakeInner) {
 	t.Helper()
-	hosts, err := NewHosts(context.Background(), &conf.Node{Registries: rs}, FirstEndpoint)
+	hosts, err := NewHosts(context.Background(), HostsConfig{Load: Static(&conf.Node{Registries: rs}), NewRT: FirstEndpoint})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = hosts.Close() })
 	inner := &fakeInner{}
-	return Wrap(inner, hosts), inner
+	return Wrap(inner, hosts, nil), inner
 }
 
 func ociRegistry(t *testing.T, ref string) *registry.OCIRegistry {
@@ -338,8 +339,10 @@ func TestRedirectToOtherHostGoesDirect(t *testing.T) {
 func TestNewHostsFactoryError(t *testing.T) {
 	t.Parallel()
 	boom := errors.New("boom")
-	_, err := NewHosts(context.Background(), &conf.Node{Registries: []conf.Registry{{Host: imageHost}}},
-		func(conf.Registry) (http.RoundTripper, error) { return nil, boom })
+	_, err := NewHosts(context.Background(), HostsConfig{
+		Load:  Static(&conf.Node{Registries: []conf.Registry{{Host: imageHost}}}),
+		NewRT: func(conf.Registry) (http.RoundTripper, error) { return nil, boom },
+	})
 	if !errors.Is(err, boom) || !strings.Contains(err.Error(), imageHost) {
 		t.Errorf("error %v, want boom naming the host", err)
 	}

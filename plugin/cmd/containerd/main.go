@@ -1,6 +1,7 @@
 // Command containerd is containerd, with all its builtins, plus hopless: pulls of the
-// image hosts configured in [plugins.'io.containerd.internal.v1.hopless'] go through
-// the hopless endpoints (see plugin/README.md).
+// image hosts configured in [plugins.'io.containerd.hopless.v1.hopless'] go through
+// the hopless endpoints (see plugin/README.md). "containerd hopless-status" prints
+// what the running containerd's hopless sees.
 package main
 
 import (
@@ -16,6 +17,7 @@ import (
 	"github.com/hopless/hopless/internal/version"
 	"github.com/hopless/hopless/plugin/balance"
 	"github.com/hopless/hopless/plugin/graph"
+	"github.com/hopless/hopless/plugin/status"
 	"github.com/hopless/hopless/plugin/transfer"
 )
 
@@ -28,13 +30,14 @@ func main() {
 
 func run(ctx context.Context, args []string) error {
 	// containerd's metrics endpoint serves the default Prometheus registry, so the
-	// balancers' metrics appear there.
+	// balancers' and the plugin's metrics appear there.
 	m := balance.NewMetrics(prometheus.DefaultRegisterer)
-	if err := graph.Install(transfer.Balanced(m)); err != nil {
+	if err := graph.Install(transfer.Balanced(m), prometheus.DefaultRegisterer); err != nil {
 		return err
 	}
 	app := command.App()
 	// --version prints "containerd <package> <version> <revision>".
 	app.Version = fmt.Sprintf("%s (hopless %s)", app.Version, version.Version)
+	app.Commands = append(app.Commands, status.Command())
 	return app.Run(ctx, args)
 }
