@@ -14,6 +14,11 @@ import (
 )
 
 // Result is one measured metric. Ratio is Ours/Baseline.
+//
+// A run that failed (a pull that returned an error, or was cut at its time bound)
+// is never a figure: it is counted in OursFailed or BaselineFailed, and Ours or
+// Baseline is the figure of the runs that succeeded (0 if none did). Ratio is 0,
+// shown as n/a, when either side has a failed run or a 0 figure.
 type Result struct {
 	Bench        string  `json:"bench"`
 	Metric       string  `json:"metric"`
@@ -22,16 +27,87 @@ type Result struct {
 	BaselineName string  `json:"baseline_name"`
 	Ratio        float64 `json:"ratio"`
 	Unit         string  `json:"unit"`
+	// OursFailed and BaselineFailed count the failed runs of each side.
+	OursFailed     int `json:"ours_failed,omitempty"`
+	BaselineFailed int `json:"baseline_failed,omitempty"`
+	// Goal is the target for Ours, printed beside the figures, e.g. "<= 0.3 s added".
+	Goal string `json:"goal,omitempty"`
 }
 
+// Units of results that count things: 0 is a figure like any other for them.
+const (
+	unitCount = "count"
+	unitPulls = "pulls"
+)
+
+// baselineNone names the baseline of a figure that has none (a counter of ours
+// alone, such as hedges); Baseline and Ratio are then 0.
+const baselineNone = "none"
+
+// baselineGoal names the baseline of a figure measured against its goal: Baseline
+// is the goal, and a Ratio <= 1 meets it.
+const baselineGoal = "goal"
+
+// IsCount reports whether the result counts things, so that 0 is a valid figure.
+func (r Result) IsCount() bool { return r.Unit == unitCount || r.Unit == unitPulls }
+
 func (r Result) String() string {
-	return fmt.Sprintf("%-16s %-22s ours=%.3f%s %s=%.3f%s ratio=%.3f", r.Bench, r.Metric, r.Ours, r.Unit, r.BaselineName, r.Baseline, r.Unit, r.Ratio)
+	ratio := "n/a"
+	if r.Ratio != 0 {
+		ratio = fmt.Sprintf("%.3f", r.Ratio)
+	}
+	s := fmt.Sprintf("%-16s %-26s ours=%s %s=%s ratio=%s", r.Bench, r.Metric,
+		figureString(r.Ours, r.OursFailed, r.Unit), r.BaselineName, figureString(r.Baseline, r.BaselineFailed, r.Unit), ratio)
+	if r.BaselineName == baselineNone {
+		s = fmt.Sprintf("%-16s %-26s ours=%s (no baseline)", r.Bench, r.Metric, figureString(r.Ours, r.OursFailed, r.Unit))
+	}
+	if r.Goal != "" {
+		s += "  goal: " + r.Goal
+	}
+	return s
+}
+
+// figureString shows a figure and the failed runs beside it: "1.234s",
+// "FAILED x2" when no run succeeded, "1.234s +FAILED x1" when some did.
+func figureString(v float64, failed int, unit string) string {
+	f := fmt.Sprintf("%.3f%s", v, unit)
+	if unit == unitCount || unit == unitPulls {
+		f = fmt.Sprintf("%g %s", v, unit)
+	}
+	switch {
+	case failed > 0 && v == 0:
+		return fmt.Sprintf("FAILED x%d", failed)
+	case failed > 0:
+		return fmt.Sprintf("%s +FAILED x%d", f, failed)
+	}
+	return f
 }
 
 func newResult(bench, metric, unit, baselineName string, ours, baseline float64) Result {
 	r := Result{Bench: bench, Metric: metric, Ours: ours, Baseline: baseline, BaselineName: baselineName, Unit: unit}
 	if baseline != 0 {
 		r.Ratio = ours / baseline
+	}
+	return r
+}
+
+// figure collects one side's runs of one metric: the values of the runs that
+// succeeded, and the number that failed, which are never values.
+type figure struct {
+	vals   []float64
+	failed int
+}
+
+func (f *figure) add(v float64) { f.vals = append(f.vals, v) }
+func (f *figure) fail()         { f.failed++ }
+
+// figureResult compares two figures, each aggregated with agg (median, mean)
+// over its successful runs. The ratio is left out (0) when either side failed.
+func figureResult(bench, metric, unit, baselineName, goal string, agg func([]float64) float64, ours, base figure) Result {
+	r := newResult(bench, metric, unit, baselineName, agg(ours.vals), agg(base.vals))
+	r.OursFailed, r.BaselineFailed, r.Goal = ours.failed, base.failed, goal
+	if ours.failed > 0 || base.failed > 0 {
+		r.Ratio = 0
 	}
 	return r
 }
@@ -70,7 +146,9 @@ func All() []Bench {
 		{Name: "registryd-peers", About: "one image pulled through 3 registryd masters at once vs. 3 distribution proxies: upstream bytes, time", Run: registrydPeers},
 		{Name: "pull-throughput", About: "crictl pull of warm images (1 big layer, many small) on fresh nodes: in-process vs. the NGINX stream hop and stock hosts.toml", Run: nodePullThroughput},
 		{Name: "node-cpu", About: "node CPU (containerd, plus nginx in nginx mode) per GiB pulled: in-process vs. the NGINX stream hop and stock hosts.toml", Run: nodeCPU},
-		{Name: "frozen-master", About: "time a SIGSTOPped master adds to a warm pull: in-process vs. the NGINX stream hop and stock hosts.toml", Run: nodeFrozenMaster},
+		{Name: "frozen-master", About: "time that SIGSTOPped masters add to a pull (one frozen 3 s before a warm pull, one at its start, 2 of 3 before a cold pull): in-process vs. the NGINX stream hop and stock hosts.toml", Run: nodeFrozenMaster},
+		{Name: "upstream-fault", About: "pulls of cached images while another image's upstream answers 503 or hangs and that image is pulled in a loop: failed pulls and time, in-process vs. NGINX over distribution's proxy and stock hosts.toml", Run: upstreamFault},
+		{Name: "hedge-load", About: "cold pulls while every master is slow to the first byte: backend requests per client request and hedges, in-process vs. the NGINX stream hop and stock hosts.toml", Run: hedgeLoad},
 	}
 }
 
@@ -94,6 +172,17 @@ func Run(ctx context.Context, name string, c Config) ([]Result, error) {
 		names = append(names, b.Name)
 	}
 	return nil, fmt.Errorf("unknown benchmark %q; known: %s", name, strings.Join(names, ", "))
+}
+
+func mean(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	var sum float64
+	for _, x := range xs {
+		sum += x
+	}
+	return sum / float64(len(xs))
 }
 
 func median(xs []float64) float64 {

@@ -48,6 +48,42 @@ func vsBaselines(bench, metric, unit string, byMode map[string]float64) []Result
 	}
 }
 
+// figures holds one figure per node mode.
+type figures map[string]*figure
+
+func (fs figures) of(mode string) *figure {
+	if fs[mode] == nil {
+		fs[mode] = &figure{}
+	}
+	return fs[mode]
+}
+
+// vsBaselineFigures is vsBaselines for figures with failed runs, each aggregated
+// with agg; nginxName names the nginx mode's baseline.
+func vsBaselineFigures(bench, metric, unit, goal, nginxName string, agg func([]float64) float64, fs figures) []Result {
+	return []Result{
+		figureResult(bench, metric, unit, nginxName, goal, agg, *fs.of(lab.ModeInprocess), *fs.of(lab.ModeNginx)),
+		figureResult(bench, metric, unit, baselineStock, goal, agg, *fs.of(lab.ModeInprocess), *fs.of(lab.ModeStock)),
+	}
+}
+
+// withFailed sets the failed runs of each mode on results made by vsBaselines.
+func withFailed(rs []Result, failed map[string]int) []Result {
+	for i := range rs {
+		rs[i].OursFailed = failed[lab.ModeInprocess]
+		switch rs[i].BaselineName {
+		case baselineStock:
+			rs[i].BaselineFailed = failed[lab.ModeStock]
+		default:
+			rs[i].BaselineFailed = failed[lab.ModeNginx]
+		}
+		if rs[i].OursFailed > 0 || rs[i].BaselineFailed > 0 {
+			rs[i].Ratio = 0
+		}
+	}
+	return rs
+}
+
 // eachRound runs fn for every round and node mode. Each run gets a lab of its own,
 // with 3 masters and the given number of fresh nodes, in DIR/BENCH-MODE-ROUND;
 // it is brought down, and its image data removed (configs and logs stay), before
@@ -55,6 +91,12 @@ func vsBaselines(bench, metric, unit string, byMode map[string]float64) []Result
 // rotates from round to round, so that a burst of other load on the machine does
 // not fall on one mode alone.
 func eachRound(ctx context.Context, c Config, bench string, rounds, nodes int, fn func(ctx context.Context, round int, mode string, l *lab.Lab) error) error {
+	return eachRoundTuned(ctx, c, bench, rounds, nodes, nil, fn)
+}
+
+// eachRoundTuned is eachRound with tune, if not nil, adjusting each lab's
+// options before it comes up.
+func eachRoundTuned(ctx context.Context, c Config, bench string, rounds, nodes int, tune func(mode string, o *lab.Options), fn func(ctx context.Context, round int, mode string, l *lab.Lab) error) error {
 	for r := range rounds {
 		for j := range nodeModes {
 			mode := nodeModes[(j+r)%len(nodeModes)]
@@ -62,6 +104,9 @@ func eachRound(ctx context.Context, c Config, bench string, rounds, nodes int, f
 				o := c.Lab
 				o.Dir = filepath.Join(c.Dir, fmt.Sprintf("%s-%s-%d", bench, mode, r+1))
 				o.Masters, o.Nodes, o.Mode, o.Proxies, o.Weights, o.Fallback = nodeMasters, nodes, mode, 0, nil, false
+				if tune != nil {
+					tune(mode, &o)
+				}
 				l, err := lab.Up(ctx, o)
 				if err != nil {
 					return err
@@ -84,11 +129,15 @@ func eachRound(ctx context.Context, c Config, bench string, rounds, nodes int, f
 }
 
 // removeImageData removes the image bytes of a lab that is down: the upstream's,
-// the masters' and the nodes' storage. Every lab holds GiBs of them.
+// the masters', the stock proxies' and the nodes' storage. Every lab holds GiBs
+// of them.
 func removeImageData(l *lab.Lab) error {
 	dirs := []string{filepath.Join(l.Dir, "upstream", "data")}
 	for _, m := range l.Masters {
 		dirs = append(dirs, l.MasterData(m.Name))
+	}
+	for _, p := range l.Proxies() {
+		dirs = append(dirs, filepath.Join(l.Dir, p.Name, "data"))
 	}
 	for _, n := range l.Nodes {
 		dirs = append(dirs, filepath.Join(n.Dir, "root"), filepath.Join(n.Dir, "state"))
@@ -117,18 +166,38 @@ func (im benchImage) String() string {
 // seedWarm pushes an image of n layers of size bytes to the upstream and warms every
 // master with its manifest, config and layers.
 func seedWarm(ctx context.Context, c Config, l *lab.Lab, name string, n int, size int64) (benchImage, error) {
+	im, err := seedImage(ctx, l, name, n, size)
+	if err != nil {
+		return benchImage{}, err
+	}
+	t0 := time.Now()
+	if err := warmMasters(ctx, l, im.repo, im.tag); err != nil {
+		return benchImage{}, err
+	}
+	c.logf("seeded %s (%s) and warmed %d masters in %.1fs", im.ref, im, len(l.Masters), time.Since(t0).Seconds())
+	return im, nil
+}
+
+// seedCold pushes an image of n layers of size bytes to the upstream only: no
+// master has seen it.
+func seedCold(ctx context.Context, c Config, l *lab.Lab, name string, n int, size int64) (benchImage, error) {
+	im, err := seedImage(ctx, l, name, n, size)
+	if err != nil {
+		return benchImage{}, err
+	}
+	c.logf("seeded %s (%s), cold: no master has it", im.ref, im)
+	return im, nil
+}
+
+// seedImage pushes deckhouse/ce/bench/NAME:v1, of n random layers of size bytes,
+// to the upstream; nodes pull it through the local prefix.
+func seedImage(ctx context.Context, l *lab.Lab, name string, n int, size int64) (benchImage, error) {
 	repo, tag := lab.UpstreamPath+"/bench/"+name, "v1"
 	res, err := l.Seed(ctx, repo, tag, n, size, false)
 	if err != nil {
 		return benchImage{}, err
 	}
-	im := benchImage{repo: repo, tag: tag, layers: n, bytes: res.Bytes, ref: l.PullRef(repo, tag)}
-	t0 := time.Now()
-	if err := warmMasters(ctx, l, repo, tag); err != nil {
-		return benchImage{}, err
-	}
-	c.logf("seeded %s (%s) and warmed %d masters in %.1fs", im.ref, im, len(l.Masters), time.Since(t0).Seconds())
-	return im, nil
+	return benchImage{repo: repo, tag: tag, layers: n, bytes: res.Bytes, ref: l.PullRef(repo, tag)}, nil
 }
 
 // warmMasters GETs an image's manifest (by tag and by digest), config and layers
@@ -140,27 +209,38 @@ func warmMasters(ctx context.Context, l *lab.Lab, repo, tag string) error {
 		return err
 	}
 	defer client.CloseIdleConnections()
-	local := lab.LocalPrefix + "/" + strings.TrimPrefix(repo, lab.UpstreamPath+"/")
+	var hosts []string
 	for _, m := range l.Masters {
-		body, err := getManifest(ctx, client, m.Addr, local, tag)
+		hosts = append(hosts, m.Addr)
+	}
+	local := lab.LocalPrefix + "/" + strings.TrimPrefix(repo, lab.UpstreamPath+"/")
+	return warmHosts(ctx, client, hosts, local, repo, tag)
+}
+
+// warmHosts GETs an image's manifest (by tag and by digest), config and layers
+// from every host, which names the upstream repository repo as name, checking
+// every digest.
+func warmHosts(ctx context.Context, client *http.Client, hosts []string, name, repo, tag string) error {
+	for _, host := range hosts {
+		body, err := getManifest(ctx, client, host, name, tag)
 		if err != nil {
-			return fmt.Errorf("warming %s: %w", m.Name, err)
+			return fmt.Errorf("warming %s: %w", host, err)
 		}
 		sum := sha256.Sum256(body)
 		digest := "sha256:" + hex.EncodeToString(sum[:])
-		if _, err := getManifest(ctx, client, m.Addr, local, digest); err != nil {
-			return fmt.Errorf("warming %s: %w", m.Name, err)
+		if _, err := getManifest(ctx, client, host, name, digest); err != nil {
+			return fmt.Errorf("warming %s: %w", host, err)
 		}
 		var mf struct {
 			Config blobRef   `json:"config"`
 			Layers []blobRef `json:"layers"`
 		}
 		if err := json.Unmarshal(body, &mf); err != nil || mf.Config.Digest == "" {
-			return fmt.Errorf("warming %s: manifest of %s:%s is not an image manifest: %v", m.Name, local, tag, err)
+			return fmt.Errorf("warming %s: manifest of %s:%s is not an image manifest: %v", host, name, tag, err)
 		}
 		for _, b := range append([]blobRef{mf.Config}, mf.Layers...) {
-			if err := getBlob(ctx, client, m.Addr, local, blob{repo: repo, digest: b.Digest, size: b.Size}); err != nil {
-				return fmt.Errorf("warming %s: %w", m.Name, err)
+			if err := getBlob(ctx, client, host, name, blob{repo: repo, digest: b.Digest, size: b.Size}); err != nil {
+				return fmt.Errorf("warming %s: %w", host, err)
 			}
 		}
 	}
@@ -194,26 +274,56 @@ func getManifest(ctx context.Context, client *http.Client, host, repo, ref strin
 	return body, nil
 }
 
-// timedPull pulls ref on node with crictl and returns the wall time. It syncs
-// first: with the native snapshotter a pull writes each layer's snapshot again
-// in full, and the dirty pages that one pull leaves behind must not slow the next.
-func timedPull(ctx context.Context, c Config, mode string, l *lab.Lab, node int, im benchImage) (float64, error) {
+// pullBound bounds an ordinary pull of a benchmark: one that no fault slows.
+const pullBound = 5 * time.Minute
+
+// timedPull pulls im on node with crictl within limit and returns the wall time.
+// A pull that fails or is cut at limit is a failed run: it is logged as FAILED and
+// returned with ok false, never as a time; only ctx ending is an error. It syncs
+// first: with the native snapshotter a pull writes each layer's snapshot again in
+// full, and the dirty pages that one pull leaves behind must not slow the next.
+func timedPull(ctx context.Context, c Config, mode string, l *lab.Lab, node int, im benchImage, limit time.Duration) (took float64, ok bool, err error) {
 	before, err := servedBy(l)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	syscall.Sync()
-	t0 := time.Now()
-	if _, err := l.Crictl(ctx, node, "pull", im.ref); err != nil {
-		return 0, err
+	took, ok, err = boundedPull(ctx, c, mode, l, node, im, limit, "")
+	if err != nil || !ok {
+		return took, ok, err
 	}
-	d := time.Since(t0).Seconds()
 	after, err := servedBy(l)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	c.logf("%s: node-%d pulled %s (%s) in %.3fs; blob bytes served: %s", mode, node, im.ref, im, d, servedDelta(l, before, after))
-	return d, nil
+	c.logf("%s: node-%d pulled %s (%s) in %.3fs; blob bytes served: %s", mode, node, im.ref, im, took, servedDelta(l, before, after))
+	return took, true, nil
+}
+
+// boundedPull runs crictl pull of im on node, cut at limit. A failure or the cut
+// is logged as FAILED, with what the pull was for (what, e.g. "with master-1
+// frozen"), and returned as ok false; only ctx ending is an error.
+func boundedPull(ctx context.Context, c Config, mode string, l *lab.Lab, node int, im benchImage, limit time.Duration, what string) (took float64, ok bool, err error) {
+	pctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	t0 := time.Now()
+	_, perr := l.Crictl(pctx, node, "pull", im.ref)
+	took = time.Since(t0).Seconds()
+	if ctx.Err() != nil {
+		return 0, false, ctx.Err()
+	}
+	if what != "" {
+		what = " " + what
+	}
+	switch {
+	case perr != nil && pctx.Err() != nil:
+		c.logf("%s: node-%d's pull of %s%s FAILED: not done within its bound of %s, cut after %.1fs", mode, node, im.ref, what, limit, took)
+		return took, false, nil
+	case perr != nil:
+		c.logf("%s: node-%d's pull of %s%s FAILED after %.1fs: %v", mode, node, im.ref, what, took, perr)
+		return took, false, nil
+	}
+	return took, true, nil
 }
 
 // servedBy sums the blob bytes that each master has served so far.
@@ -247,7 +357,7 @@ func nodePullThroughput(ctx context.Context, c Config) ([]Result, error) {
 	if c.Quick {
 		rounds, bigSize, many, manySize = 1, 16<<20, 4, 2<<20
 	}
-	bigS, manyS := map[string][]float64{}, map[string][]float64{}
+	bigS, manyS := figures{}, figures{}
 	err := eachRound(ctx, c, name, rounds, 2, func(ctx context.Context, _ int, mode string, l *lab.Lab) error {
 		imBig, err := seedWarm(ctx, c, l, "big", 1, bigSize)
 		if err != nil {
@@ -257,26 +367,32 @@ func nodePullThroughput(ctx context.Context, c Config) ([]Result, error) {
 		if err != nil {
 			return err
 		}
-		d, err := timedPull(ctx, c, mode, l, 1, imBig)
-		if err != nil {
-			return err
+		for _, p := range []struct {
+			node int
+			im   benchImage
+			fig  *figure
+		}{{1, imBig, bigS.of(mode)}, {2, imMany, manyS.of(mode)}} {
+			d, ok, err := timedPull(ctx, c, mode, l, p.node, p.im, pullBound)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				p.fig.fail()
+				continue
+			}
+			p.fig.add(d)
 		}
-		bigS[mode] = append(bigS[mode], d)
-		if d, err = timedPull(ctx, c, mode, l, 2, imMany); err != nil {
-			return err
-		}
-		manyS[mode] = append(manyS[mode], d)
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	big, small := map[string]float64{}, map[string]float64{}
 	for _, mode := range nodeModes {
-		big[mode], small[mode] = median(bigS[mode]), median(manyS[mode])
-		c.logf("%s: median of %d rounds: %.3fs (1 layer), %.3fs (%d layers)", mode, rounds, big[mode], small[mode], many)
+		c.logf("%s: median of %d rounds: %.3fs (1 layer, %d failed), %.3fs (%d layers, %d failed)", mode, rounds,
+			median(bigS.of(mode).vals), bigS.of(mode).failed, median(manyS.of(mode).vals), many, manyS.of(mode).failed)
 	}
-	return append(vsBaselines(name, "pull-1-layer-s", "s", big), vsBaselines(name, "pull-many-layers-s", "s", small)...), nil
+	return append(vsBaselineFigures(name, "pull-1-layer-s", "s", "", baselineNginx, median, bigS),
+		vsBaselineFigures(name, "pull-many-layers-s", "s", "", baselineNginx, median, manyS)...), nil
 }
 
 // clockTicks is CLK_TCK, the unit of utime and stime in /proc/PID/stat, from
@@ -331,7 +447,7 @@ func nodeCPU(ctx context.Context, c Config) ([]Result, error) {
 		rounds, size = 1, 64<<20
 	}
 	tck := clockTicks(c)
-	ctrTicks, hopTicks, pulled := map[string]int64{}, map[string]int64{}, map[string]int64{}
+	ctrTicks, hopTicks, pulled, failed := map[string]int64{}, map[string]int64{}, map[string]int64{}, map[string]int{}
 	err := eachRound(ctx, c, name, rounds, 1, func(ctx context.Context, _ int, mode string, l *lab.Lab) error {
 		im, err := seedWarm(ctx, c, l, "cpu", 1, size)
 		if err != nil {
@@ -350,9 +466,14 @@ func nodeCPU(ctx context.Context, c Config) ([]Result, error) {
 				return err
 			}
 		}
-		wall, err := timedPull(ctx, c, mode, l, 1, im)
+		wall, ok, err := timedPull(ctx, c, mode, l, 1, im, pullBound)
 		if err != nil {
 			return err
+		}
+		if !ok {
+			// A failed pull's CPU is not a pull's: it is counted, not measured.
+			failed[mode]++
+			return nil
 		}
 		var used [2]int64
 		for j, p := range procs {
@@ -371,113 +492,27 @@ func nodeCPU(ctx context.Context, c Config) ([]Result, error) {
 	}
 	containerd, hop := map[string]float64{}, map[string]float64{}
 	for _, mode := range nodeModes {
+		if pulled[mode] == 0 {
+			c.logf("%s: no pull succeeded (%d FAILED)", mode, failed[mode])
+			continue
+		}
 		gib := float64(pulled[mode]) / (1 << 30)
 		containerd[mode], hop[mode] = float64(ctrTicks[mode])/tck/gib, float64(hopTicks[mode])/tck/gib
-		c.logf("%s: %.3f containerd + %.3f nginx CPU s per GiB over %d pulls (CLK_TCK %.0f)", mode, containerd[mode], hop[mode], rounds, tck)
+		c.logf("%s: %.3f containerd + %.3f nginx CPU s per GiB over %d pulls, %d FAILED (CLK_TCK %.0f)", mode, containerd[mode], hop[mode], rounds-failed[mode], failed[mode], tck)
 	}
 	total := map[string]float64{}
 	for m := range containerd {
 		total[m] = containerd[m] + hop[m]
 	}
-	return append(vsBaselines(name, "node-cpu-s-per-gib", "s/GiB", total),
+	out := withFailed(append(vsBaselines(name, "node-cpu-s-per-gib", "s/GiB", total),
 		// The target: in-process containerd against containerd alone in nginx mode.
-		newResult(name, "node-cpu-s-per-gib", "s/GiB", "nginx-containerd-only", total[lab.ModeInprocess], containerd[lab.ModeNginx]),
-		// The hop's own share of the node's CPU in nginx mode: here "ours" is the
-		// nginx process, and the ratio is its fraction of containerd plus nginx.
-		newResult(name, "nginx-hop-share", "s/GiB", baselineNginx, hop[lab.ModeNginx], total[lab.ModeNginx]),
-	), nil
-}
-
-// nodeFrozenMaster: the time that a SIGSTOPped master adds to a pull of a warm
-// 4-layer image: the pull on a fresh node with the master frozen, minus the same
-// pull on another fresh node with no master frozen. A pull that fails or exceeds its
-// bound counts as the bound. The full run freezes each master in turn, on a fresh
-// node each, and also reports the mean: which master a node's requests meet first
-// differs by mode (stock hosts.toml always tries master-1 first; nginx's least_conn
-// goes round the masters).
-func nodeFrozenMaster(ctx context.Context, c Config) ([]Result, error) {
-	const name = "frozen-master"
-	size, bound, ourBound, frozen := int64(16<<20), 200*time.Second, 200*time.Second, nodeMasters
-	if c.Quick {
-		// A frozen master costs stock hosts.toml tens of seconds (50 s measured
-		// here, 150 s in DESIGN.md), and nginx fails after 10 to 30 s: the quick
-		// run bounds them at 5 s, reports the bound, and freezes master-1 only.
-		size, bound, ourBound, frozen = 2<<20, 5*time.Second, 30*time.Second, 1
+		newResult(name, "node-cpu-s-per-gib", "s/GiB", "nginx-containerd-only", total[lab.ModeInprocess], containerd[lab.ModeNginx])), failed)
+	// The hop's own share of the node's CPU in nginx mode: here "ours" is the
+	// nginx process, and the ratio is its fraction of containerd plus nginx.
+	share := newResult(name, "nginx-hop-share", "s/GiB", baselineNginx, hop[lab.ModeNginx], total[lab.ModeNginx])
+	share.OursFailed, share.BaselineFailed = failed[lab.ModeNginx], failed[lab.ModeNginx]
+	if share.OursFailed > 0 {
+		share.Ratio = 0
 	}
-	first, mean := map[string]float64{}, map[string]float64{}
-	err := eachRound(ctx, c, name, 1, 1+frozen, func(ctx context.Context, _ int, mode string, l *lab.Lab) error {
-		im, err := seedWarm(ctx, c, l, "frozen", 4, size)
-		if err != nil {
-			return err
-		}
-		healthy, err := timedPull(ctx, c, mode, l, 1, im)
-		if err != nil {
-			return err
-		}
-		limit := bound
-		if mode == lab.ModeInprocess {
-			limit = ourBound
-		}
-		var sum float64
-		for i := 1; i <= frozen; i++ {
-			took, err := frozenPull(ctx, c, mode, l, l.Masters[i-1].Name, 1+i, im, limit)
-			if err != nil {
-				return err
-			}
-			added := took - healthy
-			if added < 0.001 {
-				// No slower than the healthy pull: timing noise, not a gain.
-				c.logf("%s: added time %.3fs is not positive (timing noise); counted as 0.001s", mode, added)
-				added = 0.001
-			}
-			c.logf("%s: %s frozen added %.3fs to a %.3fs pull", mode, l.Masters[i-1].Name, added, healthy)
-			if i == 1 {
-				first[mode] = added
-			}
-			sum += added
-		}
-		mean[mode] = sum / float64(frozen)
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	out := vsBaselines(name, "added-s", "s", first)
-	if !c.Quick {
-		out = append(out, vsBaselines(name, "added-mean-s", "s", mean)...)
-	}
-	return out, nil
-}
-
-// frozenPull freezes master with SIGSTOP, pulls im on node bounded by limit, and
-// lets the master go on again. A pull that fails or is cut at the bound counts as
-// the bound.
-func frozenPull(ctx context.Context, c Config, mode string, l *lab.Lab, master string, node int, im benchImage, limit time.Duration) (_ float64, err error) {
-	syscall.Sync()
-	if err := l.Signal(master, syscall.SIGSTOP); err != nil {
-		return 0, err
-	}
-	defer func() {
-		if cerr := l.Signal(master, syscall.SIGCONT); cerr != nil {
-			err = errors.Join(err, cerr)
-		}
-	}()
-	pctx, cancel := context.WithTimeout(ctx, limit)
-	defer cancel()
-	t0 := time.Now()
-	_, perr := l.Crictl(pctx, node, "pull", im.ref)
-	took := time.Since(t0).Seconds()
-	if ctx.Err() != nil {
-		return 0, ctx.Err()
-	}
-	switch {
-	case perr != nil && pctx.Err() != nil:
-		c.logf("%s: node-%d's pull with %s frozen did NOT FINISH within its bound: cut after %.1fs, counted as %.0fs", mode, node, master, took, limit.Seconds())
-		return limit.Seconds(), nil
-	case perr != nil:
-		c.logf("%s: node-%d's pull with %s frozen FAILED after %.1fs, counted as its bound %.0fs: %v", mode, node, master, took, limit.Seconds(), perr)
-		return limit.Seconds(), nil
-	}
-	c.logf("%s: node-%d pulled %s (%s) with %s frozen in %.3fs", mode, node, im.ref, im, master, took)
-	return took, nil
+	return append(out, share), nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"time"
 
 	"github.com/hopless/hopless/test/lab"
 )
@@ -24,7 +23,7 @@ func pullLab(ctx context.Context, c Config) ([]Result, error) {
 		return nil, err
 	}
 	defer l.Down()
-	var direct, cold, warm []float64
+	var direct, cold, warm figure
 	for r := 0; r < rounds; r++ {
 		repo, tag := lab.UpstreamPath+"/bench", fmt.Sprintf("r%d", r)
 		res, err := l.Seed(ctx, repo, tag, layers, size, false)
@@ -35,24 +34,27 @@ func pullLab(ctx context.Context, c Config) ([]Result, error) {
 		for _, step := range []struct {
 			node int
 			ref  string
-			out  *[]float64
+			out  *figure
 		}{
 			{1, l.Upstream + "/" + repo + ":" + tag, &direct},
 			{2, l.PullRef(repo, tag), &cold},
 			{3, l.PullRef(repo, tag), &warm},
 		} {
-			t0 := time.Now()
-			if _, err := l.Crictl(ctx, step.node, "pull", step.ref); err != nil {
+			d, ok, err := boundedPull(ctx, c, "stock", l, step.node, benchImage{ref: step.ref}, pullBound, fmt.Sprintf("(round %d)", r+1))
+			if err != nil {
 				return nil, err
 			}
-			d := time.Since(t0).Seconds()
-			*step.out = append(*step.out, d)
+			if !ok {
+				step.out.fail()
+				continue
+			}
+			step.out.add(d)
 			c.logf("round %d: node-%d pulled %s in %.3fs", r+1, step.node, step.ref, d)
 		}
 	}
 	const name = "pull-lab"
 	return []Result{
-		newResult(name, "pull-cold-masters", "s", "direct-upstream", median(cold), median(direct)),
-		newResult(name, "pull-warm-masters", "s", "direct-upstream", median(warm), median(direct)),
+		figureResult(name, "pull-cold-masters", "s", "direct-upstream", "", median, cold, direct),
+		figureResult(name, "pull-warm-masters", "s", "direct-upstream", "", median, warm, direct),
 	}, nil
 }

@@ -109,7 +109,12 @@ func seedBlobs(ctx context.Context, c Config, l *lab.Lab, repo string, n int, si
 // newClient returns an HTTPS client that trusts the lab CA. It speaks HTTP/1.1 so
 // that every concurrent client has a connection of its own, as separate nodes do.
 func newClient(l *lab.Lab) (*http.Client, error) {
-	pool, err := lab.LoadPool(l.CA)
+	return newClientCA(l.CA)
+}
+
+// newClientCA is newClient trusting the CA certificates in caFile.
+func newClientCA(caFile string) (*http.Client, error) {
+	pool, err := lab.LoadPool(caFile)
 	if err != nil {
 		return nil, err
 	}

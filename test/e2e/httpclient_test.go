@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -195,51 +194,26 @@ func metric(t *testing.T, l *lab.Lab, master int, name string, want map[string]s
 	return sampleSum(t, string(b), name, want)
 }
 
+// metricSamples returns the samples of metric name in the Prometheus text.
+func metricSamples(t *testing.T, text, name string) []lab.Sample {
+	t.Helper()
+	s, err := lab.ParseMetrics(strings.NewReader(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.Of(name)
+}
+
 // sampleSum sums the samples of metric name in the Prometheus text whose labels
 // include every label in want.
 func sampleSum(t *testing.T, text, name string, want map[string]string) float64 {
 	t.Helper()
-	var sum float64
-	sc := bufio.NewScanner(strings.NewReader(text))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		series, value, ok := strings.Cut(line, " ")
-		if !ok {
-			continue
-		}
-		n, labels, _ := strings.Cut(series, "{")
-		if n != name || !labelsInclude(strings.TrimSuffix(labels, "}"), want) {
-			continue
-		}
-		v, err := strconv.ParseFloat(strings.Fields(value)[0], 64)
-		if err != nil {
-			t.Fatalf("bad sample %q: %v", line, err)
-		}
-		sum += v
+	s, err := lab.ParseMetrics(strings.NewReader(text))
+	if err != nil {
+		t.Fatal(err)
 	}
+	sum, _ := s.Sum(name, want)
 	return sum
-}
-
-// labelsInclude reports whether the label text a="x",b="y" has every pair in want.
-// Label values in registryd's metrics hold no commas or quotes.
-func labelsInclude(text string, want map[string]string) bool {
-	have := map[string]string{}
-	for kv := range strings.SplitSeq(text, ",") {
-		k, v, ok := strings.Cut(kv, "=")
-		if ok {
-			have[k] = strings.Trim(v, `"`)
-		}
-	}
-	for k, v := range want {
-		if have[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 // masterLogLines returns the JSON log records of master i whose msg is msg.

@@ -79,6 +79,21 @@ const (
 	slotPluginUnconfigured  = 36
 	slotPluginMetrics       = 37
 	// 38 and 39 are spare.
+	// Slots 40..59 belong to the failure-policy tests (outlier_test.go).
+	slotOutlierUpstream503      = 40
+	slotOutlierUpstream429      = 41
+	slotOutlierUpstreamHang     = 42
+	slotOutlierFrozenEarly      = 43
+	slotOutlierFrozenJustBefore = 44
+	slotOutlierTwoFrozenCold    = 45
+	slotOutlierFlapping         = 46
+	slotOutlierTrickle          = 47
+	slotOutlierSingleMaster     = 48
+	slotOutlierCorruptAll       = 49
+	slotOutlierCRIRefuse        = 50
+	slotOutlierCRIWarn          = 51
+	slotOutlierRotateCA         = 52
+	// 53..59 are spare.
 )
 
 // upLab starts a lab in slot that is brought down when the test ends; tune adjusts

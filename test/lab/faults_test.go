@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -188,6 +189,43 @@ func TestFaultsThrottle(t *testing.T) {
 	}
 }
 
+// TestFaultsThrottleAfter checks a body that starts at full speed and then
+// trickles.
+func TestFaultsThrottleAfter(t *testing.T) {
+	t.Parallel()
+	u := startFaultyUpstream(t)
+	tr := u.transport()
+	defer tr.CloseIdleConnections()
+	u.setFaults(t, Faults{ThrottleAfter: 512 << 10, ThrottleBPS: 256 << 10})
+
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "https://"+u.addr+u.blobPath(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	head := make([]byte, 512<<10)
+	if _, err := io.ReadFull(resp.Body, head); err != nil {
+		t.Fatalf("reading the unthrottled start: %v", err)
+	}
+	fast := time.Since(start)
+	rest, err := io.ReadAll(resp.Body)
+	slow := time.Since(start) - fast
+	if err != nil || sha256Digest(append(head, rest...)) != u.blob {
+		t.Fatalf("read the rest: %d bytes, err %v; want the rest of the blob", len(rest), err)
+	}
+	if fast > time.Second {
+		t.Errorf("the first 512 KiB took %v, want them at full speed", fast)
+	}
+	if slow < 1500*time.Millisecond {
+		t.Errorf("the last 512 KiB at 256 KiB/s took %v, want about 2s", slow)
+	}
+}
+
 func TestFaultsCut(t *testing.T) {
 	t.Parallel()
 	for _, h2 := range []bool{false, true} {
@@ -345,7 +383,8 @@ func TestFaultsJSON(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "faults.json")
-	want := Faults{ThrottleBPS: 1 << 20, CutAfter: 1000, CutTimes: 2, StallAfter: 10, StallFor: Duration(10 * time.Second)}
+	want := Faults{ThrottleBPS: 1 << 20, CutAfter: 1000, CutTimes: 2, StallAfter: 10, StallFor: Duration(10 * time.Second),
+		Repo: "deckhouse/ce/app", HeaderDelay: Duration(time.Second), ThrottleAfter: 4096}
 	if err := WriteFaults(path, want); err != nil {
 		t.Fatal(err)
 	}
@@ -353,10 +392,11 @@ func TestFaultsJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(b), `"stall_for": "10s"`) || strings.Contains(string(b), "status") {
+	if !strings.Contains(string(b), `"stall_for": "10s"`) || !strings.Contains(string(b), `"header_delay": "1s"`) ||
+		strings.Contains(string(b), "status") || strings.Contains(string(b), "hang") || strings.Contains(string(b), "headers") {
 		t.Errorf("written faults %s: want stall_for as a string and no zero status", b)
 	}
-	if got, err := decodeFaults(bytes.NewReader(b)); err != nil || got != want {
+	if got, err := decodeFaults(bytes.NewReader(b)); err != nil || !reflect.DeepEqual(got, want) {
 		t.Errorf("read back %+v, %v; want %+v", got, err, want)
 	}
 
@@ -369,6 +409,11 @@ func TestFaultsJSON(t *testing.T) {
 		{`{"cut_afterr": 5}`, "cut_afterr"},
 		{`{"status": 200}`, "status 200"},
 		{`[1]`, "cannot unmarshal"},
+		{`{"status": 429, "headers": {"Retry-After": "7"}}`, ""},
+		{`{"hang": true, "repo": "deckhouse/ce/app"}`, ""},
+		{`{"header_delay": "2s"}`, ""},
+		{`{"header_delay": "2"}`, "missing unit"},
+		{`{"headers": {"Retry-After": 7}, "status": 429}`, "cannot unmarshal"},
 	} {
 		_, err := decodeFaults(strings.NewReader(tc.in))
 		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
@@ -386,6 +431,17 @@ func TestFaultsJSON(t *testing.T) {
 		{Faults{Status: 302}, "status"},
 		{Faults{StallAfter: 5}, "stall_for"},
 		{Faults{StallFor: -1}, "stall_for"},
+		{Faults{Repo: "/deckhouse/ce/app"}, "repo"},
+		{Faults{Repo: "deckhouse/ce/app/"}, "repo"},
+		{Faults{Repo: "Deckhouse"}, "repo"},
+		{Faults{Headers: map[string]string{"Retry-After": "7"}}, "headers are set but status is not"},
+		{Faults{Status: 429, Headers: map[string]string{"Retry After": "7"}}, "header name"},
+		{Faults{Status: 429, Headers: map[string]string{"Retry-After": "7\r\nX: y"}}, "control character"},
+		{Faults{Hang: true, Status: 503}, "hang and status"},
+		{Faults{Hang: true, HeaderDelay: Duration(time.Second)}, "hang and header_delay"},
+		{Faults{HeaderDelay: -1}, "header_delay"},
+		{Faults{ThrottleAfter: -1, ThrottleBPS: 1}, "throttle_after"},
+		{Faults{ThrottleAfter: 10}, "throttle_after is set but throttle_bps is not"},
 	} {
 		bad := filepath.Join(dir, "bad.json")
 		err := WriteFaults(bad, tc.f)
@@ -447,5 +503,203 @@ func TestAccessLogAborted(t *testing.T) {
 		if !e.Aborted || e.Bytes != 10 || e.Status != http.StatusOK {
 			t.Errorf("entry %+v, want aborted after 10 bytes", e)
 		}
+	}
+}
+
+// TestFaultsRepo checks that Repo limits every fault to one repository's
+// requests, by path component: lab/ap is not lab/app.
+func TestFaultsRepo(t *testing.T) {
+	t.Parallel()
+	u := startFaultyUpstream(t)
+	tr := u.transport()
+	defer tr.CloseIdleConnections()
+	other, err := Seed(t.Context(), SeedOptions{
+		Registry: u.addr, Repo: "lab/app2", Tag: "v1", Layers: 1, LayerSize: 64 << 10, RootCAs: u.pool, Seed: 12,
+	})
+	if err != nil {
+		t.Fatalf("Seed: %v", err)
+	}
+	expect := func(path string, want int) {
+		t.Helper()
+		resp, body, err := u.get(t, tr, http.MethodGet, path, "")
+		if err != nil || resp.StatusCode != want {
+			t.Errorf("GET %s: status %d, body %.100q, err %v; want %d", path, resp.StatusCode, body, err, want)
+		}
+	}
+	otherBlob := "/v2/lab/app2/blobs/" + other.Layers[0]
+	for _, repo := range []string{"lab/app", "lab/ap"} {
+		u.setFaults(t, Faults{Repo: repo, Status: http.StatusServiceUnavailable})
+		want := http.StatusOK
+		if repo == "lab/app" {
+			want = http.StatusServiceUnavailable
+		}
+		expect("/v2/lab/app/manifests/v1", want)
+		expect(u.blobPath(), want)
+		expect("/v2/lab/app2/manifests/v1", http.StatusOK)
+		expect(otherBlob, http.StatusOK)
+		expect("/v2/", http.StatusOK)
+	}
+
+	// Body faults follow Repo too.
+	u.setFaults(t, Faults{Repo: "lab/app2", CutAfter: 1000})
+	if _, body, err := u.get(t, tr, http.MethodGet, otherBlob, ""); err == nil || len(body) != 1000 {
+		t.Errorf("GET %s with cut_after 1000 for its repo: %d bytes, err %v; want a cut", otherBlob, len(body), err)
+	}
+	if resp, body, err := u.get(t, tr, http.MethodGet, u.blobPath(), ""); err != nil || resp.StatusCode != http.StatusOK || sha256Digest(body) != u.blob {
+		t.Errorf("GET of another repo's blob: status %d, %d bytes, err %v; want it whole", resp.StatusCode, len(body), err)
+	}
+}
+
+func TestFaultsStatusHeaders(t *testing.T) {
+	t.Parallel()
+	u := startFaultyUpstream(t)
+	tr := u.transport()
+	defer tr.CloseIdleConnections()
+	u.setFaults(t, Faults{Status: http.StatusTooManyRequests, Headers: map[string]string{"Retry-After": "7", "content-type": "text/plain"}})
+	resp, body, err := u.get(t, tr, http.MethodGet, "/v2/lab/app/manifests/v1", "")
+	if err != nil || resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(string(body), "status 429") {
+		t.Fatalf("GET: status %d, body %q, err %v; want 429", resp.StatusCode, body, err)
+	}
+	if got := resp.Header.Get("Retry-After"); got != "7" {
+		t.Errorf("Retry-After %q, want 7", got)
+	}
+	if got := resp.Header.Get("Content-Type"); got != "text/plain" {
+		t.Errorf("Content-Type %q, want the header's text/plain", got)
+	}
+	resp, _, err = u.get(t, tr, http.MethodGet, "/v2/", "")
+	if err != nil || resp.StatusCode != http.StatusOK || resp.Header.Get("Retry-After") != "" {
+		t.Errorf("GET /v2/: status %d, Retry-After %q, err %v; want a healthy base", resp.StatusCode, resp.Header.Get("Retry-After"), err)
+	}
+}
+
+// roundTrip starts one request in the background; its result arrives on the
+// channel, the body read whole.
+func (u *faultyUpstream) roundTrip(ctx context.Context, tr http.RoundTripper, path string) <-chan fetched {
+	out := make(chan fetched, 1)
+	go func() {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+u.addr+path, nil)
+		if err != nil {
+			out <- fetched{err: err}
+			return
+		}
+		req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json")
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			out <- fetched{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		out <- fetched{status: resp.StatusCode, body: body, err: err}
+	}()
+	return out
+}
+
+type fetched struct {
+	status int
+	body   []byte
+	err    error
+}
+
+// TestFaultsHang checks that a hung request gets no answer while the API base and
+// other repositories are served, that it is served once the faults change, and
+// that a shutdown ends it.
+func TestFaultsHang(t *testing.T) {
+	t.Parallel()
+	u := startFaultyUpstream(t)
+	tr := u.transport()
+	defer tr.CloseIdleConnections()
+	u.setFaults(t, Faults{Repo: "lab/app", Hang: true})
+
+	hung := u.roundTrip(t.Context(), tr, u.blobPath())
+	for _, path := range []string{"/v2/", "/v2/lab/other/manifests/v1"} {
+		resp, _, err := u.get(t, tr, http.MethodGet, path, "")
+		if err != nil || (resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusNotFound) {
+			t.Errorf("GET %s while lab/app hangs: status %d, err %v; want an answer", path, resp.StatusCode, err)
+		}
+	}
+	select {
+	case r := <-hung:
+		t.Fatalf("the hung GET was answered: status %d, %d bytes, err %v", r.status, len(r.body), r.err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	u.setFaults(t, Faults{})
+	select {
+	case r := <-hung:
+		if r.err != nil || r.status != http.StatusOK || sha256Digest(r.body) != u.blob {
+			t.Errorf("the hung GET after the faults changed: status %d, %d bytes, err %v; want the whole blob", r.status, len(r.body), r.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the hung GET was not answered 10 s after the faults changed")
+	}
+
+	// A hung request that the client gives up is logged as aborted.
+	u.setFaults(t, Faults{Hang: true})
+	ctx, cancel := context.WithCancel(t.Context())
+	gaveUp := u.roundTrip(ctx, tr, "/v2/lab/app/manifests/v1")
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	if r := <-gaveUp; r.err == nil {
+		t.Errorf("a cancelled hung GET returned status %d", r.status)
+	}
+
+	// A shutdown ends a hung request at once.
+	hung = u.roundTrip(t.Context(), tr, u.blobPath())
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	if err := u.stop(); err != nil {
+		t.Fatalf("ServeUpstream with a hung request: %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("shutdown with a hung request took %v", d)
+	}
+	if r := <-hung; r.err == nil {
+		t.Errorf("the hung GET got status %d after the shutdown, want an error", r.status)
+	}
+	entries, err := ReadAccessLog(u.accessLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	aborted := 0
+	for _, e := range entries {
+		if e.Aborted && e.Bytes == 0 {
+			aborted++
+		}
+	}
+	if aborted != 2 {
+		t.Errorf("%d aborted requests in the access log, want 2 (the one given up and the one shut down): %+v", aborted, entries)
+	}
+}
+
+func TestFaultsHeaderDelay(t *testing.T) {
+	t.Parallel()
+	u := startFaultyUpstream(t)
+	tr := u.transport()
+	defer tr.CloseIdleConnections()
+	u.setFaults(t, Faults{HeaderDelay: Duration(700 * time.Millisecond), Status: http.StatusBadGateway})
+	start := time.Now()
+	resp, _, err := u.get(t, tr, http.MethodGet, "/v2/", "")
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /v2/: status %d, err %v", resp.StatusCode, err)
+	}
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Errorf("GET /v2/ took %v: the API base is not delayed", d)
+	}
+	start = time.Now()
+	resp, _, err = u.get(t, tr, http.MethodGet, "/v2/lab/app/manifests/v1", "")
+	if err != nil || resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("delayed GET: status %d, err %v; want 502 after the delay", resp.StatusCode, err)
+	}
+	if d := time.Since(start); d < 600*time.Millisecond {
+		t.Errorf("delayed GET answered after %v, want about 700ms", d)
+	}
+	u.setFaults(t, Faults{HeaderDelay: Duration(500 * time.Millisecond)})
+	start = time.Now()
+	resp, body, err := u.get(t, tr, http.MethodGet, u.blobPath(), "")
+	if err != nil || resp.StatusCode != http.StatusOK || sha256Digest(body) != u.blob {
+		t.Fatalf("delayed blob GET: status %d, %d bytes, err %v; want the whole blob", resp.StatusCode, len(body), err)
+	}
+	if d := time.Since(start); d < 400*time.Millisecond {
+		t.Errorf("delayed blob GET answered after %v, want about 500ms", d)
 	}
 }

@@ -84,6 +84,17 @@ type Options struct {
 	// Fallback lets inprocess nodes fall back to the image host's own hosts.toml
 	// (which points at the upstream) when every master is down.
 	Fallback bool
+	// CRIImagesExtra is raw TOML lines added to every node's
+	// [plugins.'io.containerd.cri.v1.images'] table, e.g.
+	// "discard_unpacked_layers = true".
+	CRIImagesExtra string
+	// HoplessExtra is raw TOML lines added at the top of the inprocess nodes'
+	// hopless plugin section, e.g. "cri_local_pull = 'warn'".
+	HoplessExtra string
+	// NoCRIWait makes a node count as started once containerd's socket accepts
+	// connections, instead of once CRI answers: for nodes whose CRI is meant to
+	// fail.
+	NoCRIWait bool
 }
 
 // RegistrydOptions tune the masters' registryd.toml.
@@ -133,6 +144,11 @@ type Lab struct {
 	Procs     []*Proc          `json:"procs"`
 	Weights   []int            `json:"weights,omitempty"`
 	Fallback  bool             `json:"fallback,omitempty"`
+	// CRIImagesExtra, HoplessExtra and NoCRIWait are the Options of the same
+	// names.
+	CRIImagesExtra string `json:"cri_images_extra,omitempty"`
+	HoplessExtra   string `json:"hopless_extra,omitempty"`
+	NoCRIWait      bool   `json:"no_cri_wait,omitempty"`
 }
 
 // FaultsFile is where the upstream reads the faults it injects (see WriteFaults).
@@ -197,6 +213,10 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 		Registryd: o.Registryd,
 		Weights:   o.Weights,
 		Fallback:  o.Fallback,
+
+		CRIImagesExtra: o.CRIImagesExtra,
+		HoplessExtra:   o.HoplessExtra,
+		NoCRIWait:      o.NoCRIWait,
 	}
 	if err := l.up(ctx, o); err != nil {
 		if derr := l.Down(); derr != nil {
@@ -227,6 +247,9 @@ func (o *Options) check() error {
 		if err := checkNginx(o.ToolsDir); err != nil {
 			return err
 		}
+	}
+	if o.HoplessExtra != "" && o.Mode != ModeInprocess {
+		return fmt.Errorf("lab: hopless extra config needs --mode %s, got %s", ModeInprocess, o.Mode)
 	}
 	if len(o.Weights) > 0 && len(o.Weights) != o.Masters {
 		return fmt.Errorf("lab: --weights lists %d weights for %d masters", len(o.Weights), o.Masters)
@@ -366,10 +389,28 @@ func (l *Lab) startNode(ctx context.Context, i int) error {
 		bin = filepath.Join(l.BinDir, "containerd")
 	}
 	args := []string{bin, "--config", filepath.Join(d, "config.toml")}
-	return l.launch(ctx, name, args, filepath.Join(d, "log"), func(ctx context.Context) error {
+	return l.launch(ctx, name, args, filepath.Join(d, "log"), l.nodeReady(i))
+}
+
+// nodeReady is node i's readiness check: CRI answers crictl version, or, with
+// NoCRIWait, containerd's socket accepts a connection.
+func (l *Lab) nodeReady(i int) func(context.Context) error {
+	if l.NoCRIWait {
+		return func(ctx context.Context) error {
+			if i < 1 || i > len(l.Nodes) {
+				return fmt.Errorf("lab has no node %d", i)
+			}
+			c, err := (&net.Dialer{}).DialContext(ctx, "unix", l.Nodes[i-1].Sock)
+			if err != nil {
+				return err
+			}
+			return c.Close()
+		}
+	}
+	return func(ctx context.Context) error {
 		_, err := l.Crictl(ctx, i, "version")
 		return err
-	})
+	}
 }
 
 // launch starts a process, records it, and waits until ready passes.
@@ -566,7 +607,7 @@ func (l *Lab) Start(ctx context.Context, name string) error {
 		}
 	case strings.HasPrefix(name, "node-"):
 		i, _ := strconv.Atoi(strings.TrimPrefix(name, "node-"))
-		ready = func(ctx context.Context) error { _, err := l.Crictl(ctx, i, "version"); return err }
+		ready = l.nodeReady(i)
 	case strings.HasPrefix(name, proxyPrefix):
 		ready = l.proxyReady(pool, name)
 	case strings.HasPrefix(name, nginxPrefix):

@@ -4,13 +4,23 @@ import (
 	"bytes"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"text/template"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/hopless/hopless/plugin/config"
 )
+
+// HoplessSection is the key of the hopless plugin's section in containerd's
+// config.toml, [plugins.'<HoplessSection>']: the plugin's type and ID, as
+// plugin/config defines them.
+const HoplessSection = config.Type + "." + config.ID
 
 // containerdConfig is a node's config.toml: its own root, state and sockets, the
 // native snapshotter, NRI off (one NRI socket per machine), and a single config_path
 // dir, which the transfer service needs to read hosts.toml.
-var containerdConfig = template.Must(template.New("config.toml").Parse(`# containerd of lab {{.Name}}
+var containerdConfig = template.Must(template.New("config.toml").Funcs(template.FuncMap{"indent": indent}).Parse(`# containerd of lab {{.Name}}
 version = 4
 root = '{{.Dir}}/root'
 state = '{{.Dir}}/state'
@@ -40,6 +50,10 @@ disabled_plugins = [
 
 [plugins.'io.containerd.cri.v1.images']
   snapshotter = 'native'
+{{- with .CRIImagesExtra}}
+  # Options.CRIImagesExtra
+{{indent .}}
+{{- end}}
   [plugins.'io.containerd.cri.v1.images'.registry]
     config_path = '{{.Dir}}/certs.d'
 
@@ -55,18 +69,31 @@ disabled_plugins = [
 [plugins.'io.containerd.server.v1.metrics']
   address = '{{.Metrics}}'
 
-[plugins.'io.containerd.internal.v1.hopless']
-  [[plugins.'io.containerd.internal.v1.hopless'.registry]]
+[plugins.'{{.Section}}']
+{{- with .HoplessExtra}}
+  # Options.HoplessExtra
+{{indent .}}
+{{- end}}
+  [[plugins.'{{.Section}}'.registry]]
     host = '{{.Hopless.Host}}'
     fallback = {{.Hopless.Fallback}}
-    [plugins.'io.containerd.internal.v1.hopless'.registry.tls]
+    [plugins.'{{.Section}}'.registry.tls]
       ca = '{{.Hopless.CA}}'
 {{- range .Hopless.Endpoints}}
-    [[plugins.'io.containerd.internal.v1.hopless'.registry.endpoint]]
+    [[plugins.'{{$.Section}}'.registry.endpoint]]
       url = 'https://{{.Addr}}'
       weight = {{.Weight}}
 {{- end}}
 {{end}}`))
+
+// indent indents each line of raw TOML by two spaces, as the table it is in.
+func indent(s string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	for i, l := range lines {
+		lines[i] = "  " + l
+	}
+	return strings.Join(lines, "\n")
+}
 
 // hopless is the node's hopless plugin section (inprocess mode).
 type hopless struct {
@@ -106,7 +133,8 @@ func render(t *template.Template, data any) ([]byte, error) {
 }
 
 func (l *Lab) writeNodeConfig(n Node, i int) error {
-	data := map[string]any{"Name": n.Name, "Dir": n.Dir, "Sock": n.Sock, "Hopless": (*hopless)(nil)}
+	data := map[string]any{"Name": n.Name, "Dir": n.Dir, "Sock": n.Sock, "Hopless": (*hopless)(nil),
+		"Section": HoplessSection, "CRIImagesExtra": l.CRIImagesExtra, "HoplessExtra": l.HoplessExtra}
 	var masters []string
 	for _, m := range l.Masters {
 		masters = append(masters, m.Addr)
@@ -137,6 +165,11 @@ func (l *Lab) writeNodeConfig(n Node, i int) error {
 	cfg, err := render(containerdConfig, data)
 	if err != nil {
 		return err
+	}
+	// The extra lines are raw TOML: a mistake in them is reported here, naming
+	// them, rather than as a containerd that does not start.
+	if _, err := toml.Decode(string(cfg), new(map[string]any)); err != nil {
+		return fmt.Errorf("%s's config.toml is not valid TOML (check the CRI images and hopless extra lines): %w", n.Name, err)
 	}
 	if err := writeFile(filepath.Join(n.Dir, "config.toml"), cfg, 0o644); err != nil {
 		return err

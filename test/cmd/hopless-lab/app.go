@@ -1,13 +1,17 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"text/tabwriter"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -40,6 +44,9 @@ func newApp() *cli.App {
 					&cli.IntFlag{Name: "slot", Usage: "loopback network 127.SLOT.0.0/16, to run several labs at once"},
 					&cli.StringFlag{Name: "tag-ttl", Usage: "masters' cache.tag_ttl (default registryd's)"},
 					&cli.StringFlag{Name: "max-bytes", Usage: "masters' storage.max_bytes (default unbounded)"},
+					&cli.StringFlag{Name: "cri-images-extra", Usage: "raw TOML lines for the nodes' [plugins.'io.containerd.cri.v1.images'], e.g. 'discard_unpacked_layers = true'"},
+					&cli.StringFlag{Name: "hopless-extra", Usage: "raw TOML lines for the top of the inprocess nodes' hopless section, e.g. \"cri_local_pull = 'warn'\""},
+					&cli.BoolFlag{Name: "no-cri-wait", Usage: "a node is up once containerd's socket answers, even if CRI does not"},
 				},
 				Action: func(c *cli.Context) error {
 					o, err := options(c)
@@ -49,6 +56,7 @@ func newApp() *cli.App {
 					o.Dir, o.Masters, o.Nodes, o.Mode, o.Slot = c.String("dir"), c.Int("masters"), c.Int("nodes"), c.String("mode"), c.Int("slot")
 					o.Registryd.TagTTL, o.Registryd.MaxBytes = c.String("tag-ttl"), c.String("max-bytes")
 					o.Weights, o.Fallback = c.IntSlice("weights"), c.Bool("fallback")
+					o.CRIImagesExtra, o.HoplessExtra, o.NoCRIWait = c.String("cri-images-extra"), c.String("hopless-extra"), c.Bool("no-cri-wait")
 					l, err := lab.Up(c.Context, o)
 					if err != nil {
 						return err
@@ -133,6 +141,78 @@ func newApp() *cli.App {
 						return err
 					}
 					return l.Signal(c.Args().Get(0), sig)
+				},
+			},
+			{
+				Name:      "flap",
+				Usage:     "SIGSTOP and SIGCONT one lab process over and over, by its PID, until interrupted (or --for passes); it is left running",
+				ArgsUsage: "NAME",
+				Flags: []cli.Flag{
+					dirFlag,
+					&cli.DurationFlag{Name: "stop", Value: 300 * time.Millisecond, Usage: "how long each freeze lasts"},
+					&cli.DurationFlag{Name: "run", Value: 300 * time.Millisecond, Usage: "how long it runs between freezes"},
+					&cli.DurationFlag{Name: "for", Usage: "stop flapping after this long (default: until interrupted)"},
+				},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return fmt.Errorf("usage: hopless-lab flap --dir DIR [--stop 300ms] [--run 300ms] [--for 30s] NAME")
+					}
+					l, err := lab.Open(c.String("dir"))
+					if err != nil {
+						return err
+					}
+					ctx := c.Context
+					if d := c.Duration("for"); d > 0 {
+						var cancel context.CancelFunc
+						ctx, cancel = context.WithTimeout(ctx, d)
+						defer cancel()
+					}
+					stop := l.Flap(c.Args().First(), c.Duration("stop"), c.Duration("run"))
+					<-ctx.Done()
+					return stop()
+				},
+			},
+			{
+				Name:      "faults",
+				Usage:     "show the upstream's faults, or set them: a JSON lab.Faults object, e.g. '{\"repo\": \"deckhouse/ce/app\", \"status\": 429, \"headers\": {\"Retry-After\": \"7\"}}'; '{}' clears them",
+				ArgsUsage: "[JSON]",
+				Flags:     []cli.Flag{dirFlag},
+				Action: func(c *cli.Context) error {
+					l, err := lab.Open(c.String("dir"))
+					if err != nil {
+						return err
+					}
+					switch c.NArg() {
+					case 0:
+						b, err := os.ReadFile(l.FaultsFile())
+						if errors.Is(err, fs.ErrNotExist) {
+							b, err = []byte("{}\n"), nil
+						}
+						if err != nil {
+							return err
+						}
+						_, err = os.Stdout.Write(b)
+						return err
+					case 1:
+						f, err := lab.ParseFaults(strings.NewReader(c.Args().First()))
+						if err != nil {
+							return fmt.Errorf("faults: %w", err)
+						}
+						return lab.WriteFaults(l.FaultsFile(), f)
+					}
+					return fmt.Errorf("usage: hopless-lab faults --dir DIR [JSON]")
+				},
+			},
+			{
+				Name:  "rotate-ca",
+				Usage: "issue the masters certificates from a new CA and restart them; the lab CA file becomes the new CA and the original",
+				Flags: []cli.Flag{dirFlag},
+				Action: func(c *cli.Context) error {
+					l, err := lab.Open(c.String("dir"))
+					if err != nil {
+						return err
+					}
+					return l.RotateCA(c.Context)
 				},
 			},
 			{
