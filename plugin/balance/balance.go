@@ -497,13 +497,26 @@ func (b *Balancer) race(req *http.Request, tried map[*endpoint]bool, accept func
 				return nil, nil, lost()
 			}
 		case <-hedge.C:
-			if !b.budget.take() {
+			// The endpoints still waited on are checked now, with a bound of
+			// twice the hedge delay: a frozen one is then out within that, for
+			// every request, whatever the budget allows.
+			for _, a := range inflight {
+				b.probe(a.t.ep, b.probeTimeout(class))
+			}
+			// Moving off an endpoint that is stuck already (an attempt of another
+			// request there was overtaken and still waits) to one that is not is
+			// no extra load on slow masters, and is free; any other hedge needs a
+			// token.
+			free := b.stuck(inflight, tried)
+			if !free && !b.budget.take() {
 				b.metrics.budgetExhausted()
 				continue
 			}
 			overtaken := inflight
 			if !launch(true) {
-				b.budget.refund()
+				if !free {
+					b.budget.refund()
+				}
 				continue
 			}
 			for _, a := range overtaken {
@@ -518,6 +531,13 @@ func (b *Balancer) race(req *http.Request, tried map[*endpoint]bool, accept func
 			return nil, nil, fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), context.Cause(ctx))
 		}
 	}
+}
+
+// probeTimeout bounds an on-demand check: twice the class's hedge delay, at least
+// HedgeMin and at most HealthTimeout. A serving master answers GET /v2/ in a few
+// milliseconds; one that does not within that is not serving now.
+func (b *Balancer) probeTimeout(class string) time.Duration {
+	return min(max(2*b.hedge.delay(class), b.cfg.HedgeMin), b.cfg.HealthTimeout)
 }
 
 func removeAttempt(as []*attempt, a *attempt) []*attempt {

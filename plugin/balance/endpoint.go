@@ -41,6 +41,8 @@ type endpoint struct {
 	outstanding atomic.Int64
 	// suspect counts attempts that a hedge overtook and that still wait for headers.
 	suspect atomic.Int64
+	// probing is set while an on-demand check of the endpoint runs.
+	probing atomic.Bool
 
 	current int // the SWRR running weight
 	// unhealthy is set by a failed active check and cleared by a passing one; it is
@@ -417,6 +419,37 @@ func (b *Balancer) otherAvailable(skip map[*endpoint]bool) bool {
 	now := b.now()
 	for _, e := range b.eps {
 		if !skip[e] && b.available(e, now) {
+			return true
+		}
+	}
+	return false
+}
+
+// stuck reports whether every attempt in as waits on an endpoint that is suspect
+// for another request's sake (more overtaken attempts there than as's own), while
+// an endpoint outside tried may take traffic and is not suspect or slow.
+func (b *Balancer) stuck(as []*attempt, tried map[*endpoint]bool) bool {
+	if len(as) == 0 {
+		return false
+	}
+	own := map[*endpoint]int64{}
+	for _, a := range as {
+		a.mu.Lock()
+		if a.suspects {
+			own[a.t.ep]++
+		}
+		a.mu.Unlock()
+	}
+	for _, a := range as {
+		if a.t.ep.suspect.Load() <= own[a.t.ep] {
+			return false
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	for _, e := range b.eps {
+		if !tried[e] && b.available(e, now) && e.suspect.Load() == 0 && !now.Before(e.slowUntil) {
 			return true
 		}
 	}

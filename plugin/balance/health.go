@@ -37,7 +37,7 @@ func (b *Balancer) checkAll(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, e := range b.eps {
 		wg.Go(func() {
-			err := b.check(ctx, e)
+			err := b.check(ctx, e, b.cfg.HealthTimeout)
 			if ctx.Err() != nil {
 				return // shutting down: the endpoint is not to blame
 			}
@@ -47,10 +47,26 @@ func (b *Balancer) checkAll(ctx context.Context) {
 	wg.Wait()
 }
 
+// probe checks e at once, bounded by timeout, unless a probe of e is running: a
+// request has waited on e past its hedge delay. A master that answers GET /v2/
+// but is slow to serve (its upstream is slow) passes, and the request keeps
+// waiting within the hedge budget; a frozen one fails, is marked unhealthy, and
+// every request waiting on it moves on now instead of at the next periodic check.
+func (b *Balancer) probe(e *endpoint, timeout time.Duration) {
+	if !e.probing.CompareAndSwap(false, true) {
+		return
+	}
+	b.metrics.probe()
+	go func() {
+		defer e.probing.Store(false)
+		b.checked(e, b.check(context.Background(), e, timeout))
+	}()
+}
+
 // check asks GET <endpoint>/v2/. 200, or 401 from a registry that wants a token,
 // means the registry is serving.
-func (b *Balancer) check(ctx context.Context, e *endpoint) error {
-	ctx, cancel := context.WithTimeout(ctx, b.cfg.HealthTimeout)
+func (b *Balancer) check(ctx context.Context, e *endpoint, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	target := e.url.JoinPath("/v2/").String()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
@@ -64,7 +80,7 @@ func (b *Balancer) check(ctx context.Context, e *endpoint) error {
 	}
 	if err != nil {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			err = &timeoutError{what: "no answer", d: b.cfg.HealthTimeout}
+			err = &timeoutError{what: "no answer", d: timeout}
 		}
 		return fmt.Errorf("health check GET %s: %w", target, err)
 	}

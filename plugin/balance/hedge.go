@@ -16,7 +16,7 @@ const (
 	ttfbMinSamples = 20
 	// ttfbPercentile is the share of attempts expected to answer before a hedge.
 	ttfbPercentile = 95
-	// coldFactor multiplies the slowest recent active-check round trip into the
+	// coldFactor multiplies the median recent active-check round trip into the
 	// hedge delay of a class without enough samples.
 	coldFactor = 4
 	// rttWindow is how many active-check round trips are kept.
@@ -109,10 +109,11 @@ func (h *hedger) observeCheck(d time.Duration) {
 }
 
 // delay is the hedge delay of class: the p95 of its window clamped to [lo, hi].
-// Until the class has enough samples, it is coldFactor times the slowest recent
+// Until the class has enough samples, it is coldFactor times the median recent
 // active-check round trip, clamped the same way: what the node knows of the
 // masters' latency, rather than hi, so that a master frozen before any history
-// exists costs little. With neither it is hi.
+// exists costs little. The median, since a check that set up a TLS connection is
+// an outlier. With neither it is hi.
 func (h *hedger) delay(class string) time.Duration {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -122,7 +123,7 @@ func (h *hedger) delay(class string) time.Duration {
 	case w.len() >= ttfbMinSamples:
 		d = w.percentile(ttfbPercentile)
 	case h.rtt.len() > 0:
-		d = coldFactor * h.rtt.percentile(100)
+		d = coldFactor * h.rtt.percentile(50)
 	default:
 		return h.hi
 	}

@@ -23,8 +23,8 @@ func TestHedgeDelay(t *testing.T) {
 		other   []time.Duration // samples of another class
 		want    time.Duration
 	}{
-		{name: "no samples, checks known: 4x the slowest check, clamped", checks: []time.Duration{ms, 2 * ms}, want: 100 * ms},
-		{name: "no samples, slow checks: 4x the slowest", checks: []time.Duration{ms, 60 * ms}, want: 240 * ms},
+		{name: "no samples, checks known: 4x the median check, clamped", checks: []time.Duration{ms, 2 * ms, 300 * ms}, want: 100 * ms},
+		{name: "no samples, slow checks: 4x the median", checks: []time.Duration{50 * ms, 60 * ms, 70 * ms}, want: 240 * ms},
 		{name: "another class's samples do not count", other: series(50, func(int) time.Duration { return 500 * ms }), want: time.Second},
 		{name: "no samples: HedgeMax", want: time.Second},
 		{name: "too few samples: HedgeMax", samples: series(ttfbMinSamples-1, func(int) time.Duration { return ms }), want: time.Second},

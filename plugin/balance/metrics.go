@@ -45,6 +45,7 @@ type Metrics struct {
 	hedgesWon      prometheus.Counter
 	exhausted      prometheus.Counter
 	panics         prometheus.Counter
+	probes         prometheus.Counter
 	resumes        prometheus.Counter
 }
 
@@ -109,6 +110,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		panics: f.NewCounter(prometheus.CounterOpts{
 			Name: "hopless_plugin_panic_picks_total",
 			Help: "Attempts sent to an endpoint out of rotation because none in rotation was left (panic routing).",
+		}),
+		probes: f.NewCounter(prometheus.CounterOpts{
+			Name: "hopless_plugin_probes_total",
+			Help: "On-demand active checks of an endpoint that a request waited on past its hedge delay.",
 		}),
 		resumes: f.NewCounter(prometheus.CounterOpts{
 			Name: "hopless_plugin_resumes_total",
@@ -208,6 +213,12 @@ func (m *Metrics) budgetExhausted() {
 func (m *Metrics) panicked() {
 	if m != nil {
 		m.panics.Inc()
+	}
+}
+
+func (m *Metrics) probe() {
+	if m != nil {
+		m.probes.Inc()
 	}
 }
 

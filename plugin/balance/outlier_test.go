@@ -213,6 +213,9 @@ func TestRevivalOnlyByCheck(t *testing.T) {
 func TestHedgeBudget(t *testing.T) {
 	t.Parallel()
 	slow := func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/" {
+			return // alive, only slow to serve: the on-demand checks pass
+		}
 		select {
 		case <-time.After(100 * time.Millisecond):
 		case <-r.Context().Done():
@@ -241,8 +244,9 @@ func TestHedgeBudget(t *testing.T) {
 	if n := metric(t, reg, "hopless_plugin_hedge_budget_exhausted_total", nil); n < 1 {
 		t.Error("the budget was never reported exhausted")
 	}
-	if got := float64(a.hits.Load() + c.hits.Load()); got != n+hedges {
-		t.Errorf("%v backend requests, want %v requests + %v hedges", got, n, hedges)
+	probes := metric(t, reg, "hopless_plugin_probes_total", nil)
+	if got := float64(a.hits.Load() + c.hits.Load()); got != n+hedges+probes {
+		t.Errorf("%v backend requests, want %v requests + %v hedges + %v probes", got, n, hedges, probes)
 	}
 }
 
@@ -497,5 +501,45 @@ func TestCheckAbortsWaiting(t *testing.T) {
 	}
 	if n := metric(t, reg, "hopless_plugin_errors_total", map[string]string{"endpoint": stuck.String(), "kind": "timeout"}); n != 1 {
 		t.Errorf("errors{kind=timeout} of the frozen endpoint = %v, want 1", n)
+	}
+}
+
+// TestHedgeOffStuckEndpointIsFree checks that once one request's hedge showed an
+// endpoint stuck, another request waiting there moves off it without a token: the
+// budget has one token, and both requests hedge to the good endpoint.
+func TestHedgeOffStuckEndpointIsFree(t *testing.T) {
+	t.Parallel()
+	stuck := frozen(t, "http")
+	good := newBackend(t, false, ok("good"))
+	reg := prometheus.NewRegistry()
+	b := newBalancer(t, Config{
+		Endpoints:      []Endpoint{{URL: stuck, Weight: 100}, {URL: good.url(t), Weight: 1}},
+		ResponseHeader: time.Hour, // far beyond the test's own bound
+		HedgeMin:       500 * time.Millisecond, HedgeMax: 500 * time.Millisecond,
+		HedgeBudgetPercent: 1, HedgeBurst: 1,
+		Metrics: NewMetrics(reg),
+	})
+	done := make(chan string, 2)
+	for range 2 {
+		go func() {
+			_, body, _ := get(t, b, "/v2/x/blobs/sha256:aa")
+			done <- body
+		}()
+	}
+	for range 2 {
+		select {
+		case body := <-done:
+			if body != "good" {
+				t.Fatalf("body %q, want the good endpoint's", body)
+			}
+		case <-time.After(testTimeout):
+			t.Fatal("a request still waits on the stuck endpoint")
+		}
+	}
+	if n := metric(t, reg, "hopless_plugin_hedges_total", nil); n != 2 {
+		t.Errorf("%v hedges, want 2 (one paid, one free)", n)
+	}
+	if n := metric(t, reg, "hopless_plugin_hedge_budget_exhausted_total", nil); n != 0 {
+		t.Errorf("the budget was reported exhausted %v times", n)
 	}
 }

@@ -78,6 +78,7 @@ const (
 	slotPluginNoFallback    = 35
 	slotPluginUnconfigured  = 36
 	slotPluginMetrics       = 37
+	slotPluginStatus        = 38
 	// 38 and 39 are spare.
 	// Slots 40..59 belong to the failure-policy tests (outlier_test.go).
 	slotOutlierUpstream503      = 40

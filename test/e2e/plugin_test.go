@@ -620,3 +620,74 @@ func TestPluginMetricsAndVersion(t *testing.T) {
 		t.Errorf("hopless_plugin_bytes_total is %v, want >= the %d layer bytes pulled", n, img.Bytes)
 	}
 }
+
+// TestPluginStatus checks what an operator sees of the balancer without reading
+// metrics: `containerd hopless-status` over the node's debug socket names each
+// master's state, and a frozen master as unhealthy with the reason.
+func TestPluginStatus(t *testing.T) {
+	t.Parallel()
+	l := upLab(t, slotPluginStatus, 3, 1, inprocess())
+	repo := lab.UpstreamPath + "/status"
+	img := seed(t, l, repo, "v1", 2, 64<<10)
+	pull(t, l, 1, l.PullRef(repo, "v1"), img.Digest)
+
+	if err := l.Signal("master-2", syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := l.Signal("master-2", syscall.SIGCONT); err != nil {
+			t.Errorf("SIGCONT master-2: %v", err)
+		}
+	})
+	bin := filepath.Join(root(t), "bin", "containerd")
+	sock := l.Nodes[0].Sock + ".debug"
+	var report struct {
+		Hosts []struct {
+			Host      string `json:"host"`
+			Endpoints []struct {
+				URL    string  `json:"url"`
+				State  string  `json:"state"`
+				Reason string  `json:"reason"`
+				Share  float64 `json:"share"`
+			} `json:"endpoints"`
+		} `json:"hosts"`
+	}
+	states := func() map[string]string {
+		out, err := exec.Command(bin, "hopless-status", "--debug-address", sock, "--json").Output()
+		if err != nil {
+			t.Fatalf("hopless-status --json: %v: %s", err, out)
+		}
+		if err := json.Unmarshal(out, &report); err != nil || len(report.Hosts) != 1 {
+			t.Fatalf("hopless-status --json printed %s (%v), want one host", out, err)
+		}
+		m := map[string]string{}
+		for _, e := range report.Hosts[0].Endpoints {
+			m[e.URL] = e.State
+		}
+		return m
+	}
+	m2 := plEndpoint(l.Masters[1])
+	eventually(t, 10*time.Second, "master-2 reported unhealthy", func() bool { return states()[m2] == "unhealthy" })
+	for _, m := range []lab.Master{l.Masters[0], l.Masters[2]} {
+		if s := states()[plEndpoint(m)]; s != "up" {
+			t.Errorf("%s is %q, want up", m.Name, s)
+		}
+	}
+	if h := report.Hosts[0]; h.Host != l.ImageHost {
+		t.Errorf("host %q, want %s", h.Host, l.ImageHost)
+	}
+	for _, e := range report.Hosts[0].Endpoints {
+		if e.URL == m2 && !strings.Contains(e.Reason, "active check") {
+			t.Errorf("master-2's reason %q does not name the failed active check", e.Reason)
+		}
+	}
+	out, err := exec.Command(bin, "hopless-status", "--debug-address", sock).CombinedOutput()
+	if err != nil {
+		t.Fatalf("hopless-status: %v: %s", err, out)
+	}
+	for _, want := range []string{l.ImageHost, m2, "unhealthy", "up"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("hopless-status table does not show %q:\n%s", want, out)
+		}
+	}
+}

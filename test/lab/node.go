@@ -69,6 +69,10 @@ disabled_plugins = [
 [plugins.'io.containerd.server.v1.metrics']
   address = '{{.Metrics}}'
 
+# The debug socket serves the balancer's state (containerd hopless-status).
+[plugins.'io.containerd.server.v1.debug']
+  address = '{{.Sock}}.debug'
+
 [plugins.'{{.Section}}']
 {{- with .HoplessExtra}}
   # Options.HoplessExtra
