@@ -60,7 +60,8 @@ func (s *Set) blob(ctx context.Context, p Peer, host, repo string, d digest.Dige
 	}
 	q := url.Values{"upstream": {host}, "repo": {repo}, "digest": {d.String()}}
 	// The request's context lives as long as the body: the stall timer cancels it.
-	rctx, cancel := context.WithCancel(ctx)
+	rctx, cancelCause := context.WithCancelCause(ctx)
+	cancel := func() { cancelCause(nil) }
 	req, err := http.NewRequestWithContext(rctx, http.MethodGet, p.URL+BlobPath+"?"+q.Encode(), nil)
 	if err != nil {
 		cancel()
@@ -71,8 +72,20 @@ func (s *Set) blob(ctx context.Context, p Peer, host, repo string, d digest.Dige
 	if offset > 0 {
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
 	}
+	// An owner sends headers only once its own fill has them, which may wait on the
+	// upstream. One that is merely waiting still answers /healthz; one that is frozen
+	// does not, and then the request stops at once instead of at the header timeout.
+	probe := time.AfterFunc(probeAfter, func() {
+		if err := s.checkWithin(ctx, p.URL, probeTimeout); err != nil && ctx.Err() == nil {
+			cancelCause(fmt.Errorf("no answer to a health check while the request waited: %w", err))
+		}
+	})
 	resp, err := s.client.Do(req)
+	probe.Stop()
 	if err != nil {
+		if c := context.Cause(rctx); c != nil && ctx.Err() == nil && !errors.Is(c, context.Canceled) {
+			err = c
+		}
 		cancel()
 		if ctx.Err() != nil {
 			return nil, 0, fmt.Errorf("peer %s: blob %s: %w", p.URL, d, err)

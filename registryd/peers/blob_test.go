@@ -373,3 +373,53 @@ func TestBlobStall(t *testing.T) {
 		t.Errorf("error fills = %v, want 1", n)
 	}
 }
+
+// TestBlobOwnerWaitingOrFrozen checks that a blob request that waits for the
+// owner's headers tells an owner waiting on its upstream (it still answers
+// /healthz: the request goes on) from a frozen one (it does not: the request stops
+// with that reason and the owner is marked down).
+func TestBlobOwnerWaitingOrFrozen(t *testing.T) {
+	t.Parallel()
+	for _, frozen := range []bool{false, true} {
+		t.Run(map[bool]string{false: "waiting", true: "frozen"}[frozen], func(t *testing.T) {
+			t.Parallel()
+			srv, cfg := tlsPeer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == healthPath && !frozen {
+					return
+				}
+				select {
+				case <-r.Context().Done():
+					return
+				case <-time.After(2 * probeAfter):
+				}
+				if !frozen {
+					_, _ = w.Write(testBlob)
+				}
+			}))
+			if frozen {
+				cfg.ResponseHeader = conf.Duration{Duration: time.Minute}
+			}
+			s := mustNew(t, cfg)
+			rc, _, err := s.Blob(t.Context(), s.Healthy()[0], "registry.example", "deckhouse/ce", digest.FromBytes(testBlob), 0)
+			if !frozen {
+				if err != nil {
+					t.Fatalf("Blob from an owner that waited but answers its health check: %v", err)
+				}
+				defer rc.Close()
+				if got, err := io.ReadAll(rc); err != nil || !bytes.Equal(got, testBlob) {
+					t.Fatalf("read %d bytes, %v", len(got), err)
+				}
+				if !isUp(s, srv.URL) {
+					t.Error("an owner that was only waiting was marked down")
+				}
+				return
+			}
+			if err == nil || !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), "no answer to a health check") {
+				t.Fatalf("Blob from a frozen owner: %v, want unavailable because its health check went unanswered", err)
+			}
+			if isUp(s, srv.URL) {
+				t.Error("a frozen owner is still up")
+			}
+		})
+	}
+}

@@ -62,7 +62,12 @@ func (s *Set) checkAll(ctx context.Context) {
 
 // check asks GET <peer>/healthz with a timeout of min(interval, 1s).
 func (s *Set) check(ctx context.Context, peerURL string) error {
-	ctx, cancel := context.WithTimeout(ctx, min(s.interval, maxHealthTimeout))
+	return s.checkWithin(ctx, peerURL, min(s.interval, maxHealthTimeout))
+}
+
+// checkWithin asks GET <peer>/healthz with a timeout of d.
+func (s *Set) checkWithin(ctx context.Context, peerURL string, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, peerURL+healthPath, nil)
 	if err != nil {

@@ -79,6 +79,10 @@ const (
 	dialTimeout      = time.Second
 	maxHealthTimeout = time.Second
 	maxDNSTimeout    = 5 * time.Second
+	// probeAfter is how long a blob request waits for the owner's headers before
+	// the owner is checked; probeTimeout bounds that check.
+	probeAfter   = 500 * time.Millisecond
+	probeTimeout = 500 * time.Millisecond
 )
 
 // Peer is another master that may own blobs.
