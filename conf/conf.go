@@ -179,6 +179,15 @@ type Storage struct {
 type Cache struct {
 	// TagTTL is how long a tag is served without asking upstream again. Default 1m.
 	TagTTL Duration `toml:"tag_ttl"`
+	// StaleAfter is how long a request with a last known answer for a tag waits for
+	// the tag's revalidation before it is served that answer; the revalidation goes
+	// on in the background. It must be shorter than every upstream's
+	// timeouts.response_header. Default 1s.
+	StaleAfter Duration `toml:"stale_after"`
+	// NegativeTTL is how long an upstream's failure is remembered for a repository:
+	// meanwhile its tags and manifests are served stale or failed at once, without
+	// asking the upstream. Default 3s.
+	NegativeTTL Duration `toml:"negative_ttl"`
 	// MaxManifestBytes rejects larger manifests. Default 4MiB.
 	MaxManifestBytes Size `toml:"max_manifest_bytes"`
 	// FillRetries bounds the resumes of one upstream blob fetch. Default 5.

@@ -744,6 +744,8 @@ evict_interval = "5m"
 
 [cache]
 tag_ttl = "30s"
+stale_after = "2s"
+negative_ttl = "5s"
 max_manifest_bytes = "8MiB"
 fill_retries = 3
 fill_backoff = "500ms"
@@ -832,6 +834,8 @@ func TestLoadRegistryd(t *testing.T) {
 				}
 				wantCache := Cache{
 					TagTTL:           Duration{time.Minute},
+					StaleAfter:       Duration{time.Second},
+					NegativeTTL:      Duration{3 * time.Second},
 					MaxManifestBytes: 4 << 20,
 					FillRetries:      5,
 					FillBackoff:      Duration{ms(200)},
@@ -1239,9 +1243,10 @@ Type = "static"`, 1),
 		// Cache.
 		{
 			name: "cache values kept, max_manifest_bytes as an integer, fill_retries 0",
-			text: registrydOK + "[cache]\ntag_ttl = \"30s\"\nmax_manifest_bytes = 1024\nfill_retries = 0\nfill_backoff = \"1s\"\n",
+			text: registrydOK + "[cache]\ntag_ttl = \"30s\"\nstale_after = \"500ms\"\nnegative_ttl = \"10s\"\nmax_manifest_bytes = 1024\nfill_retries = 0\nfill_backoff = \"1s\"\n",
 			check: func(t *testing.T, _ string, r *Registryd) {
-				want := Cache{TagTTL: Duration{30 * time.Second}, MaxManifestBytes: 1024, FillBackoff: Duration{time.Second}}
+				want := Cache{TagTTL: Duration{30 * time.Second}, StaleAfter: Duration{ms(500)}, NegativeTTL: Duration{10 * time.Second},
+					MaxManifestBytes: 1024, FillBackoff: Duration{time.Second}}
 				if r.Cache != want {
 					t.Errorf("Cache = %+v, want %+v", r.Cache, want)
 				}
@@ -1275,6 +1280,34 @@ Type = "static"`, 1),
 			name: "zero cache.tag_ttl",
 			text: registrydOK + "[cache]\ntag_ttl = \"0s\"\n",
 			want: []fieldWant{{"cache.tag_ttl", "must be > 0, got 0s"}},
+		},
+		{
+			name: "zero cache.stale_after and cache.negative_ttl",
+			text: registrydOK + "[cache]\nstale_after = \"0s\"\nnegative_ttl = \"0s\"\n",
+			want: []fieldWant{
+				{"cache.stale_after", "must be > 0, got 0s"},
+				{"cache.negative_ttl", "must be > 0, got 0s"},
+			},
+		},
+		{
+			name: "cache.stale_after not below the upstream's response_header",
+			text: registrydOK + "[cache]\nstale_after = \"4s\"\n",
+			want: []fieldWant{{"cache.stale_after", "must be < upstream[0].timeouts.response_header (4s), got 4s"}},
+		},
+		{
+			name: "cache.stale_after checked against every upstream",
+			text: registrydOK + "[cache]\nstale_after = \"2s\"\n" +
+				"[[upstream]]\nurl = \"https://mirror.example\"\nlocal_prefix = \"mirror\"\n[upstream.timeouts]\nresponse_header = \"1500ms\"\n",
+			want: []fieldWant{{"cache.stale_after", "must be < upstream[1].timeouts.response_header (1.5s), got 2s"}},
+		},
+		{
+			name: "cache.stale_after below a raised upstream response_header",
+			text: registrydOK + "[upstream.timeouts]\nresponse_header = \"6s\"\n[cache]\nstale_after = \"5s\"\n",
+			check: func(t *testing.T, _ string, r *Registryd) {
+				if r.Cache.StaleAfter.Duration != 5*time.Second {
+					t.Errorf("Cache.StaleAfter = %s, want 5s", r.Cache.StaleAfter)
+				}
+			},
 		},
 		{
 			name: "negative cache.fill_retries",
@@ -1716,6 +1749,8 @@ health_interval = "5s"
 					},
 					Cache: Cache{
 						TagTTL:           Duration{30 * time.Second},
+						StaleAfter:       Duration{2 * time.Second},
+						NegativeTTL:      Duration{5 * time.Second},
 						MaxManifestBytes: 8 << 20,
 						FillRetries:      3,
 						FillBackoff:      Duration{ms(500)},

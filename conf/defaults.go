@@ -45,6 +45,8 @@ const (
 	DefaultEvictInterval = time.Minute
 
 	DefaultTagTTL                = time.Minute
+	DefaultStaleAfter            = time.Second
+	DefaultNegativeTTL           = 3 * time.Second
 	DefaultMaxManifestBytes Size = 4 << 20
 	DefaultFillRetries           = 5
 	DefaultFillBackoff           = 200 * time.Millisecond
@@ -137,6 +139,8 @@ func (r *Registryd) applyDefaults(raw map[string]any, base string) {
 
 	c := &r.Cache
 	setDuration(&c.TagTTL, raw, DefaultTagTTL, "cache", "tag_ttl")
+	setDuration(&c.StaleAfter, raw, DefaultStaleAfter, "cache", "stale_after")
+	setDuration(&c.NegativeTTL, raw, DefaultNegativeTTL, "cache", "negative_ttl")
 	if !present(raw, "cache", "max_manifest_bytes") {
 		c.MaxManifestBytes = DefaultMaxManifestBytes
 	}

@@ -262,6 +262,7 @@ func (r *Registryd) Validate(file string) error {
 	}
 	errs = append(errs, r.Peers.validate(file)...)
 	errs = append(errs, r.validateNesting(file)...)
+	errs = append(errs, r.validateStaleAfter(file)...)
 	errs = append(errs, r.Auth.validate(file)...)
 	add(prefixed(file, "api.token_file", checkSecretFile(r.API.TokenFile)))
 	switch r.Log.Level {
@@ -319,6 +320,12 @@ func (c Cache) validate(file string) []error {
 	}
 	if c.TagTTL.Duration <= 0 {
 		add("tag_ttl", "must be > 0, got %s", c.TagTTL.Duration)
+	}
+	if c.StaleAfter.Duration <= 0 {
+		add("stale_after", "must be > 0, got %s", c.StaleAfter.Duration)
+	}
+	if c.NegativeTTL.Duration <= 0 {
+		add("negative_ttl", "must be > 0, got %s", c.NegativeTTL.Duration)
 	}
 	if c.MaxManifestBytes < minManifestBytes || c.MaxManifestBytes > maxManifestBytes {
 		add("max_manifest_bytes", "must be between 1KiB (%d) and 64MiB (%d) bytes, got %d", minManifestBytes, maxManifestBytes, c.MaxManifestBytes)
@@ -417,6 +424,23 @@ func (r *Registryd) validateNesting(file string) []error {
 		if p.Stall.Duration > 0 && p.Stall.Duration <= u.Timeouts.Stall.Duration {
 			errs = append(errs, fieldErr(file, "peers.stall", "must be > upstream[%d].timeouts.stall (%s), got %s",
 				i, u.Timeouts.Stall.Duration, p.Stall.Duration))
+		}
+	}
+	return errs
+}
+
+// validateStaleAfter checks that a request with a stale answer stops waiting for a
+// tag's revalidation before the upstream's own bound would fail it: otherwise the
+// upstream's timeout, not cache.stale_after, would decide how long it waits.
+func (r *Registryd) validateStaleAfter(file string) []error {
+	s := r.Cache.StaleAfter.Duration
+	if s <= 0 {
+		return nil
+	}
+	var errs []error
+	for i, u := range r.Upstream {
+		if rh := u.Timeouts.ResponseHeader.Duration; rh > 0 && s >= rh {
+			errs = append(errs, fieldErr(file, "cache.stale_after", "must be < upstream[%d].timeouts.response_header (%s), got %s", i, rh, s))
 		}
 	}
 	return errs

@@ -1,5 +1,6 @@
 // Package api serves registryd's own endpoints under /hopless/v1/: the peer blob
-// endpoint that other masters fill from, the pins that the NRI plugin reports, and
+// endpoint that other masters fill from, the peer tag and manifest endpoints that
+// they ask when their upstream fails, the pins that the NRI plugin reports, and
 // prefetch jobs. Peer requests authenticate with the peers' shared token; pins and
 // prefetch with the API token. Neither token is ever logged.
 package api
@@ -17,6 +18,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/containerd/errdefs"
 	"github.com/distribution/distribution/v3"
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/opencontainers/go-digest"
@@ -93,6 +95,10 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case p == "/peer/blob" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
 		a.peerBlob(w, r)
+	case p == "/peer/tag" && r.Method == http.MethodGet:
+		a.peerTag(w, r)
+	case p == "/peer/manifest" && r.Method == http.MethodGet:
+		a.peerManifest(w, r)
 	case p == "/pins" && r.Method == http.MethodPut:
 		a.authorized(a.putPins)(w, r)
 	case p == "/prefetch" && r.Method == http.MethodPost:
@@ -158,6 +164,81 @@ func (a *API) peerBlob(w http.ResponseWriter, r *http.Request) {
 		}
 		writeRegistryError(w, err)
 	}
+}
+
+// peerLookup authenticates a peer's tag or manifest lookup and parses its upstream
+// and repository; on failure it has answered the request.
+func (a *API) peerLookup(w http.ResponseWriter, r *http.Request) (int, string, bool) {
+	if a.peers == nil || !a.peers.Authenticate(r) {
+		writeError(w, http.StatusUnauthorized, errcode.ErrorCodeUnauthorized.WithMessage("a valid peer token is required"))
+		return 0, "", false
+	}
+	q := r.URL.Query()
+	idx, ok := a.cache.Router().UpstreamByHost(q.Get("upstream"))
+	if !ok {
+		writeError(w, http.StatusNotFound, errcode.ErrorCodeNameUnknown.WithMessage(fmt.Sprintf("upstream %q is not configured here", q.Get("upstream"))))
+		return 0, "", false
+	}
+	repo := q.Get("repo")
+	if !cache.ValidName(repo) {
+		writeError(w, http.StatusBadRequest, errcode.ErrorCodeNameInvalid.WithMessage(fmt.Sprintf("invalid repository name %q", repo)))
+		return 0, "", false
+	}
+	return idx, repo, true
+}
+
+// peerTag tells another master what a tag last pointed to here, from the store only:
+// the asking master's upstream failed and it has no answer of its own. It never asks
+// the upstream or a peer, so lookups cannot loop. A tag not known here is 404.
+func (a *API) peerTag(w http.ResponseWriter, r *http.Request) {
+	idx, repo, ok := a.peerLookup(w, r)
+	if !ok {
+		return
+	}
+	tag := r.URL.Query().Get("tag")
+	if !cache.ValidTag(tag) {
+		writeError(w, http.StatusBadRequest, errcode.ErrorCodeTagInvalid.WithMessage(fmt.Sprintf("invalid tag %q", tag)))
+		return
+	}
+	t, err := a.cache.LocalTag(r.Context(), idx, repo, tag)
+	if errdefs.IsNotFound(err) {
+		writeError(w, http.StatusNotFound, errcode.ErrorCodeManifestUnknown.WithMessage(fmt.Sprintf("tag %q is not known here", tag)))
+		return
+	}
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, errcode.ErrorCodeUnknown.WithMessage("reading the tag failed"))
+		a.log.Warn("answering a peer's tag lookup failed", "repo", repo, "tag", tag, "error", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, peers.TagAnswer{Digest: t.Digest, MediaType: t.MediaType, Size: t.Size, Validated: t.Validated})
+}
+
+// peerManifest serves a manifest by digest to another master, from the store only.
+func (a *API) peerManifest(w http.ResponseWriter, r *http.Request) {
+	if _, _, ok := a.peerLookup(w, r); !ok {
+		return
+	}
+	q := r.URL.Query()
+	d, err := digest.Parse(q.Get("digest"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, errcode.ErrorCodeDigestInvalid.WithMessage(fmt.Sprintf("invalid digest %q: %v", q.Get("digest"), err)))
+		return
+	}
+	mt, payload, err := a.cache.LocalManifest(r.Context(), d)
+	if errdefs.IsNotFound(err) {
+		writeError(w, http.StatusNotFound, errcode.ErrorCodeManifestUnknown.WithMessage(fmt.Sprintf("manifest %s is not stored here", d)))
+		return
+	}
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, errcode.ErrorCodeUnknown.WithMessage("reading the manifest failed"))
+		a.log.Warn("answering a peer's manifest lookup failed", "digest", d, "error", err)
+		return
+	}
+	w.Header().Set("Content-Type", mt)
+	w.Header().Set("Docker-Content-Digest", d.String())
+	w.Header().Set("Content-Length", strconv.Itoa(len(payload)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(payload)
 }
 
 // Pins is the body of PUT /hopless/v1/pins: the images in use on one node. Each call

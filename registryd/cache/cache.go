@@ -20,6 +20,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/hopless/hopless/conf"
 	"github.com/hopless/hopless/registryd/fill"
 	"github.com/hopless/hopless/registryd/metrics"
 	"github.com/hopless/hopless/registryd/peers"
@@ -41,6 +42,12 @@ type Cache struct {
 
 	tagTTL      time.Duration
 	maxManifest int64
+	// staleAfter bounds the wait for a tag's revalidation of a request that has a
+	// last known answer to serve instead, and the wait for peers' answers.
+	staleAfter time.Duration
+	// negativeTTL is how long an upstream's failure is remembered per repository.
+	negativeTTL time.Duration
+	negative    negatives
 	// lookupTimeout bounds an upstream tag or manifest lookup that runs detached from
 	// the request that started it.
 	lookupTimeout time.Duration
@@ -63,6 +70,8 @@ type Config struct {
 	Metrics     *metrics.Metrics
 	TagTTL      time.Duration
 	MaxManifest int64
+	StaleAfter  time.Duration    // 0: conf.DefaultStaleAfter
+	NegativeTTL time.Duration    // 0: conf.DefaultNegativeTTL
 	Now         func() time.Time // nil: time.Now
 }
 
@@ -78,10 +87,17 @@ func New(ctx context.Context, c Config) *Cache {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.StaleAfter <= 0 {
+		c.StaleAfter = conf.DefaultStaleAfter
+	}
+	if c.NegativeTTL <= 0 {
+		c.NegativeTTL = conf.DefaultNegativeTTL
+	}
 	return &Cache{
 		store: c.Store, filler: c.Filler, upstreams: c.Upstreams, router: c.Router, peers: c.Peers,
 		log: c.Log, metrics: c.Metrics, now: c.Now,
 		tagTTL: c.TagTTL, maxManifest: c.MaxManifest, lookupTimeout: time.Minute, ctx: ctx,
+		staleAfter: c.StaleAfter, negativeTTL: c.NegativeTTL,
 	}
 }
 
@@ -101,6 +117,11 @@ func ValidName(name string) bool {
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$`)
+
+// ValidTag reports whether tag is a tag as the OCI distribution spec defines it.
+func ValidTag(tag string) bool { return tagRE.MatchString(tag) }
+
+var tagRE = regexp.MustCompile(`^[\w][\w.-]{0,127}$`)
 
 // Router returns the cache's router, which the HTTP layer uses to route requests.
 func (c *Cache) Router() *route.Router { return c.router }
@@ -203,21 +224,32 @@ type call[T any] struct {
 	done chan struct{}
 	val  T
 	err  error
+	// started is when the call began, for callers that wait on it for a bounded time.
+	started time.Time
 }
 
 func (f *flight[T]) do(ctx context.Context, key string, fn func() (T, error)) (T, error) {
-	f.mu.Lock()
-	if f.closed {
-		f.mu.Unlock()
+	c, err := f.start(key, fn)
+	if err != nil {
 		var zero T
-		return zero, fmt.Errorf("the cache is closed: %w", errdefs.ErrUnavailable)
+		return zero, err
+	}
+	return c.wait(ctx)
+}
+
+// start joins the running call for key, or starts fn as that call.
+func (f *flight[T]) start(key string, fn func() (T, error)) (*call[T], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil, fmt.Errorf("the cache is closed: %w", errdefs.ErrUnavailable)
 	}
 	if f.calls == nil {
 		f.calls = map[string]*call[T]{}
 	}
 	c, ok := f.calls[key]
 	if !ok {
-		c = &call[T]{done: make(chan struct{})}
+		c = &call[T]{done: make(chan struct{}), started: time.Now()}
 		f.calls[key] = c
 		f.wg.Go(func() {
 			c.val, c.err = fn()
@@ -227,13 +259,37 @@ func (f *flight[T]) do(ctx context.Context, key string, fn func() (T, error)) (T
 			close(c.done)
 		})
 	}
-	f.mu.Unlock()
+	return c, nil
+}
+
+// wait returns the call's result, or ctx's error if ctx ends first.
+func (c *call[T]) wait(ctx context.Context) (T, error) {
 	select {
 	case <-c.done:
 		return c.val, c.err
 	case <-ctx.Done():
 		var zero T
 		return zero, ctx.Err()
+	}
+}
+
+// waitUntil is wait, except that it also gives up, with done false, once the call
+// has run for limit.
+func (c *call[T]) waitUntil(ctx context.Context, limit time.Duration) (val T, done bool, err error) {
+	t := time.NewTimer(max(0, limit-time.Since(c.started)))
+	defer t.Stop()
+	select {
+	case <-c.done:
+		return c.val, true, c.err
+	case <-t.C:
+		select {
+		case <-c.done:
+			return c.val, true, c.err
+		default:
+		}
+		return val, false, nil
+	case <-ctx.Done():
+		return val, true, ctx.Err()
 	}
 }
 

@@ -425,19 +425,19 @@ func TestTagTTL(t *testing.T) {
 	up.Fail(http.StatusServiceUnavailable)
 	f.clock.Advance(ttl + time.Second)
 	pull("upstream answering 503", 3, registrytest.Digest(t, img2))
-	if !strings.Contains(f.log.String(), "serving the last known tag") {
+	if !strings.Contains(f.log.String(), "serving stale") {
 		t.Errorf("no log line says the stale tag was served:\n%s", f.log.String())
 	}
-	if got := counter(t, f.metrics.StaleTags); got < 1 {
+	if got := counter(t, f.metrics.StaleServed.WithLabelValues("error")); got < 1 {
 		t.Errorf("stale tags served = %v, want >= 1", got)
 	}
 
 	up.Fail(0)
 	up.Close()
 	f.clock.Advance(ttl + time.Second)
-	stale := counter(t, f.metrics.StaleTags)
+	stale := counter(t, f.metrics.StaleServed.WithLabelValues("error"))
 	pull("upstream stopped", 1, registrytest.Digest(t, img2))
-	if got := counter(t, f.metrics.StaleTags); got != stale+1 {
+	if got := counter(t, f.metrics.StaleServed.WithLabelValues("error")); got != stale+1 {
 		t.Errorf("stale tags served went from %v to %v, want one more", stale, got)
 	}
 	resp, body := f.get(t, http.MethodGet, f.repo+"/manifests/never-cached", acceptAll)

@@ -91,11 +91,29 @@ func UpstreamFailures(ctx context.Context, w http.ResponseWriter) (context.Conte
 type failureKey struct{}
 
 // failureNote is the upstream failure of one request, and the status of the registry
-// error it became.
+// error it became; or, for a request answered from a tag's last known answer, that
+// the answer is stale.
 type failureNote struct {
 	mu     sync.Mutex
 	err    *upstream.Error
 	status int
+	stale  bool
+}
+
+// markStale notes in ctx that the request is answered from a tag's last known
+// answer: its successful response says Hopless-Cache: stale.
+func markStale(ctx context.Context) {
+	if n, ok := ctx.Value(failureKey{}).(*failureNote); ok {
+		n.mu.Lock()
+		n.stale = true
+		n.mu.Unlock()
+	}
+}
+
+func (n *failureNote) isStale() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.stale
 }
 
 func (n *failureNote) set(e *upstream.Error, status int) {
@@ -130,6 +148,8 @@ func (w *failureWriter) WriteHeader(code int) {
 				h.Set("Retry-After", e.RetryAfter)
 			}
 			code = upstreamerr.WireStatus(f)
+		} else if code < 300 && w.note.isStale() {
+			w.Header().Set(CacheHeader, cacheStale)
 		}
 	}
 	w.ResponseWriter.WriteHeader(code)

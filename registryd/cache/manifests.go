@@ -51,7 +51,8 @@ func (m *manifests) Get(ctx context.Context, d digest.Digest, _ ...distribution.
 }
 
 // manifest returns manifest d from the store, or fetches it from the upstream once
-// for all concurrent callers and stores it.
+// for all concurrent callers and stores it. When the upstream fails, or failed a
+// moment ago and is not asked (see admit), a peer's copy is taken if one has it.
 func (c *Cache) manifest(ctx context.Context, req Request, d digest.Digest) (manifestResult, error) {
 	if mt, p, err := c.store.GetManifest(ctx, d); err == nil {
 		c.metrics.CacheHits.WithLabelValues("manifest").Inc()
@@ -64,22 +65,39 @@ func (c *Cache) manifest(ctx context.Context, req Request, d digest.Digest) (man
 	if err != nil {
 		return manifestResult{}, err
 	}
-	return c.manifestCalls.do(ctx, d.String(), func() (manifestResult, error) {
+	host, repo := up.Host(), req.Route.Repo
+	key := host + "/" + repo + "@" + d.String()
+	if failure := c.admit(host, repo, key); failure != nil {
+		if res, ok := c.peerManifest(ctx, req, d); ok {
+			return res, nil
+		}
+		c.metrics.NegativeFailures.Inc()
+		return manifestResult{}, rememberedError(fmt.Sprintf("fetching manifest %s of %s from %s", d, repo, host), failure)
+	}
+	res, err := c.manifestCalls.do(ctx, key, func() (manifestResult, error) {
 		lctx, cancel := context.WithTimeout(c.ctx, c.lookupTimeout)
 		defer cancel()
 		// A call that finished just before this one started may have stored it.
 		if mt, p, err := c.store.GetManifest(lctx, d); err == nil {
+			c.settle(host, repo, key, errNotAsked)
 			return manifestResult{mt, p}, nil
 		}
-		man, err := up.Manifest(lctx, req.Route.Repo, d.String(), c.maxManifest)
+		man, err := up.Manifest(lctx, repo, d.String(), c.maxManifest)
+		c.settle(host, repo, key, err)
 		if err != nil {
-			return manifestResult{}, fmt.Errorf("fetching manifest %s of %s from %s: %w", d, req.Route.Repo, up.Host(), err)
+			return manifestResult{}, fmt.Errorf("fetching manifest %s of %s from %s: %w", d, repo, host, err)
 		}
 		if err := c.store.PutManifest(lctx, d, man.MediaType, man.Payload); err != nil {
 			return manifestResult{}, fmt.Errorf("caching manifest %s: %w", d, err)
 		}
 		return manifestResult{man.MediaType, man.Payload}, nil
 	})
+	if err != nil && isUpstreamFailure(err) && ctx.Err() == nil {
+		if res, ok := c.peerManifest(ctx, req, d); ok {
+			return res, nil
+		}
+	}
+	return res, err
 }
 
 func (m *manifests) Put(context.Context, distribution.Manifest, ...distribution.ManifestServiceOption) (digest.Digest, error) {

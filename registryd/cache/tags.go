@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/containerd/errdefs"
@@ -14,7 +15,11 @@ import (
 
 // tags resolves tags through the cache: a tag is served from the store for TagTTL
 // after upstream last confirmed it; then upstream is asked once for all concurrent
-// callers; if upstream cannot be asked, the last known tag is served (stale-if-error).
+// callers, in the background. A caller with a last known answer waits for that
+// revalidation for StaleAfter at most, and is served the last known answer if it
+// takes longer or the upstream fails (stale-if-error). A caller without one asks the
+// peers for theirs when the upstream fails or is slow. An upstream that failed is
+// not asked again for NegativeTTL (see admit).
 type tags struct {
 	cache *Cache
 	req   Request
@@ -42,7 +47,8 @@ func (c *Cache) resolveTag(ctx context.Context, req Request, tag string) (v1.Des
 	if err != nil {
 		return v1.Descriptor{}, err
 	}
-	cached, cerr := c.store.GetTag(ctx, up.Host(), req.Route.Repo, tag)
+	host, repo := up.Host(), req.Route.Repo
+	cached, cerr := c.store.GetTag(ctx, host, repo, tag)
 	if cerr == nil && c.fresh(cached) {
 		c.metrics.CacheHits.WithLabelValues("tag").Inc()
 		return tagDescriptor(cached), nil
@@ -51,33 +57,76 @@ func (c *Cache) resolveTag(ctx context.Context, req Request, tag string) (v1.Des
 		return v1.Descriptor{}, cerr
 	}
 	c.metrics.CacheMisses.WithLabelValues("tag").Inc()
-	key := up.Host() + "/" + req.Route.Repo + ":" + tag
-	res, err := c.tagCalls.do(ctx, key, func() (tagResult, error) {
+	stale := cerr == nil
+	key := host + "/" + repo + ":" + tag
+	if failure := c.admit(host, repo, key); failure != nil {
+		err := rememberedError(fmt.Sprintf("resolving %s:%s at %s", repo, tag, host), failure)
+		if stale {
+			return c.serveStale(ctx, req, tag, cached, staleNegative, err), nil
+		}
+		if desc, ok := c.peerTag(ctx, req, tag); ok {
+			return desc, nil
+		}
+		c.metrics.NegativeFailures.Inc()
+		return v1.Descriptor{}, err
+	}
+	call, err := c.tagCalls.start(key, func() (tagResult, error) {
 		lctx, cancel := context.WithTimeout(c.ctx, c.lookupTimeout)
 		defer cancel()
 		// A revalidation that finished just before this one started counts.
-		if t, err := c.store.GetTag(lctx, up.Host(), req.Route.Repo, tag); err == nil && c.fresh(t) {
+		if t, err := c.store.GetTag(lctx, host, repo, tag); err == nil && c.fresh(t) {
+			c.settle(host, repo, key, errNotAsked)
 			return tagResult{desc: tagDescriptor(t)}, nil
 		}
-		return c.revalidateTag(lctx, req, tag)
+		return c.revalidateTag(lctx, req, key, tag)
 	})
+	if err != nil {
+		c.settle(host, repo, key, errNotAsked)
+		if stale {
+			return c.serveStale(ctx, req, tag, cached, staleError, err), nil
+		}
+		return v1.Descriptor{}, err
+	}
+	res, done, err := call.waitUntil(ctx, c.staleAfter)
+	askedPeers := false
+	if !done {
+		// No answer within stale_after: the revalidation goes on for later callers.
+		if stale {
+			return c.serveStale(ctx, req, tag, cached, staleTimeout,
+				fmt.Sprintf("upstream %s has not answered within %s", host, c.staleAfter)), nil
+		}
+		if desc, ok := c.peerTag(ctx, req, tag); ok {
+			return desc, nil
+		}
+		askedPeers = true
+		res, err = call.wait(ctx)
+	}
 	if err == nil {
 		return res.desc, nil
 	}
-	if cerr == nil && upstreamUnavailable(err) {
-		c.metrics.StaleTags.Inc()
-		c.log.Warn("upstream unavailable, serving the last known tag", "upstream", up.Host(), "repo", req.Route.Repo, "tag", tag,
-			"digest", cached.Digest, "validated", cached.Validated, "error", err)
-		return tagDescriptor(cached), nil
+	if !upstreamUnavailable(err) || ctx.Err() != nil {
+		return v1.Descriptor{}, err
+	}
+	if stale {
+		return c.serveStale(ctx, req, tag, cached, staleError, err), nil
+	}
+	if !askedPeers {
+		if desc, ok := c.peerTag(ctx, req, tag); ok {
+			return desc, nil
+		}
 	}
 	return v1.Descriptor{}, err
 }
 
+// errNotAsked settles a lookup that did not ask the upstream.
+var errNotAsked = errors.New("the upstream was not asked")
+
 // revalidateTag asks upstream what tag points to, makes sure that manifest is cached,
-// and records the tag.
-func (c *Cache) revalidateTag(ctx context.Context, req Request, tag string) (tagResult, error) {
+// and records the tag. key is the lookup's flight key, for the negative cache.
+func (c *Cache) revalidateTag(ctx context.Context, req Request, key, tag string) (tagResult, error) {
 	up := c.upstreams[req.Route.Upstream]
 	desc, err := up.HeadManifest(ctx, req.Route.Repo, tag, c.maxManifest)
+	c.settle(up.Host(), req.Route.Repo, key, err)
 	if err != nil {
 		return tagResult{}, fmt.Errorf("resolving %s:%s at %s: %w", req.Route.Repo, tag, up.Host(), err)
 	}

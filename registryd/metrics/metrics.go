@@ -21,8 +21,18 @@ type Metrics struct {
 	// CacheHits and CacheMisses count lookups by kind (blob, manifest, tag).
 	CacheHits   *prometheus.CounterVec
 	CacheMisses *prometheus.CounterVec
-	// StaleTags counts tags served from cache because upstream failed.
-	StaleTags prometheus.Counter
+	// StaleServed counts tags served from the last known answer rather than a
+	// fresh one, by kind: timeout (the revalidation had no answer within
+	// cache.stale_after), error (the upstream failed), negative (the upstream's
+	// failure is remembered, it was not asked) and peer (the answer is another
+	// master's, this one had none).
+	StaleServed *prometheus.CounterVec
+	// NegativeFailures counts tag and manifest requests failed at once with an
+	// upstream failure remembered by the negative cache.
+	NegativeFailures prometheus.Counter
+	// PeerLookups counts tag and manifest lookups asked of peers, by kind (tag,
+	// manifest) and result (ok, unknown, error).
+	PeerLookups *prometheus.CounterVec
 	// UpstreamRequests counts requests to upstreams by upstream host, kind (blob,
 	// manifest, tag, ping, token) and status code ("error" for transport errors).
 	UpstreamRequests *prometheus.CounterVec
@@ -69,9 +79,21 @@ func New() *Metrics {
 	m.CacheMisses = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "hopless_registryd_cache_misses_total", Help: "Lookups not in the cache, by kind (blob, manifest, tag).",
 	}, []string{"kind"})
-	m.StaleTags = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "hopless_registryd_stale_tags_served_total", Help: "Tags served from cache because the upstream could not be asked.",
+	m.StaleServed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hopless_registryd_stale_served_total",
+		Help: "Tags served from the last known answer, by kind (timeout, error, negative, peer).",
+	}, []string{"kind"})
+	for _, kind := range []string{"timeout", "error", "negative", "peer"} {
+		m.StaleServed.WithLabelValues(kind)
+	}
+	m.NegativeFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "hopless_registryd_negative_cache_failures_total",
+		Help: "Tag and manifest requests failed at once with a remembered upstream failure.",
 	})
+	m.PeerLookups = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hopless_registryd_peer_lookups_total",
+		Help: "Tag and manifest lookups asked of peers, by kind (tag, manifest) and result (ok, unknown, error).",
+	}, []string{"kind", "result"})
 	m.UpstreamRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "hopless_registryd_upstream_requests_total", Help: "Requests to upstreams by upstream, kind and status code.",
 	}, []string{"upstream", "kind", "code"})
@@ -110,7 +132,7 @@ func New() *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.HTTPRequests, m.HTTPResponseBytes,
-		m.CacheHits, m.CacheMisses, m.StaleTags,
+		m.CacheHits, m.CacheMisses, m.StaleServed, m.NegativeFailures, m.PeerLookups,
 		m.UpstreamRequests, m.UpstreamBytes,
 		m.PeerFills, m.PeerRequests,
 		m.FillsInFlight, m.FillDuration, m.FillResumes, m.VerifyFailures,

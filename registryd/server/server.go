@@ -158,6 +158,7 @@ func New(ctx context.Context, cfg *conf.Registryd, opts ...Option) (s *Server, e
 	s.cache = cache.New(bg, cache.Config{
 		Store: s.store, Filler: s.filler, Upstreams: s.upstreams, Router: route.New(cfg.Upstream), Peers: s.peers,
 		Log: s.log, Metrics: s.metrics, TagTTL: cfg.Cache.TagTTL.Duration, MaxManifest: int64(cfg.Cache.MaxManifestBytes),
+		StaleAfter: cfg.Cache.StaleAfter.Duration, NegativeTTL: cfg.Cache.NegativeTTL.Duration,
 		Now: o.now,
 	})
 	s.api = api.New(bg, api.Config{Cache: s.cache, Store: s.store, Peers: s.peers, Token: apiToken, Log: s.log, Metrics: s.metrics})
