@@ -1011,6 +1011,17 @@ func TestCloseStopsStalledFill(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-opened
+	// The source has sent its 300 KiB and stalls; wait until the fill has spooled
+	// them all, so that Close, not the timing of the last write, decides what stays.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if st, err := os.Stat(c.SpoolPath(d)); err == nil && st.Size() == 300*kib {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the fill did not spool the 300 KiB the source sent")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 
 	closed := make(chan struct{})
 	start := time.Now()
