@@ -142,13 +142,18 @@ func (a *API) peerBlob(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, errcode.ErrorCodeNameInvalid.WithMessage(fmt.Sprintf("invalid repository name %q", repo)))
 		return
 	}
+	// The alias is a boundary here too: only repositories that a client name maps to.
+	if !a.cache.Router().Reachable(idx, repo) {
+		writeError(w, http.StatusNotFound, errcode.ErrorCodeNameUnknown.WithMessage(fmt.Sprintf("repository %q is not configured", repo)))
+		return
+	}
 	d, err := digest.Parse(q.Get("digest"))
 	if err != nil {
 		writeError(w, http.StatusBadRequest, errcode.ErrorCodeDigestInvalid.WithMessage(fmt.Sprintf("invalid digest %q: %v", q.Get("digest"), err)))
 		return
 	}
-	req := cache.Request{Route: route.Route{Upstream: idx, Repo: repo}, FromPeer: true}
-	ctx, w := cache.UpstreamFailures(r.Context(), w)
+	req := cache.Request{Route: route.Route{Upstream: idx, Repo: repo}, Name: repo, FromPeer: true}
+	ctx, w := cache.UpstreamFailures(cache.WithRequest(r.Context(), req), w)
 	if err := a.cache.ServeBlob(ctx, w, r, req, d); err != nil {
 		// The asking peer reads 404 as a definite answer; anything else as this
 		// master being unable to serve, which ejects it.

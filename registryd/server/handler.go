@@ -128,7 +128,7 @@ func (s *Server) route(r *http.Request, name, kind, ref string) (*cache.Request,
 		}
 		return nil, http.StatusNotFound, "NAME_UNKNOWN", err.Error()
 	}
-	return &cache.Request{Route: rt}, 0, "", ""
+	return &cache.Request{Route: rt, Name: name}, 0, "", ""
 }
 
 // badPath reports a /v2/ path with an empty, "." or ".." segment. distribution's
