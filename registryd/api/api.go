@@ -6,6 +6,7 @@ package api
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -48,6 +49,9 @@ type API struct {
 	// ctx is the server's lifetime; prefetch jobs run on it.
 	ctx context.Context
 
+	// tokenSum is token's SHA-256: comparing digests hides the token's length too.
+	tokenSum [sha256.Size]byte
+
 	mu     sync.Mutex
 	jobs   map[string]*job
 	order  []string
@@ -76,7 +80,8 @@ func New(ctx context.Context, c Config) *API {
 	if c.Metrics == nil {
 		c.Metrics = metrics.New()
 	}
-	return &API{cache: c.Cache, store: c.Store, peers: c.Peers, token: c.Token, log: c.Log, metrics: c.Metrics, ctx: ctx, jobs: map[string]*job{}}
+	return &API{cache: c.Cache, store: c.Store, peers: c.Peers, token: c.Token, tokenSum: sha256.Sum256([]byte(c.Token)),
+		log: c.Log, metrics: c.Metrics, ctx: ctx, jobs: map[string]*job{}}
 }
 
 // Close waits for the prefetch jobs, which end once New's ctx is done. Jobs asked
@@ -112,7 +117,8 @@ func (a *API) authorized(next http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(a.token)) != 1 {
+		sum := sha256.Sum256([]byte(got))
+		if !ok || subtle.ConstantTimeCompare(sum[:], a.tokenSum[:]) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="hopless"`)
 			writeError(w, http.StatusUnauthorized, errcode.ErrorCodeUnauthorized.WithMessage("a valid API bearer token is required"))
 			return
@@ -201,7 +207,9 @@ func (a *API) putPins(w http.ResponseWriter, r *http.Request) {
 		ds = append(ds, d)
 	}
 	if err := a.store.SetPins(r.Context(), p.Source, ds); err != nil {
-		writeRegistryError(w, err)
+		// The error names storage paths: the log gets it, the client its kind.
+		a.log.Warn("storing pins failed", "source", p.Source, "error", err)
+		writeError(w, http.StatusInternalServerError, errcode.ErrorCodeUnknown.WithMessage("storing the pins of "+p.Source+" failed; see registryd's log"))
 		return
 	}
 	a.log.Info("pins replaced", "source", p.Source, "images", len(ds))

@@ -258,7 +258,7 @@ func TestHealth(t *testing.T) {
 		{
 			name: "spool missing", path: "/readyz",
 			breakFS:  func(t *testing.T, _, spool string) { mustRemove(t, spool) },
-			wantCode: http.StatusServiceUnavailable, wantBody: "storage.spool: stat",
+			wantCode: http.StatusServiceUnavailable, wantBody: "storage.spool does not exist",
 		},
 		{
 			name: "spool is a file", path: "/readyz",
@@ -266,12 +266,12 @@ func TestHealth(t *testing.T) {
 				mustRemove(t, spool)
 				mustWrite(t, spool)
 			},
-			wantCode: http.StatusServiceUnavailable, wantBody: "is not a directory",
+			wantCode: http.StatusServiceUnavailable, wantBody: "storage.spool is not a directory",
 		},
 		{
 			name: "root missing", path: "/readyz", separateSpool: true,
 			breakFS:  func(t *testing.T, root, _ string) { mustRemove(t, root) },
-			wantCode: http.StatusServiceUnavailable, wantBody: "storage.root: stat",
+			wantCode: http.StatusServiceUnavailable, wantBody: "storage.root does not exist",
 		},
 		{
 			name: "root is a file", path: "/readyz", separateSpool: true,
@@ -279,7 +279,7 @@ func TestHealth(t *testing.T) {
 				mustRemove(t, root)
 				mustWrite(t, root)
 			},
-			wantCode: http.StatusServiceUnavailable, wantBody: "storage.root: ",
+			wantCode: http.StatusServiceUnavailable, wantBody: "storage.root is not a directory",
 		},
 		{
 			name: "root not writable", path: "/readyz", separateSpool: true,
@@ -321,6 +321,9 @@ func TestHealth(t *testing.T) {
 			w := serve(s, http.MethodGet, tt.path)
 			if w.Code != tt.wantCode || !strings.Contains(w.Body.String(), tt.wantBody) {
 				t.Errorf("GET %s: %d %q, want %d containing %q", tt.path, w.Code, w.Body, tt.wantCode, tt.wantBody)
+			}
+			if strings.Contains(w.Body.String(), env.Dir) {
+				t.Errorf("GET %s: the answer names a local path: %q", tt.path, w.Body)
 			}
 			if got := counterValue(t, s.metrics.HTTPRequests.WithLabelValues("GET", kindHealth, strconv.Itoa(tt.wantCode))); got != 1 {
 				t.Errorf("health counter = %v, want 1", got)
