@@ -162,6 +162,7 @@ func (s *Store) load(ctx context.Context) error {
 		s.log.Info("index rebuilt from storage", "entries", len(s.entries), "tags", len(s.tags),
 			"bytes", s.size, "had_index", prev != nil, "took", time.Since(start))
 	}
+	s.linkTags()
 	if err := s.loadPins(ctx); err != nil {
 		return err
 	}

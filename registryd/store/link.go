@@ -17,8 +17,10 @@ import (
 //
 // Links live in memory and in index.json (their "links" list), written with it. A
 // rebuilt index keeps the links of the index it replaces for the content it finds;
-// a link lost to a crash costs one HEAD to the upstream. Evicting, or forgetting,
-// content drops its links.
+// a link lost to a crash costs one HEAD to the upstream. At start, every stored tag
+// links its manifest, and what that reaches, to the tag's repository: the upstream
+// said the tag is there (this also links content cached before links existed).
+// Evicting, or forgetting, content drops its links.
 
 // linkRepo is one upstream repository.
 type linkRepo struct{ upstream, repo string }
@@ -141,6 +143,32 @@ func (s *Store) loadLinksLocked(recs []linkRecord) {
 				continue
 			}
 			s.linkLocked(r, d)
+		}
+	}
+}
+
+// linkTags links each tag's manifest, and everything stored that it reaches, to the
+// tag's repository.
+func (s *Store) linkTags() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, t := range s.tags {
+		r := linkRepo{k.upstream, k.repo}
+		queue := []digest.Digest{t.Digest}
+		for len(queue) > 0 {
+			d := queue[len(queue)-1]
+			queue = queue[:len(queue)-1]
+			e := s.entries[d]
+			if e == nil {
+				continue
+			}
+			if _, ok := s.links[d][r]; ok {
+				continue
+			}
+			s.linkLocked(r, d)
+			if e.kind == kindManifest {
+				queue = append(queue, e.refs...)
+			}
 		}
 	}
 }

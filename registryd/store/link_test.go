@@ -1,6 +1,7 @@
 package store
 
 import (
+	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -174,5 +175,47 @@ func TestLinksGoWithContent(t *testing.T) {
 				t.Error("a blob found gone is still linked")
 			}
 		})
+	}
+}
+
+// TestTagsLink: at start, stored tags link their manifests and what those reach to
+// the tags' repositories, whatever links the index had.
+func TestTagsLink(t *testing.T) {
+	t.Parallel()
+	for _, name := range backendNames {
+		for _, crash := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/crash=%v", name, crash), func(t *testing.T) {
+				t.Parallel()
+				b := newBackend(t, name)
+				s := b.open(t)
+				img, refs := putImage(t, s, 1, randomBytes(2, 300))
+				idx := putIndex(t, s, img)
+				loose := commit(t, s, randomBytes(3, 100))
+				if err := s.PutTag(t.Context(), linkHost, "deckhouse/ce/a", "v1", Tag{Digest: idx, Size: 1}); err != nil {
+					t.Fatal(err)
+				}
+				if s.Linked(linkHost, "deckhouse/ce/a", idx) {
+					t.Fatal("a tag linked its manifest before a restart")
+				}
+				if crash {
+					s.kill()
+				} else if err := s.Close(); err != nil {
+					t.Fatal(err)
+				}
+
+				s2 := b.open(t)
+				for _, d := range append([]digest.Digest{idx, img}, refs...) {
+					if !s2.Linked(linkHost, "deckhouse/ce/a", d) {
+						t.Errorf("%s, reached from tag v1, is not linked to its repository", d)
+					}
+					if s2.Linked(linkHost, "deckhouse/ce/b", d) {
+						t.Errorf("%s is linked to a repository without the tag", d)
+					}
+				}
+				if s2.Linked(linkHost, "deckhouse/ce/a", loose) {
+					t.Error("a blob no tag reaches is linked")
+				}
+			})
+		}
 	}
 }
