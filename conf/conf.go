@@ -206,6 +206,11 @@ type Upstream struct {
 	// Path is the upstream repository path that LocalPrefix maps to, e.g. "deckhouse/ce".
 	// Empty maps LocalPrefix/X to X.
 	Path string `toml:"path"`
+	// AllowUnprefixed lets names outside LocalPrefix through to this upstream
+	// unchanged (with ns naming it, or as the first such upstream without ns). Off by
+	// default: registryd refuses them as not configured, so that its credentials never
+	// reach repositories outside the alias.
+	AllowUnprefixed bool `toml:"allow_unprefixed"`
 	// NS lists the values of the ns query parameter (the registry host a client
 	// pulled) that select this upstream. Default: the URL's host.
 	NS       []string         `toml:"ns"`

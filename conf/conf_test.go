@@ -1053,6 +1053,20 @@ level = "debug"
 			want: []fieldWant{{"upstream[0].path", `must be a repository path like deckhouse/ce, got "deckhouse//ce"`}},
 		},
 		{
+			name: "allow_unprefixed is off unless set",
+			text: registrydOK + "[[upstream]]\nurl = \"https://b.example\"\nlocal_prefix = \"b\"\nallow_unprefixed = true\n",
+			check: func(t *testing.T, _ string, r *Registryd) {
+				if r.Upstream[0].AllowUnprefixed || !r.Upstream[1].AllowUnprefixed {
+					t.Errorf("AllowUnprefixed = %v, %v; want false, true", r.Upstream[0].AllowUnprefixed, r.Upstream[1].AllowUnprefixed)
+				}
+			},
+		},
+		{
+			name: "allow_unprefixed of the wrong type",
+			text: registrydOK + "allow_unprefixed = \"yes\"\n",
+			want: []fieldWant{{"upstream[0].allow_unprefixed", `must be true or false, got string "yes"`}},
+		},
+		{
 			name: "bad upstream URL",
 			text: strings.Replace(registrydOK, "https://registry.example", "http://registry.example", 1),
 			want: []fieldWant{{"upstream[0].url", "plain http needs tls.insecure = true"}},

@@ -7,6 +7,7 @@ package api
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -50,6 +51,9 @@ type API struct {
 	// ctx is the server's lifetime; prefetch jobs run on it.
 	ctx context.Context
 
+	// tokenSum is token's SHA-256: comparing digests hides the token's length too.
+	tokenSum [sha256.Size]byte
+
 	mu     sync.Mutex
 	jobs   map[string]*job
 	order  []string
@@ -78,7 +82,8 @@ func New(ctx context.Context, c Config) *API {
 	if c.Metrics == nil {
 		c.Metrics = metrics.New()
 	}
-	return &API{cache: c.Cache, store: c.Store, peers: c.Peers, token: c.Token, log: c.Log, metrics: c.Metrics, ctx: ctx, jobs: map[string]*job{}}
+	return &API{cache: c.Cache, store: c.Store, peers: c.Peers, token: c.Token, tokenSum: sha256.Sum256([]byte(c.Token)),
+		log: c.Log, metrics: c.Metrics, ctx: ctx, jobs: map[string]*job{}}
 }
 
 // Close waits for the prefetch jobs, which end once New's ctx is done. Jobs asked
@@ -118,7 +123,8 @@ func (a *API) authorized(next http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(a.token)) != 1 {
+		sum := sha256.Sum256([]byte(got))
+		if !ok || subtle.ConstantTimeCompare(sum[:], a.tokenSum[:]) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="hopless"`)
 			writeError(w, http.StatusUnauthorized, errcode.ErrorCodeUnauthorized.WithMessage("a valid API bearer token is required"))
 			return
@@ -148,13 +154,18 @@ func (a *API) peerBlob(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, errcode.ErrorCodeNameInvalid.WithMessage(fmt.Sprintf("invalid repository name %q", repo)))
 		return
 	}
+	// The alias is a boundary here too: only repositories that a client name maps to.
+	if !a.cache.Router().Reachable(idx, repo) {
+		writeError(w, http.StatusNotFound, errcode.ErrorCodeNameUnknown.WithMessage(fmt.Sprintf("repository %q is not configured", repo)))
+		return
+	}
 	d, err := digest.Parse(q.Get("digest"))
 	if err != nil {
 		writeError(w, http.StatusBadRequest, errcode.ErrorCodeDigestInvalid.WithMessage(fmt.Sprintf("invalid digest %q: %v", q.Get("digest"), err)))
 		return
 	}
-	req := cache.Request{Route: route.Route{Upstream: idx, Repo: repo}, FromPeer: true}
-	ctx, w := cache.UpstreamFailures(r.Context(), w)
+	req := cache.Request{Route: route.Route{Upstream: idx, Repo: repo}, Name: repo, FromPeer: true}
+	ctx, w := cache.UpstreamFailures(cache.WithRequest(r.Context(), req), w)
 	if err := a.cache.ServeBlob(ctx, w, r, req, d); err != nil {
 		// The asking peer reads 404 as a definite answer; anything else as this
 		// master being unable to serve, which ejects it.
@@ -277,7 +288,9 @@ func (a *API) putPins(w http.ResponseWriter, r *http.Request) {
 		ds = append(ds, d)
 	}
 	if err := a.store.SetPins(r.Context(), p.Source, ds); err != nil {
-		writeRegistryError(w, err)
+		// The error names storage paths: the log gets it, the client its kind.
+		a.log.Warn("storing pins failed", "source", p.Source, "error", err)
+		writeError(w, http.StatusInternalServerError, errcode.ErrorCodeUnknown.WithMessage("storing the pins of "+p.Source+" failed; see registryd's log"))
 		return
 	}
 	a.log.Info("pins replaced", "source", p.Source, "images", len(ds))

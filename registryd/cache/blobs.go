@@ -33,20 +33,21 @@ func blobDescriptor(d digest.Digest, size int64) v1.Descriptor {
 }
 
 // Stat answers from the store, or starts the fill and waits for the size that the
-// first upstream response gives: a HEAD is usually followed by a GET.
+// first upstream response gives: a HEAD is usually followed by a GET. Either way the
+// blob must be linked to the request's repository, or be confirmed there.
 func (b *blobs) Stat(ctx context.Context, d digest.Digest) (v1.Descriptor, error) {
 	if size, err := b.cache.store.StatBlob(ctx, d); err == nil {
+		if err := b.cache.allowBlob(ctx, b.req, d); err != nil {
+			return v1.Descriptor{}, b.cache.blobError(ctx, d, err)
+		}
 		return blobDescriptor(d, size), nil
 	} else if !errdefs.IsNotFound(err) {
-		return v1.Descriptor{}, b.cache.registryError(ctx, err)
+		return v1.Descriptor{}, b.cache.blobError(ctx, d, err)
 	}
 	b.missed.Store(true)
-	size, err := b.cache.fillBlob(b.req, d).Size(ctx)
+	_, size, err := b.cache.scopedFill(ctx, b.req, d)
 	if err != nil {
-		if errdefs.IsNotFound(err) {
-			return v1.Descriptor{}, distribution.ErrBlobUnknown
-		}
-		return v1.Descriptor{}, b.cache.registryError(ctx, err)
+		return v1.Descriptor{}, b.cache.blobError(ctx, d, err)
 	}
 	return blobDescriptor(d, size), nil
 }
@@ -64,26 +65,30 @@ func (b *blobs) Get(ctx context.Context, d digest.Digest) ([]byte, error) {
 func (b *blobs) Open(ctx context.Context, d digest.Digest) (io.ReadSeekCloser, error) {
 	rs, _, err := b.cache.store.OpenBlob(ctx, d)
 	if err == nil {
+		if err := b.cache.allowBlob(ctx, b.req, d); err != nil {
+			_ = rs.Close()
+			return nil, b.cache.blobError(ctx, d, err)
+		}
 		return rs, nil
 	}
 	if !errdefs.IsNotFound(err) {
-		return nil, b.cache.registryError(ctx, err)
+		return nil, b.cache.blobError(ctx, d, err)
 	}
-	fl := b.cache.fillBlob(b.req, d)
+	fl, _, err := b.cache.scopedFill(ctx, b.req, d)
+	if err != nil {
+		return nil, b.cache.blobError(ctx, d, err)
+	}
 	select {
 	case <-fl.Done():
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
 	if err := fl.Err(); err != nil {
-		if errdefs.IsNotFound(err) {
-			return nil, distribution.ErrBlobUnknown
-		}
-		return nil, b.cache.registryError(ctx, err)
+		return nil, b.cache.blobError(ctx, d, err)
 	}
 	rs, _, err = b.cache.store.OpenBlob(ctx, d)
 	if err != nil {
-		return nil, b.cache.registryError(ctx, err)
+		return nil, b.cache.blobError(ctx, d, err)
 	}
 	return rs, nil
 }
@@ -104,7 +109,8 @@ func (c *Cache) ServeBlob(ctx context.Context, w http.ResponseWriter, r *http.Re
 
 // serveBlob serves d; missed says the request already missed the store. A GET with
 // Cache-Control: no-cache first hashes the stored copy whole, whatever was verified
-// before; a bad copy is removed and the request served as a miss.
+// before; a bad copy is removed and the request served as a miss. A stored copy is
+// served only under a repository it is linked to, or confirmed in now.
 func (c *Cache) serveBlob(ctx context.Context, w http.ResponseWriter, r *http.Request, req Request, d digest.Digest, missed bool) error {
 	if r.Method == http.MethodGet && noCache(r.Header) {
 		err := c.store.VerifyBlob(ctx, d)
@@ -112,12 +118,15 @@ func (c *Cache) serveBlob(ctx context.Context, w http.ResponseWriter, r *http.Re
 		case errdefs.IsDataLoss(err):
 			c.log.Warn("a client asked for a fresh copy and the stored one was corrupt; filling it again", "digest", d)
 		case err != nil && !errdefs.IsNotFound(err):
-			return c.registryError(ctx, err)
+			return c.blobError(ctx, d, err)
 		}
 	}
 	rs, _, err := c.store.OpenBlob(ctx, d)
 	if err == nil {
 		defer rs.Close()
+		if err := c.allowBlob(ctx, req, d); err != nil {
+			return c.blobError(ctx, d, err)
+		}
 		if missed {
 			c.metrics.CacheMisses.WithLabelValues("blob").Inc()
 		} else {
@@ -128,16 +137,12 @@ func (c *Cache) serveBlob(ctx context.Context, w http.ResponseWriter, r *http.Re
 		return nil
 	}
 	if !errdefs.IsNotFound(err) {
-		return c.registryError(ctx, err)
+		return c.blobError(ctx, d, err)
 	}
 	c.metrics.CacheMisses.WithLabelValues("blob").Inc()
-	fl := c.fillBlob(req, d)
-	size, err := fl.Size(ctx)
+	fl, size, err := c.scopedFill(ctx, req, d)
 	if err != nil {
-		if errdefs.IsNotFound(err) {
-			return distribution.ErrBlobUnknown
-		}
-		return c.registryError(ctx, err)
+		return c.blobError(ctx, d, err)
 	}
 	setBlobHeaders(w, d, cacheMiss)
 	start, end, partial, ok := parseRange(r.Header.Get("Range"), size)

@@ -57,6 +57,7 @@ type Cache struct {
 
 	tagCalls      flight[tagResult]
 	manifestCalls flight[manifestResult]
+	scope         scope // see scope.go
 }
 
 // Config carries the parts a Cache is built from.
@@ -106,6 +107,7 @@ func New(ctx context.Context, c Config) *Cache {
 func (c *Cache) Close() {
 	c.tagCalls.close()
 	c.manifestCalls.close()
+	c.scope.confirms.close()
 }
 
 // ValidName reports whether name is a repository name as the OCI distribution spec
@@ -130,6 +132,8 @@ func (c *Cache) Router() *route.Router { return c.router }
 // the HTTP layer into the middleware.
 type Request struct {
 	Route route.Route
+	// Name is the repository as the client named it, for error messages.
+	Name string
 	// FromPeer marks a request from another master: it is served from the local cache
 	// or the upstream, never forwarded to a peer again, so peer requests cannot loop.
 	FromPeer bool
@@ -152,7 +156,8 @@ func requestFrom(ctx context.Context) (Request, bool) {
 // within the fill. An owner that passes on its upstream's failure has not failed: the
 // failure is the fill's, and the upstream is not asked again from here, which would
 // double the load on a failing upstream and the wait of whoever asked. The label says
-// where the fill starts, for metrics.
+// where the fill starts, for metrics. An answer with the blob links it to req's
+// repository; a stored copy is used only when it is linked there already.
 func (c *Cache) blobSource(req Request, d digest.Digest) (fill.Source, string) {
 	up := c.upstreams[req.Route.Upstream]
 	var owner peers.Peer
@@ -162,20 +167,21 @@ func (c *Cache) blobSource(req Request, d digest.Digest) (fill.Source, string) {
 	}
 	if !usePeer {
 		return func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
-			if rc, size, ok := c.storedBlob(ctx, d, offset); ok {
+			if rc, size, ok := c.storedBlob(ctx, req, d, offset); ok {
 				return rc, size, nil
 			}
-			return up.Blob(ctx, req.Route.Repo, d, offset)
+			return c.fetched(req, d)(up.Blob(ctx, req.Route.Repo, d, offset))
 		}, "upstream"
 	}
 	var peerFailed atomic.Bool
 	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
-		if rc, size, ok := c.storedBlob(ctx, d, offset); ok {
+		if rc, size, ok := c.storedBlob(ctx, req, d, offset); ok {
 			return rc, size, nil
 		}
 		if !peerFailed.Load() {
 			rc, size, err := c.peers.Blob(ctx, owner, up.Host(), req.Route.Repo, d, offset)
 			if err == nil {
+				c.link(req, d)
 				return rc, size, nil
 			}
 			var ue *upstream.Error
@@ -185,14 +191,28 @@ func (c *Cache) blobSource(req Request, d digest.Digest) (fill.Source, string) {
 			c.log.Warn("peer fill failed, falling back to upstream", "peer", owner.URL, "digest", d, "error", err)
 			peerFailed.Store(true)
 		}
-		return up.Blob(ctx, req.Route.Repo, d, offset)
+		return c.fetched(req, d)(up.Blob(ctx, req.Route.Repo, d, offset))
 	}, "peer"
+}
+
+// fetched links d to req's repository when the upstream's answer has it.
+func (c *Cache) fetched(req Request, d digest.Digest) func(io.ReadCloser, int64, error) (io.ReadCloser, int64, error) {
+	return func(rc io.ReadCloser, size int64, err error) (io.ReadCloser, int64, error) {
+		if err == nil {
+			c.link(req, d)
+		}
+		return rc, size, err
+	}
 }
 
 // storedBlob opens d in the store at offset. A caller that missed the store can start
 // a new fill just after the previous fill of d committed and left the in-flight set;
-// that fill then copies the stored blob instead of fetching it again.
-func (c *Cache) storedBlob(ctx context.Context, d digest.Digest, offset int64) (io.ReadCloser, int64, bool) {
+// that fill then copies the stored blob instead of fetching it again, if it is
+// linked to req's repository (otherwise the fetch is what confirms it there).
+func (c *Cache) storedBlob(ctx context.Context, req Request, d digest.Digest, offset int64) (io.ReadCloser, int64, bool) {
+	if !c.linked(req, d) {
+		return nil, 0, false
+	}
 	rs, size, err := c.store.OpenBlob(ctx, d)
 	if err != nil {
 		return nil, 0, false
@@ -202,12 +222,6 @@ func (c *Cache) storedBlob(ctx context.Context, d digest.Digest, offset int64) (
 		return nil, 0, false
 	}
 	return rs, size, true
-}
-
-// fillBlob starts or joins the fill of d.
-func (c *Cache) fillBlob(req Request, d digest.Digest) *fill.Fill {
-	src, label := c.blobSource(req, d)
-	return c.filler.Fill(d, label, src)
 }
 
 // flight runs one call per key at a time; callers with the same key share its

@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 
 	"github.com/containerd/errdefs"
+	"github.com/distribution/distribution/v3"
 	"github.com/distribution/distribution/v3/registry/api/errcode"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/hopless/hopless/internal/upstreamerr"
 	"github.com/hopless/hopless/registryd/upstream"
@@ -23,6 +26,10 @@ import (
 // with a message that names only the upstream host and what it did, and is noted in
 // ctx for the response writer of UpstreamFailures. Every other failure is
 // registryd's own and keeps its 500 or 503.
+//
+// The message names the repository as the client did and the content (see about),
+// and says what kind of failure it was; it never quotes the internal error, which
+// holds local paths and the upstream's repository path. That goes to the log.
 func (c *Cache) registryError(ctx context.Context, err error) error {
 	var ue *upstream.Error
 	switch {
@@ -30,18 +37,92 @@ func (c *Cache) registryError(ctx context.Context, err error) error {
 		return nil
 	case errors.Is(err, context.Canceled):
 		return errcode.ErrorCodeUnavailable.WithMessage("request cancelled")
-	case errdefs.IsPermissionDenied(err):
-		return errcode.ErrorCodeDenied.WithMessage(err.Error())
-	case errdefs.IsInvalidArgument(err):
-		return errcode.ErrorCodeManifestInvalid.WithMessage(err.Error())
-	case errdefs.IsDataLoss(err):
-		return errcode.ErrorCodeUnavailable.WithMessage("content failed digest verification; it was discarded: " + err.Error())
 	case errors.As(err, &ue) && errdefs.IsUnavailable(ue):
 		return c.upstreamError(ctx, ue, err)
-	case upstreamUnavailable(err):
-		return errcode.ErrorCodeUnavailable.WithMessage("upstream unavailable: " + err.Error())
+	}
+	var code errcode.ErrorCode
+	switch {
+	case errdefs.IsPermissionDenied(err):
+		code = errcode.ErrorCodeDenied
+	case errdefs.IsInvalidArgument(err):
+		code = errcode.ErrorCodeManifestInvalid
+	case errdefs.IsDataLoss(err), upstreamUnavailable(err):
+		code = errcode.ErrorCodeUnavailable
 	default:
-		return errcode.ErrorCodeUnknown.WithDetail(err.Error())
+		code = errcode.ErrorCodeUnknown
+	}
+	msg := clientMessage(ctx, err)
+	c.log.Warn("request failed", "message", msg, "error", err)
+	return code.WithMessage(msg)
+}
+
+// blobError is registryError for blob d, with unknown content as distribution's
+// ErrBlobUnknown.
+func (c *Cache) blobError(ctx context.Context, d digest.Digest, err error) error {
+	if errdefs.IsNotFound(err) {
+		return distribution.ErrBlobUnknown
+	}
+	return c.registryError(ctx, about("blob", d.String(), err))
+}
+
+// subjectError names the content a failed request was for, for clients.
+type subjectError struct {
+	what string // "blob sha256:...", "manifest sha256:..."
+	err  error
+}
+
+func (e *subjectError) Error() string { return e.err.Error() }
+func (e *subjectError) Unwrap() error { return e.err }
+
+// about marks err as a failure about kind ref (a digest or tag), which clients are
+// told. A nil err stays nil.
+func about(kind, ref string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &subjectError{what: kind + " " + ref, err: err}
+}
+
+// clientMessage is what a client is told of err: the repository as the client named
+// it and the content (from the request in ctx, and about), and the kind of failure.
+func clientMessage(ctx context.Context, err error) string {
+	var parts []string
+	var se *subjectError
+	if errors.As(err, &se) {
+		parts = append(parts, se.what)
+	}
+	if req, ok := requestFrom(ctx); ok && req.Name != "" {
+		parts = append(parts, "in "+req.Name)
+	}
+	if len(parts) == 0 {
+		return failurePhrase(err)
+	}
+	return strings.Join(parts, " ") + ": " + failurePhrase(err)
+}
+
+// failurePhrase says what kind of failure err is, quoting nothing of it.
+func failurePhrase(err error) string {
+	var ue *upstream.Error
+	var tl *upstream.TooLargeError
+	switch {
+	case errors.Is(err, context.Canceled):
+		return "request cancelled"
+	case errors.As(err, &ue) && errdefs.IsUnavailable(ue):
+		return failureMessage(ue.Failure())
+	case errdefs.IsNotFound(err):
+		return "not found"
+	case errdefs.IsPermissionDenied(err), errdefs.IsUnauthorized(err):
+		return "the upstream denied access"
+	case errors.As(err, &tl):
+		return "invalid: the " + tl.Error() + ", the most registryd accepts"
+	case errdefs.IsInvalidArgument(err):
+		return "invalid: the content or the answer for it cannot be used (wrong digest, too large or malformed)"
+	case errdefs.IsDataLoss(err):
+		return "content failed digest verification; it was discarded"
+	case upstreamUnavailable(err):
+		return "temporarily unavailable"
+	default:
+		return "registryd failed internally; see its log"
 	}
 }
 

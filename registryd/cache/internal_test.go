@@ -122,7 +122,7 @@ func TestFillAfterCommit(t *testing.T) {
 	req := Request{Route: route.Route{Upstream: 0, Repo: registrytest.UpstreamPath + "/install"}}
 
 	for i := range 2 {
-		fl := c.fillBlob(req, d)
+		fl, _ := c.joinFill(req, d)
 		select {
 		case <-fl.Done():
 		case <-time.After(10 * time.Second):

@@ -41,23 +41,30 @@ func (m *manifests) Get(ctx context.Context, d digest.Digest, _ ...distribution.
 		if errdefs.IsNotFound(err) {
 			return nil, distribution.ErrManifestUnknownRevision{Name: m.name, Revision: d}
 		}
-		return nil, m.cache.registryError(ctx, err)
+		return nil, m.cache.registryError(ctx, about("manifest", d.String(), err))
 	}
 	man, _, err := distribution.UnmarshalManifest(res.mediaType, res.payload)
 	if err != nil {
-		return nil, m.cache.registryError(ctx, fmt.Errorf("manifest %s of media type %q: %v: %w", d, res.mediaType, err, errdefs.ErrInvalidArgument))
+		return nil, m.cache.registryError(ctx, about("manifest", d.String(), fmt.Errorf("manifest %s of media type %q: %v: %w", d, res.mediaType, err, errdefs.ErrInvalidArgument)))
 	}
 	return man, nil
 }
 
 // manifest returns manifest d from the store, or fetches it from the upstream once
-// for all concurrent callers and stores it. When the upstream fails, or failed a
-// moment ago and is not asked (see admit), a peer's copy is taken if one has it.
+// for all concurrent callers and stores it. It is served under req's repository only
+// when it is linked there: fetched for it, or confirmed there by the upstream with a
+// HEAD (a 404 is not found for this repository, whatever the store holds). Calls are
+// single per upstream, repository and digest, so that a request naming a repository
+// that lacks the manifest does not fail a concurrent one naming the right one. When
+// the upstream fails, or failed a moment ago and is not asked (see admit), a peer's
+// copy is taken if one has it.
 func (c *Cache) manifest(ctx context.Context, req Request, d digest.Digest) (manifestResult, error) {
-	if mt, p, err := c.store.GetManifest(ctx, d); err == nil {
+	if mt, p, err := c.store.GetManifest(ctx, d); err == nil && c.linked(req, d) {
 		c.metrics.CacheHits.WithLabelValues("manifest").Inc()
+		// Its references may not be linked yet (a child of an index).
+		c.linkManifest(req, d)
 		return manifestResult{mt, p}, nil
-	} else if !errdefs.IsNotFound(err) {
+	} else if err != nil && !errdefs.IsNotFound(err) {
 		return manifestResult{}, err
 	}
 	c.metrics.CacheMisses.WithLabelValues("manifest").Inc()
@@ -77,9 +84,18 @@ func (c *Cache) manifest(ctx context.Context, req Request, d digest.Digest) (man
 	res, err := c.manifestCalls.do(ctx, key, func() (manifestResult, error) {
 		lctx, cancel := context.WithTimeout(c.ctx, c.lookupTimeout)
 		defer cancel()
-		// A call that finished just before this one started may have stored it.
+		// A call that finished just before this one started may have stored it, or
+		// another repository's fetch did.
 		if mt, p, err := c.store.GetManifest(lctx, d); err == nil {
-			c.settle(host, repo, key, errNotAsked)
+			if !c.linked(req, d) {
+				err := c.confirmManifest(lctx, req, d)
+				c.settle(host, repo, key, err)
+				if err != nil {
+					return manifestResult{}, err
+				}
+			} else {
+				c.settle(host, repo, key, errNotAsked)
+			}
 			return manifestResult{mt, p}, nil
 		}
 		man, err := up.Manifest(lctx, repo, d.String(), c.maxManifest)
@@ -90,6 +106,7 @@ func (c *Cache) manifest(ctx context.Context, req Request, d digest.Digest) (man
 		if err := c.store.PutManifest(lctx, d, man.MediaType, man.Payload); err != nil {
 			return manifestResult{}, fmt.Errorf("caching manifest %s: %w", d, err)
 		}
+		c.linkManifest(req, d)
 		return manifestResult{man.MediaType, man.Payload}, nil
 	})
 	if err != nil && isUpstreamFailure(err) && ctx.Err() == nil {

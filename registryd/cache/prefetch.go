@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -30,7 +31,8 @@ const prefetchParallel = 4
 
 // Prefetch warms the cache with an image as clients name it ("system/deckhouse/x:tag"
 // or "...@sha256:..."): its manifests (every platform of an index) and all their
-// blobs. report is called after every step.
+// blobs. report is called after every step. The error returned is for the log; the
+// Error that report sees names the image and the kind of failure, nothing internal.
 func (c *Cache) Prefetch(ctx context.Context, image string, report func(Progress)) error {
 	p := Progress{Image: image}
 	var mu sync.Mutex
@@ -47,7 +49,7 @@ func (c *Cache) Prefetch(ctx context.Context, image string, report func(Progress
 	emit(func(p *Progress) {
 		p.Done = true
 		if err != nil {
-			p.Error = err.Error()
+			p.Error = prefetchMessage(err)
 		}
 	})
 	return err
@@ -75,7 +77,7 @@ func (c *Cache) prefetch(ctx context.Context, image string, emit func(func(*Prog
 	if err != nil {
 		return err
 	}
-	req := Request{Route: rt}
+	req := Request{Route: rt, Name: name}
 	var root digest.Digest
 	switch r := ref.(type) {
 	case reference.Digested:
@@ -83,7 +85,7 @@ func (c *Cache) prefetch(ctx context.Context, image string, emit func(func(*Prog
 	case reference.Tagged:
 		desc, err := c.resolveTag(ctx, req, r.Tag())
 		if err != nil {
-			return fmt.Errorf("resolving %s: %w", image, err)
+			return step("resolving "+image, err)
 		}
 		root = desc.Digest
 	default:
@@ -102,11 +104,11 @@ func (c *Cache) prefetch(ctx context.Context, image string, emit func(func(*Prog
 		seen[d] = true
 		res, err := c.manifest(ctx, req, d)
 		if err != nil {
-			return fmt.Errorf("manifest %s of %s: %w", d, image, err)
+			return step(fmt.Sprintf("manifest %s of %s", d, image), err)
 		}
 		man, _, err := distribution.UnmarshalManifest(res.mediaType, res.payload)
 		if err != nil {
-			return fmt.Errorf("manifest %s of %s: %v: %w", d, image, err, errdefs.ErrInvalidArgument)
+			return step(fmt.Sprintf("manifest %s of %s", d, image), fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument))
 		}
 		emit(func(p *Progress) { p.Manifests++ })
 		for _, ref := range man.References() {
@@ -139,7 +141,7 @@ func (c *Cache) prefetch(ctx context.Context, image string, emit func(func(*Prog
 			}
 			defer func() { <-sem }()
 			if err := c.warmBlob(ctx, req, b.Digest); err != nil {
-				errs <- fmt.Errorf("blob %s of %s: %w", b.Digest, image, err)
+				errs <- step(fmt.Sprintf("blob %s of %s", b.Digest, image), err)
 				return
 			}
 			emit(func(p *Progress) { p.BlobsDone++; p.BytesDone += b.Size })
@@ -150,18 +152,39 @@ func (c *Cache) prefetch(ctx context.Context, image string, emit func(func(*Prog
 	return <-errs
 }
 
-// warmBlob makes sure blob d is in the store.
+// warmBlob makes sure blob d is in the store. The manifests that reference it are
+// linked to req's repository, and so is d with them.
 func (c *Cache) warmBlob(ctx context.Context, req Request, d digest.Digest) error {
 	if _, err := c.store.StatBlob(ctx, d); err == nil {
 		return nil
 	}
-	fl := c.fillBlob(req, d)
+	fl, _, err := c.scopedFill(ctx, req, d)
+	if err != nil {
+		return err
+	}
 	select {
 	case <-fl.Done():
 		return fl.Err()
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// step marks err as the failure of a prefetch step that clients may be told of by
+// its name (what) and the kind of failure.
+func step(what string, err error) error {
+	return &subjectError{what: what, err: err}
+}
+
+// prefetchMessage is what a prefetch job reports of err: a failed step by its name
+// and the kind of failure; anything else is a check of the image itself, whose
+// message quotes only what the client sent.
+func prefetchMessage(err error) string {
+	var se *subjectError
+	if errors.As(err, &se) {
+		return se.what + ": " + failurePhrase(err)
+	}
+	return err.Error()
 }
 
 func isManifest(mediaType string) bool {

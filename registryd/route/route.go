@@ -36,8 +36,14 @@ func New(ups []conf.Upstream) *Router {
 // Route maps a client repository name and the ns query parameter (empty when absent).
 // With ns, the upstream is the one listing ns; an unknown ns is refused with an error
 // wrapping errdefs.ErrPermissionDenied. Without ns, the upstream with the longest
-// matching local prefix wins, else the first upstream. Within the chosen upstream,
-// LocalPrefix/X becomes Path/X.
+// matching local prefix wins. Within the chosen upstream, LocalPrefix/X becomes
+// Path/X.
+//
+// The local prefix is a boundary: a name outside the chosen upstream's prefix (or,
+// without ns, outside every prefix) is refused with an error wrapping
+// errdefs.ErrNotFound, unless that upstream sets allow_unprefixed; then the name
+// goes to it unchanged (without ns, to the first upstream that sets it). The errors
+// name only what the client sent, never the configured hosts or ns values.
 func (r *Router) Route(name, ns string) (Route, error) {
 	if len(r.ups) == 0 {
 		return Route{}, fmt.Errorf("no upstream is configured: %w", errdefs.ErrFailedPrecondition)
@@ -52,7 +58,10 @@ func (r *Router) Route(name, ns string) (Route, error) {
 			}
 		}
 		if idx < 0 {
-			return Route{}, fmt.Errorf("ns %q is not a configured upstream; registryd proxies only %s: %w", ns, strings.Join(r.allNS(), ", "), errdefs.ErrPermissionDenied)
+			return Route{}, fmt.Errorf("ns %q is not configured: %w", ns, errdefs.ErrPermissionDenied)
+		}
+		if !hasPrefix(name, r.ups[idx].LocalPrefix) && !r.ups[idx].AllowUnprefixed {
+			return Route{}, notConfigured(name)
 		}
 		return Route{Upstream: idx, Repo: r.mapName(idx, name)}, nil
 	}
@@ -63,9 +72,30 @@ func (r *Router) Route(name, ns string) (Route, error) {
 		}
 	}
 	if best < 0 {
-		best = 0
+		for i, u := range r.ups {
+			if u.AllowUnprefixed {
+				return Route{Upstream: i, Repo: name}, nil
+			}
+		}
+		return Route{}, notConfigured(name)
 	}
 	return Route{Upstream: best, Repo: r.mapName(best, name)}, nil
+}
+
+func notConfigured(name string) error {
+	return fmt.Errorf("repository %q is not configured: %w", name, errdefs.ErrNotFound)
+}
+
+// Reachable reports whether the upstream repository repo of upstream i is one that
+// Route can map a client name to: under the upstream's path (any name when it has
+// none), or any name when it sets allow_unprefixed. The peer endpoint, which is
+// given upstream repositories, refuses the others as Route refuses their names.
+func (r *Router) Reachable(i int, repo string) bool {
+	if i < 0 || i >= len(r.ups) {
+		return false
+	}
+	u := r.ups[i]
+	return u.AllowUnprefixed || u.Path == "" || hasPrefix(repo, u.Path)
 }
 
 // UpstreamByHost returns the index of the upstream whose URL host is host.
@@ -88,14 +118,6 @@ func (r *Router) mapName(i int, name string) string {
 		return rest
 	}
 	return u.Path + "/" + rest
-}
-
-func (r *Router) allNS() []string {
-	var out []string
-	for _, u := range r.ups {
-		out = append(out, u.NS...)
-	}
-	return out
 }
 
 // hasPrefix matches at a path-component boundary: "system/deckhouse" is a prefix of

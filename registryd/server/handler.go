@@ -2,7 +2,9 @@ package server
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"os"
@@ -40,12 +42,15 @@ func (s *Server) routes(registry http.Handler) http.Handler {
 		case r.URL.Path == "/healthz":
 			writeText(w, http.StatusOK, "ok")
 		case r.URL.Path == "/readyz":
-			if err := s.ready(); err != nil {
-				writeText(w, http.StatusServiceUnavailable, "not ready: "+err.Error())
+			if what, err := s.ready(); err != nil {
+				// The reason, which names local paths, goes to the log only.
+				s.log.Warn("not ready", "error", err)
+				writeText(w, http.StatusServiceUnavailable, "not ready: "+what)
 				return
 			}
 			writeText(w, http.StatusOK, "ok")
 		case strings.HasPrefix(r.URL.Path, api.Prefix):
+			boundBody(w, r)
 			s.api.ServeHTTP(w, r)
 		case isV2(r.URL.Path):
 			s.serveV2(w, r, registry)
@@ -128,7 +133,7 @@ func (s *Server) route(r *http.Request, name, kind, ref string) (*cache.Request,
 		}
 		return nil, http.StatusNotFound, "NAME_UNKNOWN", err.Error()
 	}
-	return &cache.Request{Route: rt}, 0, "", ""
+	return &cache.Request{Route: rt, Name: name}, 0, "", ""
 }
 
 // badPath reports a /v2/ path with an empty, "." or ".." segment. distribution's
@@ -183,42 +188,47 @@ func writeRegistryError(w http.ResponseWriter, status int, code, msg string) {
 	_, _ = w.Write(append(body, '\n'))
 }
 
-// ready reports why the server cannot serve pulls, or nil.
-func (s *Server) ready() error {
+// ready reports why the server cannot serve pulls, or nil: what is not ready, for
+// clients, and the error, for the log.
+func (s *Server) ready() (string, error) {
 	if s.app == nil {
-		return fmt.Errorf("distribution app is not built")
+		return "distribution is not built", fmt.Errorf("distribution app is not built")
 	}
-	if err := checkDir(s.cfg.Storage.Spool); err != nil {
-		return fmt.Errorf("storage.spool: %w", err)
+	if why, err := checkDir(s.cfg.Storage.Spool); err != nil {
+		return "storage.spool " + why, fmt.Errorf("storage.spool: %w", err)
 	}
 	if s.cfg.Storage.Driver == "filesystem" {
-		if err := checkDir(s.cfg.Storage.Root); err != nil {
-			return fmt.Errorf("storage.root: %w", err)
+		if why, err := checkDir(s.cfg.Storage.Root); err != nil {
+			return "storage.root " + why, fmt.Errorf("storage.root: %w", err)
 		}
 	}
-	return nil
+	return "", nil
 }
 
-// checkDir verifies that dir is a directory in which a file can be created.
-func checkDir(dir string) error {
+// checkDir verifies that dir is a directory in which a file can be created. It says
+// what is wrong without naming dir, and returns the error.
+func checkDir(dir string) (string, error) {
 	fi, err := os.Stat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "does not exist", err
+	}
 	if err != nil {
-		return err
+		return "cannot be examined", err
 	}
 	if !fi.IsDir() {
-		return fmt.Errorf("%s is not a directory", dir)
+		return "is not a directory", fmt.Errorf("%s is not a directory", dir)
 	}
 	f, err := os.CreateTemp(dir, ".readyz-*")
 	if err != nil {
-		return fmt.Errorf("%s is not writable: %w", dir, err)
+		return "is not writable", fmt.Errorf("%s is not writable: %w", dir, err)
 	}
 	name := f.Name()
 	cerr := f.Close()
 	rerr := os.Remove(name)
 	if cerr != nil || rerr != nil {
-		return fmt.Errorf("%s: probe file: %w", dir, firstErr(cerr, rerr))
+		return "is not writable", fmt.Errorf("%s: probe file: %w", dir, firstErr(cerr, rerr))
 	}
-	return nil
+	return "", nil
 }
 
 func firstErr(errs ...error) error {

@@ -58,6 +58,12 @@ func TestInputValidation(t *testing.T) {
 		{name: "tag with a plus", path: repo + "/manifests/v1+x", status: 400, code: "TAG_INVALID"},
 		{name: "unknown ns", path: repo + "/manifests/v1?ns=evil.example", status: 403, code: "DENIED", message: `"evil.example"`},
 		{name: "unknown ns on a blob", path: repo + "/blobs/sha256:" + hex64 + "?ns=evil.example:5000", status: 403, code: "DENIED", message: `"evil.example:5000"`},
+		{name: "unknown ns, not configured", path: repo + "/manifests/v1?ns=evil.example", status: 403, code: "DENIED", message: `ns "evil.example" is not configured`},
+		{name: "outside the alias", path: "/v2/other/secret/manifests/v1", status: 404, code: "NAME_UNKNOWN", message: `repository "other/secret" is not configured`},
+		{name: "outside the alias, a blob", path: "/v2/other/secret/blobs/sha256:" + hex64, status: 404, code: "NAME_UNKNOWN", message: "not configured"},
+		{name: "outside the alias, with its ns", path: "/v2/other/secret/manifests/v1?ns=" + up.Host, status: 404, code: "NAME_UNKNOWN", message: "not configured"},
+		{name: "the upstream's path", path: "/v2/deckhouse/ce/install/manifests/v1", status: 404, code: "NAME_UNKNOWN", message: "not configured"},
+		{name: "the alias prefix alone", path: "/v2/system/deckhouse/manifests/v1", status: 404, code: "NAME_UNKNOWN", message: "not configured"},
 		{name: "PUT manifest", method: http.MethodPut, path: repo + "/manifests/v1", status: 405, code: "UNSUPPORTED"},
 		{name: "PUT manifest of a bad name", method: http.MethodPut, path: "/v2/A/manifests/v1", status: 405, code: "UNSUPPORTED"},
 		{name: "POST upload", method: http.MethodPost, path: repo + "/blobs/uploads/", status: 405, code: "UNSUPPORTED"},
@@ -104,6 +110,10 @@ func TestInputValidation(t *testing.T) {
 			errs := registrytest.Errors(t, body)
 			if errs[0].Code != tt.code || !strings.Contains(errs[0].Message, tt.message) {
 				t.Errorf("error %+v, want code %s with a message containing %q", errs[0], tt.code, tt.message)
+			}
+			// Refusals name what the client sent, never what is configured.
+			if !strings.Contains(tt.path, up.Host) && strings.Contains(string(body), up.Host) {
+				t.Errorf("the answer %s names the upstream %s", body, up.Host)
 			}
 			if tt.status == http.StatusMethodNotAllowed && strings.Contains(tt.path, "/uploads") == (resp.Header.Get("Allow") != "") {
 				t.Errorf("Allow %q: want GET, HEAD for writes and nothing for uploads", resp.Header.Get("Allow"))
@@ -248,7 +258,7 @@ func TestHealth(t *testing.T) {
 		{
 			name: "spool missing", path: "/readyz",
 			breakFS:  func(t *testing.T, _, spool string) { mustRemove(t, spool) },
-			wantCode: http.StatusServiceUnavailable, wantBody: "storage.spool: stat",
+			wantCode: http.StatusServiceUnavailable, wantBody: "storage.spool does not exist",
 		},
 		{
 			name: "spool is a file", path: "/readyz",
@@ -256,12 +266,12 @@ func TestHealth(t *testing.T) {
 				mustRemove(t, spool)
 				mustWrite(t, spool)
 			},
-			wantCode: http.StatusServiceUnavailable, wantBody: "is not a directory",
+			wantCode: http.StatusServiceUnavailable, wantBody: "storage.spool is not a directory",
 		},
 		{
 			name: "root missing", path: "/readyz", separateSpool: true,
 			breakFS:  func(t *testing.T, root, _ string) { mustRemove(t, root) },
-			wantCode: http.StatusServiceUnavailable, wantBody: "storage.root: stat",
+			wantCode: http.StatusServiceUnavailable, wantBody: "storage.root does not exist",
 		},
 		{
 			name: "root is a file", path: "/readyz", separateSpool: true,
@@ -269,7 +279,7 @@ func TestHealth(t *testing.T) {
 				mustRemove(t, root)
 				mustWrite(t, root)
 			},
-			wantCode: http.StatusServiceUnavailable, wantBody: "storage.root: ",
+			wantCode: http.StatusServiceUnavailable, wantBody: "storage.root is not a directory",
 		},
 		{
 			name: "root not writable", path: "/readyz", separateSpool: true,
@@ -311,6 +321,9 @@ func TestHealth(t *testing.T) {
 			w := serve(s, http.MethodGet, tt.path)
 			if w.Code != tt.wantCode || !strings.Contains(w.Body.String(), tt.wantBody) {
 				t.Errorf("GET %s: %d %q, want %d containing %q", tt.path, w.Code, w.Body, tt.wantCode, tt.wantBody)
+			}
+			if strings.Contains(w.Body.String(), env.Dir) {
+				t.Errorf("GET %s: the answer names a local path: %q", tt.path, w.Body)
 			}
 			if got := counterValue(t, s.metrics.HTTPRequests.WithLabelValues("GET", kindHealth, strconv.Itoa(tt.wantCode))); got != 1 {
 				t.Errorf("health counter = %v, want 1", got)

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -30,7 +31,21 @@ import (
 	"github.com/hopless/hopless/registryd/upstream"
 )
 
-const readHeaderTimeout = 10 * time.Second
+// Limits of the HTTP servers. There is no ReadTimeout: net/http keeps it armed
+// while the response is written and then cancels the request's context, which would
+// cut every blob download that takes longer. registryd reads no bodies on /v2/ (it
+// is read-only); the API's bodies are bounded in size and time by boundBody.
+const (
+	readHeaderTimeout = 10 * time.Second
+	// idleTimeout closes a keep-alive connection that carries no request this long.
+	idleTimeout = 2 * time.Minute
+	// maxHeaderBytes bounds a request's headers; a bearer token fits many times.
+	maxHeaderBytes = 64 << 10
+	// bodyTimeout bounds the reading of an API request's body.
+	bodyTimeout = 30 * time.Second
+	// maxBodyBytes bounds an API request's body.
+	maxBodyBytes = 1 << 20
+)
 
 // Server is one registryd instance. Create it with New and start it with Run.
 type Server struct {
@@ -338,6 +353,8 @@ func (s *Server) listen() ([]boundServer, error) {
 			Handler:           s.handler,
 			TLSConfig:         s.tls,
 			ReadHeaderTimeout: readHeaderTimeout,
+			IdleTimeout:       idleTimeout,
+			MaxHeaderBytes:    maxHeaderBytes,
 			ErrorLog:          errLog,
 		},
 	}}
@@ -357,7 +374,12 @@ func (s *Server) listen() ([]boundServer, error) {
 			srv: &http.Server{
 				Handler:           mux,
 				ReadHeaderTimeout: readHeaderTimeout,
-				ErrorLog:          errLog,
+				// Metrics responses are short: a whole-request bound cuts nothing.
+				ReadTimeout:    readHeaderTimeout,
+				WriteTimeout:   readHeaderTimeout,
+				IdleTimeout:    idleTimeout,
+				MaxHeaderBytes: maxHeaderBytes,
+				ErrorLog:       errLog,
 			},
 		})
 	}
@@ -365,6 +387,35 @@ func (s *Server) listen() ([]boundServer, error) {
 		s.log.Info("listening", "server", b.name, "addr", b.ln.Addr().String(), "tls", b.tls)
 	}
 	return servers, nil
+}
+
+// boundBody bounds the body of a request that has one: at most maxBodyBytes, read
+// within bodyTimeout. The read deadline is lifted once the body has been read, so
+// that it cannot cut the response.
+func boundBody(w http.ResponseWriter, r *http.Request) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return
+	}
+	rc := http.NewResponseController(w)
+	if rc.SetReadDeadline(time.Now().Add(bodyTimeout)) != nil {
+		// The writer cannot bound reads; the size bound still holds.
+		rc = nil
+	}
+	r.Body = &boundedBody{ReadCloser: http.MaxBytesReader(w, r.Body, maxBodyBytes), rc: rc}
+}
+
+type boundedBody struct {
+	io.ReadCloser
+	rc *http.ResponseController // nil: no read deadline to lift
+}
+
+func (b *boundedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && b.rc != nil {
+		_ = b.rc.SetReadDeadline(time.Time{})
+		b.rc = nil
+	}
+	return n, err
 }
 
 func slogLevel(level string) slog.Level {

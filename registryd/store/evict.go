@@ -260,6 +260,7 @@ func (s *Store) evictOne(ctx context.Context, v victim, p *plan) (bool, error) {
 		return false, nil
 	}
 	s.removeEntryLocked(v.d)
+	s.dropLinksLocked(v.d)
 	s.mu.Unlock()
 
 	if err := s.deleteContent(ctx, v.d); err != nil {

@@ -45,6 +45,7 @@ type indexFile struct {
 	Saved   time.Time    `json:"saved"`
 	Entries []indexEntry `json:"entries"`
 	Tags    []tagRecord  `json:"tags"`
+	Links   []linkRecord `json:"links,omitempty"`
 }
 
 type indexEntry struct {
@@ -129,7 +130,9 @@ func (s *Store) touch(d digest.Digest, size int64) {
 func (s *Store) forget(d digest.Digest) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.removeEntryLocked(d)
+	if s.removeEntryLocked(d) != nil {
+		s.dropLinksLocked(d)
+	}
 }
 
 // load reads the index and pins, walking the driver when the index cannot be trusted,
@@ -159,6 +162,7 @@ func (s *Store) load(ctx context.Context) error {
 		s.log.Info("index rebuilt from storage", "entries", len(s.entries), "tags", len(s.tags),
 			"bytes", s.size, "had_index", prev != nil, "took", time.Since(start))
 	}
+	s.linkTags()
 	if err := s.loadPins(ctx); err != nil {
 		return err
 	}
@@ -184,6 +188,7 @@ func (s *Store) loadIndex(f *indexFile) {
 			s.tags[k] = t
 		}
 	}
+	s.loadLinksLocked(f.Links)
 }
 
 func (ie indexEntry) entry() (*entry, bool) {
@@ -278,6 +283,9 @@ func (s *Store) rebuild(ctx context.Context, prev *indexFile) error {
 		s.putEntryLocked(d, e)
 	}
 	s.tags = tags
+	if prev != nil {
+		s.loadLinksLocked(prev.Links)
+	}
 	return nil
 }
 
@@ -330,6 +338,7 @@ func (s *Store) save(ctx context.Context, clean bool) error {
 	for k, t := range s.tags {
 		f.Tags = append(f.Tags, newTagRecord(k, t))
 	}
+	f.Links = s.linkRecordsLocked()
 	s.dirty = false
 	s.mu.Unlock()
 

@@ -9,7 +9,7 @@
 //	/hopless/manifests/<alg>/<hex[:2]>/<hex>   a manifest's media type and references (JSON)
 //	/hopless/tags/<upstream>/<repo>/_tags/<tag> a tag record (JSON)
 //	/hopless/pins.json                          pinned manifests per source
-//	/hopless/index.json                         the index: size and last access per digest
+//	/hopless/index.json                         the index: size and last access per digest, links (link.go)
 //	/hopless/tmp/                               uploads and index writes in progress
 //
 // and, on local disk, the spool: <spool>/<alg>/<hex>.partial.
@@ -140,6 +140,9 @@ type Store struct {
 	pins     map[string][]digest.Digest
 	gen      uint64 // bumped when pins or manifests change what is reachable
 	dirty    bool
+
+	// links are content's repository links; see link.go.
+	links map[digest.Digest]map[linkRepo]struct{}
 
 	verified      *verifiedCache
 	verifications atomic.Int64 // completed blob hashes, for tests

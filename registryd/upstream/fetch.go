@@ -365,10 +365,21 @@ func (c *Client) manifestCall(method string, t target, what string) call {
 }
 
 func tooLarge(what string, size, limit int64) error {
-	if size >= 0 {
-		return fmt.Errorf("%s: manifest of %d bytes exceeds %d bytes: %w", what, size, limit, errdefs.ErrInvalidArgument)
+	return fmt.Errorf("%s: %w: %w", what, &TooLargeError{Size: size, Limit: limit}, errdefs.ErrInvalidArgument)
+}
+
+// TooLargeError is a manifest over the size limit. Its message names no repository,
+// so that it may be passed on to clients.
+type TooLargeError struct {
+	Size  int64 // -1 when the upstream did not say
+	Limit int64
+}
+
+func (e *TooLargeError) Error() string {
+	if e.Size >= 0 {
+		return fmt.Sprintf("manifest of %d bytes exceeds %d bytes", e.Size, e.Limit)
 	}
-	return fmt.Errorf("%s: manifest exceeds %d bytes: %w", what, limit, errdefs.ErrInvalidArgument)
+	return fmt.Sprintf("manifest exceeds %d bytes", e.Limit)
 }
 
 func (c *Client) manifestDigest(t target, h http.Header, payload []byte, what string) (digest.Digest, error) {

@@ -641,8 +641,14 @@ func TestCacheManifests(t *testing.T) {
 			t.Errorf("ns=docker.io reached the upstream:%s", describeEntries(after[before:]))
 		}
 	})
-	t.Run("unaliased upstream name", func(t *testing.T) {
-		want(t, fetch(t, repo, "v1", ""))
+	t.Run("unaliased upstream name is not configured", func(t *testing.T) {
+		before := len(upstreamLog(t, l))
+		if m := fetch(t, repo, "v1", ""); m.Status != http.StatusNotFound || m.registryErrorCode() != "NAME_UNKNOWN" {
+			t.Errorf("%s: want 404 NAME_UNKNOWN, got %s", repo, m)
+		}
+		if after := upstreamLog(t, l); len(after) != before {
+			t.Errorf("a name outside the alias reached the upstream:%s", describeEntries(after[before:]))
+		}
 	})
 	t.Run("by digest is immutable", func(t *testing.T) {
 		first := fetch(t, name, img.Digest, "")
