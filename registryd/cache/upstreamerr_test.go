@@ -344,11 +344,13 @@ func TestNoCacheReverifies(t *testing.T) {
 			t.Fatalf("%s: %d, %d bytes (digest %s), want 200 with %d bytes of digest %s",
 				what, resp.StatusCode, len(body), sum(body), len(wantBody), sum(wantBody))
 		}
-		if got := resp.Header.Get("Hopless-Cache"); got != wantCache {
+		if got := resp.Header.Get("Hopless-Cache"); wantCache != "" && got != wantCache {
 			t.Errorf("%s: Hopless-Cache %q, want %q", what, got, wantCache)
 		}
 	}
-	check("first GET", nil, "miss", want)
+	// The first GET is a miss, unless the small fill has finished before the
+	// answer is made (distribution stats the blob first): either is right.
+	check("first GET", nil, "", want)
 	f.waitFills(t)
 	check("second GET", nil, "hit", want)
 	check("no-cache GET of a good copy", noCache, "hit", want)
