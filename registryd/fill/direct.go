@@ -74,6 +74,9 @@ type DirectReader struct {
 // Size is the blob's size, as the source gave it.
 func (r *DirectReader) Size() int64 { return r.size }
 
+// Digest is the blob's digest.
+func (r *DirectReader) Digest() digest.Digest { return r.d }
+
 // open calls src at r.got.
 func (r *DirectReader) open() error {
 	actx, cancel := context.WithCancelCause(r.ctx)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hopless/hopless/registryd/api"
 	"github.com/hopless/hopless/registryd/cache"
+	"github.com/hopless/hopless/registryd/space"
 )
 
 // Request kinds, the values of the kind label and log field.
@@ -44,7 +45,7 @@ func (s *Server) routes(registry http.Handler) http.Handler {
 				writeText(w, http.StatusServiceUnavailable, "not ready: "+err.Error())
 				return
 			}
-			writeText(w, http.StatusOK, "ok")
+			writeText(w, http.StatusOK, s.readyBody())
 		case strings.HasPrefix(r.URL.Path, api.Prefix):
 			s.api.ServeHTTP(w, r)
 		case isV2(r.URL.Path):
@@ -183,20 +184,37 @@ func writeRegistryError(w http.ResponseWriter, status int, code, msg string) {
 	_, _ = w.Write(append(body, '\n'))
 }
 
-// ready reports why the server cannot serve pulls, or nil.
+// ready reports why the server cannot serve pulls, or nil. A storage directory that
+// has no room for the probe file still serves what it holds: readyBody reports that.
 func (s *Server) ready() error {
 	if s.app == nil {
 		return fmt.Errorf("distribution app is not built")
 	}
-	if err := checkDir(s.cfg.Storage.Spool); err != nil {
+	if err := checkDir(s.cfg.Storage.Spool); err != nil && !space.Is(err) {
 		return fmt.Errorf("storage.spool: %w", err)
 	}
 	if s.cfg.Storage.Driver == "filesystem" {
-		if err := checkDir(s.cfg.Storage.Root); err != nil {
+		if err := checkDir(s.cfg.Storage.Root); err != nil && !space.Is(err) {
 			return fmt.Errorf("storage.root: %w", err)
 		}
 	}
 	return nil
+}
+
+// readyBody is /readyz's answer when ready: "ok", and, while the store cannot take
+// new content for lack of space, a second line that says why. The status stays 200:
+// a master that serves its cached content and streams misses through still serves
+// pulls, and taking it out of a Service would only move its load to the others.
+func (s *Server) readyBody() string {
+	if err := s.store.Writable(); err != nil {
+		return "ok\n" + err.Error()
+	}
+	for _, dir := range []string{s.cfg.Storage.Spool, s.cfg.Storage.Root} {
+		if err := checkDir(dir); space.Is(err) {
+			return "ok\nstorage cannot take new content: " + err.Error()
+		}
+	}
+	return "ok"
 }
 
 // checkDir verifies that dir is a directory in which a file can be created.
