@@ -223,7 +223,7 @@ func (c *Cache) missBlob(ctx context.Context, req Request, d digest.Digest) (*fi
 // openDirect opens d from its source for one response, without caching it; why is
 // the reason the store could not take it.
 func (c *Cache) openDirect(ctx context.Context, req Request, d digest.Digest, why error) (*fill.Fill, int64, *fill.DirectReader, error) {
-	c.log.Info("streaming a blob through without caching it", "digest", d, "reason", why)
+	c.log.Debug("streaming a blob through without caching it", "digest", d, "reason", why)
 	src, _ := c.blobSource(req, d)
 	dr, err := c.filler.Direct(ctx, d, src)
 	if err != nil {

@@ -49,8 +49,12 @@ type spaceState struct {
 	refused map[digest.Digest]int64
 	// writable is the last state reported, for logging changes.
 	writable bool
-	// kick wakes RunEviction.
-	kick chan struct{}
+	// kick wakes RunEviction. stuck is set when eviction could not bring a
+	// filesystem back to its floor: finding it below the floor again then wakes
+	// nobody until the next regular run or a new write, so that a disk full of
+	// pinned content costs no eviction per request.
+	kick  chan struct{}
+	stuck bool
 }
 
 type spoolHold struct {
@@ -256,6 +260,7 @@ func (s *Store) noteWrite(d digest.Digest, need int64, blob bool, err error) {
 		s.space.mu.Lock()
 		delete(s.space.refused, d)
 		s.space.failure = nil
+		s.space.stuck = false
 		s.space.mu.Unlock()
 		_ = s.Writable()
 	case space.Is(err):
@@ -308,7 +313,7 @@ func (s *Store) belowFloorLocked(us []fsUsage) []string {
 				human(u.Avail), u.dir, s.cfg.MinFree.String(), human(u.floor)))
 		}
 	}
-	if len(reasons) > 0 {
+	if len(reasons) > 0 && !s.space.stuck {
 		s.kickEviction()
 	}
 	return reasons
@@ -385,14 +390,18 @@ func (s *Store) evictForSpace(ctx context.Context, want int64) int64 {
 }
 
 // relieve evicts until every filesystem that holds content is at its floor again, if
-// eviction can get it there.
+// eviction can get it there, and notes when it cannot.
 func (s *Store) relieve(ctx context.Context) {
 	s.space.mu.Lock()
 	short, _, evictable := shortfall(s.usages(), s.pendingLocked(""), 0, 0)
 	s.space.mu.Unlock()
+	freed := int64(0)
 	if short > 0 && evictable {
-		s.evictForSpace(ctx, short)
+		freed = s.evictForSpace(ctx, short)
 	}
+	s.space.mu.Lock()
+	s.space.stuck = short > 0 && freed == 0
+	s.space.mu.Unlock()
 }
 
 // spoolFile is one <spool>/<alg>/<hex>.partial.

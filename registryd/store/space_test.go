@@ -210,6 +210,9 @@ func TestFloor(t *testing.T) {
 	if v := gauge(t, m.StorageWritable); v != 0 {
 		t.Errorf("storage_writable = %v, want 0", v)
 	}
+	if len(s.space.kick) != 1 {
+		t.Error("finding the disk below the floor did not wake eviction")
+	}
 
 	s.relieve(t.Context())
 	if has(t, s, blob) {
@@ -229,8 +232,12 @@ func TestFloor(t *testing.T) {
 	if !has(t, s, pinned) {
 		t.Fatal("the pinned image was evicted")
 	}
+	drain(s)
 	if err := s.Writable(); !errors.Is(err, space.ErrNoSpace) {
 		t.Fatalf("Writable with only pinned content: %v, want below the floor", err)
+	}
+	if len(s.space.kick) != 0 {
+		t.Error("with nothing left to evict, every check below the floor wakes eviction again")
 	}
 	remove()
 	if err := s.Writable(); err != nil {
@@ -238,6 +245,12 @@ func TestFloor(t *testing.T) {
 	}
 	if v := gauge(t, m.StorageWritable); v != 1 {
 		t.Errorf("storage_writable = %v, want 1", v)
+	}
+}
+
+func drain(s *Store) {
+	for len(s.space.kick) > 0 {
+		<-s.space.kick
 	}
 }
 

@@ -243,6 +243,7 @@ func newStore(ctx context.Context, drv storagedriver.StorageDriver, fsRoot strin
 		return nil, err
 	}
 	s.cleanTmp(ctx)
+	_ = s.Writable() // the gauge, from the start
 	s.wg.Add(1)
 	go s.flushLoop()
 	return s, nil
@@ -284,6 +285,9 @@ func (s *Store) RunEviction(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			s.space.mu.Lock()
+			s.space.stuck = false
+			s.space.mu.Unlock()
 		case <-s.space.kick:
 		}
 		s.CollectSpool()
