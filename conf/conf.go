@@ -166,9 +166,21 @@ type Storage struct {
 	// Spool is a local directory for blobs being fetched; clients stream from it while
 	// the fill runs. Default Root/_spool; required when Driver is not filesystem.
 	Spool string `toml:"spool"`
-	// MaxBytes bounds the cache size; least recently used content is evicted beyond
-	// it. Zero means unbounded.
+	// MaxBytes bounds the cache size, spool files included; least recently used
+	// content is evicted beyond it. Zero means unbounded. Left out, it is
+	// MaxBytesShare of the filesystem holding Root (filesystem driver), or unbounded.
 	MaxBytes Size `toml:"max_bytes"`
+	// MaxBytesShare is the percentage of Root's filesystem that bounds the cache when
+	// max_bytes is left out (DefaultMaxBytesPercent); 0 when it is set.
+	MaxBytesShare float64 `toml:"-"`
+	// MinFree is the free-space floor of the filesystems holding Spool and Root: below
+	// it registryd evicts, and while it stays below, it serves what it has and
+	// streams misses through without caching them. A size ("1GiB") or a share of the
+	// filesystem ("5%"). Default 5%; 0 disables the floor.
+	MinFree Space `toml:"min_free"`
+	// SpoolMaxAge is how long a spool file that no fill holds is kept for a later
+	// fill to resume from; older ones are removed. Default 1h.
+	SpoolMaxAge Duration `toml:"spool_max_age"`
 	// TTL is how long content may go unused before it is evicted. Default 168h.
 	TTL Duration `toml:"ttl"`
 	// EvictInterval is how often eviction runs. Default 1m.

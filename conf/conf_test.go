@@ -741,6 +741,8 @@ spool = "/var/spool/registryd"
 max_bytes = "200GiB"
 ttl = "72h"
 evict_interval = "5m"
+min_free = "10GiB"
+spool_max_age = "30m"
 
 [cache]
 tag_ttl = "30s"
@@ -828,6 +830,9 @@ func TestLoadRegistryd(t *testing.T) {
 					Spool:         filepath.Join(dir, "cache", "_spool"),
 					TTL:           Duration{168 * time.Hour},
 					EvictInterval: Duration{time.Minute},
+					MaxBytesShare: 90,
+					MinFree:       Space{Percent: 5},
+					SpoolMaxAge:   Duration{time.Hour},
 				}
 				if !reflect.DeepEqual(r.Storage, wantStorage) {
 					t.Errorf("Storage = %+v, want %+v", r.Storage, wantStorage)
@@ -1130,10 +1135,81 @@ level = "debug"
 			name: "storage.max_bytes 0 is unbounded",
 			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nmax_bytes = 0", 1),
 			check: func(t *testing.T, _ string, r *Registryd) {
-				if r.Storage.MaxBytes != 0 {
-					t.Errorf("MaxBytes = %d, want 0", r.Storage.MaxBytes)
+				if r.Storage.MaxBytes != 0 || r.Storage.MaxBytesShare != 0 {
+					t.Errorf("MaxBytes = %d, MaxBytesShare = %v; want 0 and no share of the filesystem", r.Storage.MaxBytes, r.Storage.MaxBytesShare)
 				}
 			},
+		},
+		{
+			name: "storage.max_bytes set: no share of the filesystem",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nmax_bytes = \"1GiB\"", 1),
+			check: func(t *testing.T, _ string, r *Registryd) {
+				if r.Storage.MaxBytes != 1<<30 || r.Storage.MaxBytesShare != 0 {
+					t.Errorf("MaxBytes = %d, MaxBytesShare = %v; want 1GiB and 0", r.Storage.MaxBytes, r.Storage.MaxBytesShare)
+				}
+			},
+		},
+		{
+			name: "storage.min_free as a percentage",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nmin_free = \"2.5%\"", 1),
+			check: func(t *testing.T, _ string, r *Registryd) {
+				if want := (Space{Percent: 2.5}); r.Storage.MinFree != want {
+					t.Errorf("MinFree = %+v, want %+v", r.Storage.MinFree, want)
+				}
+			},
+		},
+		{
+			name: "storage.min_free as a size string",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nmin_free = \"1GiB\"", 1),
+			check: func(t *testing.T, _ string, r *Registryd) {
+				if want := (Space{Bytes: 1 << 30}); r.Storage.MinFree != want {
+					t.Errorf("MinFree = %+v, want %+v", r.Storage.MinFree, want)
+				}
+			},
+		},
+		{
+			name: "storage.min_free as an integer, 0 disables the floor",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nmin_free = 0", 1),
+			check: func(t *testing.T, _ string, r *Registryd) {
+				if !r.Storage.MinFree.IsZero() {
+					t.Errorf("MinFree = %+v, want zero", r.Storage.MinFree)
+				}
+			},
+		},
+		{
+			name: "storage.min_free of 100%",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nmin_free = \"100%\"", 1),
+			want: []fieldWant{{"storage.min_free", "must be below 100%, got 100%"}},
+		},
+		{
+			name: "storage.min_free a bad percentage",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nmin_free = \"-5%\"", 1),
+			want: []fieldWant{{"storage.min_free", `bad share "-5%": want a percentage such as 5%`}},
+		},
+		{
+			name: "storage.min_free a bad size",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nmin_free = \"5GB\"", 1),
+			want: []fieldWant{{"storage.min_free", `bad space "5GB": want a size such as 1GiB or a percentage such as 5%`}},
+		},
+		{
+			name: "storage.min_free a negative integer",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nmin_free = -1", 1),
+			want: []fieldWant{{"storage.min_free", "must be >= 0, got -1"}},
+		},
+		{
+			name: "storage.min_free a float",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nmin_free = 0.5", 1),
+			want: []fieldWant{{"storage.min_free", `must be a number of bytes, a size string such as "1GiB" or a percentage such as "5%", got float 0.5`}},
+		},
+		{
+			name: "zero storage.spool_max_age",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nspool_max_age = \"0s\"", 1),
+			want: []fieldWant{{"storage.spool_max_age", "must be > 0, got 0s"}},
+		},
+		{
+			name: "bad storage.spool_max_age",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nspool_max_age = \"1d\"", 1),
+			want: []fieldWant{{"storage.spool_max_age", `bad duration "1d"`}},
 		},
 		{
 			name: "bad size string",
@@ -1760,6 +1836,8 @@ health_interval = "5s"
 						MaxBytes:      200 << 30,
 						TTL:           Duration{72 * time.Hour},
 						EvictInterval: Duration{5 * time.Minute},
+						MinFree:       Space{Bytes: 10 << 30},
+						SpoolMaxAge:   Duration{30 * time.Minute},
 					},
 					Cache: Cache{
 						TagTTL:           Duration{30 * time.Second},

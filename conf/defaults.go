@@ -43,6 +43,13 @@ const (
 	DefaultTTL = 7 * 24 * time.Hour
 	// DefaultEvictInterval is storage.evict_interval.
 	DefaultEvictInterval = time.Minute
+	// DefaultMaxBytesPercent is the share of storage.root's filesystem that bounds
+	// the cache when storage.max_bytes is left out.
+	DefaultMaxBytesPercent = 90
+	// DefaultMinFreePercent is storage.min_free, as a share of each filesystem.
+	DefaultMinFreePercent = 5
+	// DefaultSpoolMaxAge is storage.spool_max_age.
+	DefaultSpoolMaxAge = time.Hour
 
 	DefaultTagTTL                = time.Minute
 	DefaultStaleAfter            = time.Second
@@ -136,6 +143,13 @@ func (r *Registryd) applyDefaults(raw map[string]any, base string) {
 	}
 	setDuration(&s.TTL, raw, DefaultTTL, "storage", "ttl")
 	setDuration(&s.EvictInterval, raw, DefaultEvictInterval, "storage", "evict_interval")
+	if !present(raw, "storage", "max_bytes") {
+		s.MaxBytesShare = DefaultMaxBytesPercent
+	}
+	if !present(raw, "storage", "min_free") {
+		s.MinFree = Space{Percent: DefaultMinFreePercent}
+	}
+	setDuration(&s.SpoolMaxAge, raw, DefaultSpoolMaxAge, "storage", "spool_max_age")
 
 	c := &r.Cache
 	setDuration(&c.TagTTL, raw, DefaultTagTTL, "cache", "tag_ttl")

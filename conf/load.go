@@ -130,6 +130,7 @@ func decode(name, text string, v any) (map[string]any, error) {
 var (
 	durationType = reflect.TypeFor[Duration]()
 	sizeType     = reflect.TypeFor[Size]()
+	spaceType    = reflect.TypeFor[Space]()
 	freeFormType = reflect.TypeFor[map[string]any]()
 )
 
@@ -210,6 +211,11 @@ func checkValue(file, p string, v any, t reflect.Type) []error {
 			}
 		default:
 			return wrong(`a number of bytes or a size string such as "256MiB"`)
+		}
+	case t == spaceType:
+		var sp Space
+		if err := sp.UnmarshalTOML(v); err != nil {
+			return []error{fieldErr(file, p, "%v", err)}
 		}
 	case t == freeFormType:
 		// A free-form table, such as a storage driver's parameters: any content.

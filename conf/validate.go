@@ -303,6 +303,12 @@ func (s Storage) validate(file string) []error {
 	if s.EvictInterval.Duration <= 0 {
 		add("evict_interval", "must be > 0, got %s", s.EvictInterval.Duration)
 	}
+	if s.MinFree.Percent >= 100 {
+		add("min_free", "must be below 100%%, got %s", s.MinFree)
+	}
+	if s.SpoolMaxAge.Duration <= 0 {
+		add("spool_max_age", "must be > 0, got %s", s.SpoolMaxAge.Duration)
+	}
 	return errs
 }
 

@@ -14,6 +14,9 @@ import (
 	"github.com/distribution/distribution/v3"
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/hopless/hopless/registryd/fill"
+	"github.com/hopless/hopless/registryd/space"
 )
 
 // blobs is a read-only BlobStore over the cache.
@@ -24,6 +27,18 @@ type blobs struct {
 	// the fill: the request is a miss even if the fill of a small blob has committed
 	// by the time ServeBlob looks.
 	missed atomic.Bool
+	// direct is the stream Stat opened for a blob that the store cannot take, for
+	// ServeBlob to serve.
+	direct atomic.Pointer[fill.DirectReader]
+	// known is the size that Stat found. distribution's notification
+	// listener calls Stat again after ServeBlob, on a context that is never
+	// cancelled: that call must neither start a fill nor open a stream.
+	known atomic.Pointer[knownSize]
+}
+
+type knownSize struct {
+	d    digest.Digest
+	size int64
 }
 
 var _ distribution.BlobStore = (*blobs)(nil)
@@ -36,19 +51,29 @@ func blobDescriptor(d digest.Digest, size int64) v1.Descriptor {
 // first upstream response gives: a HEAD is usually followed by a GET. Either way the
 // blob must be linked to the request's repository, or be confirmed there.
 func (b *blobs) Stat(ctx context.Context, d digest.Digest) (v1.Descriptor, error) {
+	if k := b.known.Load(); k != nil && k.d == d {
+		return blobDescriptor(d, k.size), nil
+	}
 	if size, err := b.cache.store.StatBlob(ctx, d); err == nil {
 		if err := b.cache.allowBlob(ctx, b.req, d); err != nil {
 			return v1.Descriptor{}, b.cache.blobError(ctx, d, err)
 		}
+		b.known.Store(&knownSize{d, size})
 		return blobDescriptor(d, size), nil
 	} else if !errdefs.IsNotFound(err) {
 		return v1.Descriptor{}, b.cache.blobError(ctx, d, err)
 	}
 	b.missed.Store(true)
-	_, size, err := b.cache.scopedFill(ctx, b.req, d)
+	_, size, dr, err := b.cache.missBlob(ctx, b.req, d)
+	if dr != nil {
+		if old := b.direct.Swap(dr); old != nil {
+			_ = old.Close()
+		}
+	}
 	if err != nil {
 		return v1.Descriptor{}, b.cache.blobError(ctx, d, err)
 	}
+	b.known.Store(&knownSize{d, size})
 	return blobDescriptor(d, size), nil
 }
 
@@ -96,6 +121,13 @@ func (b *blobs) Open(ctx context.Context, d digest.Digest) (io.ReadSeekCloser, e
 // ServeBlob serves a cached blob with http.ServeContent (Range and HEAD included), or
 // streams it from the running fill as its bytes arrive.
 func (b *blobs) ServeBlob(ctx context.Context, w http.ResponseWriter, r *http.Request, d digest.Digest) error {
+	if dr := b.direct.Swap(nil); dr != nil {
+		if dr.Digest() == d {
+			b.cache.metrics.CacheMisses.WithLabelValues("blob").Inc()
+			return b.cache.serveDirect(w, r, d, dr)
+		}
+		_ = dr.Close()
+	}
 	return b.cache.serveBlob(ctx, w, r, b.req, d, b.missed.Load())
 }
 
@@ -140,9 +172,12 @@ func (c *Cache) serveBlob(ctx context.Context, w http.ResponseWriter, r *http.Re
 		return c.blobError(ctx, d, err)
 	}
 	c.metrics.CacheMisses.WithLabelValues("blob").Inc()
-	fl, size, err := c.scopedFill(ctx, req, d)
+	fl, size, dr, err := c.missBlob(ctx, req, d)
 	if err != nil {
 		return c.blobError(ctx, d, err)
+	}
+	if dr != nil {
+		return c.serveDirect(w, r, d, dr)
 	}
 	setBlobHeaders(w, d, cacheMiss)
 	start, end, partial, ok := parseRange(r.Header.Get("Range"), size)
@@ -169,6 +204,73 @@ func (c *Cache) serveBlob(ctx context.Context, w http.ResponseWriter, r *http.Re
 	if _, err := io.CopyN(w, rd, end-start); err != nil {
 		abort(c, d, err)
 	}
+	return nil
+}
+
+// missBlob joins the running fill of d or starts one, and waits for its size. When
+// the store cannot take d (a filesystem below storage.min_free, or no room for this
+// blob), or the fill is refused for lack of space, it opens a direct stream of d
+// instead, which caches nothing.
+func (c *Cache) missBlob(ctx context.Context, req Request, d digest.Digest) (*fill.Fill, int64, *fill.DirectReader, error) {
+	if c.filler.Running(d) == nil {
+		if err := c.store.CanFill(d); err != nil {
+			return c.openDirect(ctx, req, d, err)
+		}
+	}
+	fl, size, err := c.scopedFill(ctx, req, d)
+	if space.Is(err) {
+		return c.openDirect(ctx, req, d, err)
+	}
+	return fl, size, nil, err
+}
+
+// openDirect opens d from its source for one response, without caching it; why is
+// the reason the store could not take it.
+func (c *Cache) openDirect(ctx context.Context, req Request, d digest.Digest, why error) (*fill.Fill, int64, *fill.DirectReader, error) {
+	c.log.Debug("streaming a blob through without caching it", "digest", d, "reason", why)
+	src, _ := c.blobSource(req, d)
+	dr, err := c.filler.Direct(ctx, d, src)
+	if err != nil {
+		c.metrics.PassThrough.WithLabelValues("error").Inc()
+		return nil, 0, nil, err
+	}
+	return nil, dr.Size(), dr, nil
+}
+
+// serveDirect serves a blob that streams from its source without caching (Range and
+// HEAD included). A range that does not start at 0 is served after the bytes before
+// it have been read and hashed: the whole blob's digest is checked before its last
+// 64 KiB are sent.
+func (c *Cache) serveDirect(w http.ResponseWriter, r *http.Request, d digest.Digest, dr *fill.DirectReader) error {
+	defer dr.Close()
+	size := dr.Size()
+	setBlobHeaders(w, d, cacheMiss)
+	start, end, partial, ok := parseRange(r.Header.Get("Range"), size)
+	if !ok {
+		w.Header().Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
+		http.Error(w, "requested range not satisfiable", http.StatusRequestedRangeNotSatisfiable)
+		return nil
+	}
+	w.Header().Set("Content-Length", strconv.FormatInt(end-start, 10))
+	status := http.StatusOK
+	if partial {
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end-1, size))
+		status = http.StatusPartialContent
+	}
+	w.WriteHeader(status)
+	if r.Method == http.MethodHead || end == start {
+		c.metrics.PassThrough.WithLabelValues("ok").Inc()
+		return nil
+	}
+	if _, err := io.CopyN(io.Discard, dr, start); err != nil {
+		c.metrics.PassThrough.WithLabelValues("error").Inc()
+		abort(c, d, err)
+	}
+	if _, err := io.CopyN(w, dr, end-start); err != nil {
+		c.metrics.PassThrough.WithLabelValues("error").Inc()
+		abort(c, d, err)
+	}
+	c.metrics.PassThrough.WithLabelValues("ok").Inc()
 	return nil
 }
 

@@ -104,7 +104,12 @@ func (c *Cache) manifest(ctx context.Context, req Request, d digest.Digest) (man
 			return manifestResult{}, fmt.Errorf("fetching manifest %s of %s from %s: %w", d, repo, host, err)
 		}
 		if err := c.store.PutManifest(lctx, d, man.MediaType, man.Payload); err != nil {
-			return manifestResult{}, fmt.Errorf("caching manifest %s: %w", d, err)
+			if errdefs.IsInvalidArgument(err) {
+				return manifestResult{}, fmt.Errorf("caching manifest %s: %w", d, err)
+			}
+			// The upstream answered: a store that cannot keep it (a full disk) does
+			// not fail the client.
+			c.log.Warn("serving a manifest that could not be cached", "digest", d, "error", err)
 		}
 		c.linkManifest(req, d)
 		return manifestResult{man.MediaType, man.Payload}, nil

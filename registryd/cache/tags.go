@@ -135,7 +135,12 @@ func (c *Cache) revalidateTag(ctx context.Context, req Request, key, tag string)
 	}
 	rec := store.Tag{Digest: desc.Digest, MediaType: desc.MediaType, Size: desc.Size, Validated: c.now()}
 	if err := c.store.PutTag(ctx, up.Host(), req.Route.Repo, tag, rec); err != nil {
-		return tagResult{}, fmt.Errorf("caching tag %s:%s: %w", req.Route.Repo, tag, err)
+		if errdefs.IsInvalidArgument(err) {
+			return tagResult{}, fmt.Errorf("caching tag %s:%s: %w", req.Route.Repo, tag, err)
+		}
+		// The upstream answered: a store that cannot keep it (a full disk) does not
+		// fail the client.
+		c.log.Warn("serving a tag that could not be cached", "repo", req.Route.Repo, "tag", tag, "error", err)
 	}
 	return tagResult{desc: tagDescriptor(rec)}, nil
 }

@@ -10,9 +10,19 @@
 //
 // A cut or stalled stream is resumed by calling the Source again at the byte reached,
 // with exponential backoff and a retry budget that is refilled by every attempt that
-// made progress. A spool file left by a crash is hashed again and resumed from its
-// length; if it turns out to be bad (longer than the blob, or the finished blob does
-// not verify), it is truncated and the fill starts over, once.
+// made progress. A spool file left by a crash, an outage or a full disk is hashed again
+// and resumed from its length. It is dropped (truncated, and the fill starts over,
+// once) only when its bytes are proven bad: it is longer than the blob, the Source
+// says the offset is past the end (ErrOutOfRange), a later answer gives another size
+// (ErrDataLoss), or the finished blob does not verify. A fill that makes no progress,
+// because the Source fails or the disk is full, keeps it for the next fill.
+//
+// Disk space (when the Committer implements Space): a fill holds its spool file while
+// it runs, and reserves the bytes it still has to write when the first answer gives
+// the size, before anyone hears that size; a refusal (an error wrapping
+// space.ErrNoSpace) fails the fill at once, so that whoever waits can stream the blob
+// with Direct instead. A spool write that fails for lack of space (ENOSPC, EDQUOT)
+// fails the fill without retries and is reported; the bytes written stay.
 //
 // The one failure that is not retried is the upstream's own before any response has
 // given the blob's size: every request for the blob is then still waiting for the
@@ -50,6 +60,7 @@ import (
 
 	"github.com/hopless/hopless/internal/upstreamerr"
 	"github.com/hopless/hopless/registryd/metrics"
+	"github.com/hopless/hopless/registryd/space"
 )
 
 const (
@@ -88,6 +99,19 @@ type Committer interface {
 	CommitBlob(ctx context.Context, d digest.Digest, spoolPath string) error
 }
 
+// Space is implemented by a Committer that keeps the spool's disk space
+// (registryd/store); a Filler uses it when its Committer has it.
+type Space interface {
+	// HoldSpool marks d's spool file as used by a fill until release is called.
+	HoldSpool(d digest.Digest) (release func())
+	// ReserveSpool is called once per fill, when the first answer gives the size,
+	// with the bytes the spool already holds. An error refuses the fill.
+	ReserveSpool(ctx context.Context, d digest.Digest, size, have int64) error
+	// SpoolFull reports that writing d's spool failed for lack of space, with need
+	// bytes still to write (0 if unknown).
+	SpoolFull(d digest.Digest, need int64, err error)
+}
+
 // Option changes a Filler's defaults.
 type Option func(*Filler)
 
@@ -124,6 +148,7 @@ func WithStallTimeout(d time.Duration) Option {
 // Filler runs the blob fills of one store.
 type Filler struct {
 	c       Committer
+	space   Space // c, if it keeps the spool's disk space
 	log     *slog.Logger
 	metrics *metrics.Metrics
 	retries int
@@ -155,6 +180,7 @@ func New(c Committer, opts ...Option) *Filler {
 	if f.metrics == nil {
 		f.metrics = metrics.New()
 	}
+	f.space, _ = c.(Space)
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	return f
 }
@@ -185,6 +211,13 @@ func (f *Filler) Fill(d digest.Digest, label string, src Source) *Fill {
 	f.wg.Add(1)
 	go f.run(fl, label, src)
 	return fl
+}
+
+// Running returns the fill of d that is running now, or nil.
+func (f *Filler) Running(d digest.Digest) *Fill {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.fills[d]
 }
 
 // Close cancels the running fills and waits for them to end. Their spool files stay,
@@ -226,6 +259,15 @@ func (f *Filler) run(fl *Fill, label string, src Source) {
 // when it is empty or known bad, and keeps it for a later resume otherwise.
 func (f *Filler) fill(log *slog.Logger, fl *Fill, src Source) (err error) {
 	ctx, d := f.ctx, fl.d
+	if f.space != nil {
+		defer f.space.HoldSpool(d)()
+		defer func() {
+			// The store's own refusal is recorded already; a failed write is not.
+			if space.Is(err) && !errors.Is(err, space.ErrNoSpace) {
+				f.space.SpoolFull(d, fl.remaining(), err)
+			}
+		}()
+	}
 	if err := os.MkdirAll(filepath.Dir(fl.path), 0o755); err != nil {
 		return fmt.Errorf("create spool directory for %s: %w", d, err)
 	}
@@ -272,11 +314,15 @@ func (f *Filler) fill(log *slog.Logger, fl *Fill, src Source) (err error) {
 			f.metrics.VerifyFailures.WithLabelValues("fill").Inc()
 			err = fmt.Errorf("content of %s hashes to %s: %w", d, got, errdefs.ErrDataLoss)
 		}
-		// A leftover that cannot be resumed at all may be the bad one (a Source need
-		// not say ErrOutOfRange for an offset at the end), so it is dropped too, unless
-		// the upstream failed to answer at all.
-		bad := errdefs.IsDataLoss(err) || errdefs.IsOutOfRange(err) || (reached == have && !upstreamFailed(err))
+		// A leftover is dropped only when its bytes are proven bad: the blob does not
+		// verify, the Source gave another size, or it says the leftover reaches past
+		// the end. A Source that fails, or a disk that is full, proves nothing: the
+		// leftover stays for the next fill.
+		bad := errdefs.IsDataLoss(err) || errdefs.IsOutOfRange(err)
 		if !leftover || ctx.Err() != nil || !bad {
+			if leftover && reached > 0 {
+				log.Info("fill failed; its spool file stays for the next fill", "bytes", reached)
+			}
 			return err
 		}
 		log.Warn("leftover spool file is bad, starting over", "error", err)
@@ -362,6 +408,12 @@ func (f *Filler) attempt(ctx context.Context, fl *Fill, file *os.File, h hash.Ha
 		return cut(0, err)
 	}
 	defer body.Close()
+	if f.space != nil && fl.sizeNow() < 0 && size >= 0 && off <= size {
+		// Room first: nobody hears the size of a fill that is refused.
+		if err := f.space.ReserveSpool(ctx, fl.d, size, off); err != nil {
+			return 0, false, fmt.Errorf("fill of %s: %w", fl.d, err)
+		}
+	}
 	if err := fl.checkSize(size, off); err != nil {
 		return 0, false, err
 	}
@@ -533,6 +585,13 @@ func (fl *Fill) sizeNow() int64 {
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
 	return fl.size
+}
+
+// remaining is how many bytes the spool still lacks, or 0 before the size is known.
+func (fl *Fill) remaining() int64 {
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	return max(fl.size-fl.written, 0)
 }
 
 // checkSize records the size of the first response, checks later ones against it,

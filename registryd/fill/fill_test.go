@@ -923,11 +923,12 @@ func TestCrashResume(t *testing.T) {
 		{"corrupt whole", blob(size, 12), nil, []int64{size, 0}},
 		{"longer than the blob", append(bytes.Clone(data), 1, 2, 3), nil, []int64{size + 3, 0}},
 		{
-			// The 3 retries at the leftover's end fail before it is dropped.
-			"corrupt whole, source without out-of-range",
+			// A source that answers an offset at the end with ErrOutOfRange proves
+			// the leftover bad; one that just fails does not (TestLeftoverSurvives).
+			"corrupt whole, out of range given as data loss",
 			blob(size, 13),
-			errors.New("416 Requested Range Not Satisfiable"),
-			[]int64{size, size, size, size, 0},
+			fmt.Errorf("416 Requested Range Not Satisfiable: %w", errdefs.ErrDataLoss),
+			[]int64{size, 0},
 		},
 	}
 	for _, tt := range tests {

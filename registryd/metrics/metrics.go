@@ -52,11 +52,20 @@ type Metrics struct {
 	FillResumes prometheus.Counter
 	// VerifyFailures counts digest mismatches, by where (fill, store).
 	VerifyFailures *prometheus.CounterVec
-	// Evictions and EvictedBytes count removed blobs and manifests by reason (size, ttl).
+	// Evictions and EvictedBytes count removed blobs and manifests by reason (size, ttl,
+	// space).
 	Evictions    *prometheus.CounterVec
 	EvictedBytes *prometheus.CounterVec
 	// StoreBytes is the size of the cached content.
 	StoreBytes prometheus.Gauge
+	// StorageWritable is 1 while the store can take new content, 0 while a filesystem
+	// is below storage.min_free or the last write failed for lack of space.
+	StorageWritable prometheus.Gauge
+	// SpoolBytes is the size of the spool files, which count in max_bytes.
+	SpoolBytes prometheus.Gauge
+	// PassThrough counts blob responses streamed from the source without caching, for
+	// lack of space, by result (ok, error).
+	PassThrough *prometheus.CounterVec
 }
 
 // New creates the metrics and registers them, with the Go and process collectors, on
@@ -120,14 +129,24 @@ func New() *Metrics {
 		Name: "hopless_registryd_verify_failures_total", Help: "Digest mismatches, by where they were found (fill, store).",
 	}, []string{"where"})
 	m.Evictions = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "hopless_registryd_evictions_total", Help: "Blobs and manifests removed, by reason (size, ttl).",
+		Name: "hopless_registryd_evictions_total", Help: "Blobs and manifests removed, by reason (size, ttl, space).",
 	}, []string{"reason"})
 	m.EvictedBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "hopless_registryd_evicted_bytes_total", Help: "Bytes removed, by reason (size, ttl).",
+		Name: "hopless_registryd_evicted_bytes_total", Help: "Bytes removed, by reason (size, ttl, space).",
 	}, []string{"reason"})
 	m.StoreBytes = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "hopless_registryd_store_bytes", Help: "Bytes of cached content.",
 	})
+	m.StorageWritable = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "hopless_registryd_storage_writable", Help: "1 while the store can take new content, 0 while it cannot for lack of space.",
+	})
+	m.StorageWritable.Set(1)
+	m.SpoolBytes = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "hopless_registryd_spool_bytes", Help: "Bytes of spool files (fills in progress and leftovers), counted in max_bytes.",
+	})
+	m.PassThrough = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hopless_registryd_blob_passthrough_total", Help: "Blob responses streamed from the source without caching, for lack of space, by result.",
+	}, []string{"result"})
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -137,6 +156,7 @@ func New() *Metrics {
 		m.PeerFills, m.PeerRequests,
 		m.FillsInFlight, m.FillDuration, m.FillResumes, m.VerifyFailures,
 		m.Evictions, m.EvictedBytes, m.StoreBytes,
+		m.StorageWritable, m.SpoolBytes, m.PassThrough,
 	)
 	return m
 }

@@ -119,7 +119,7 @@ func (s *Set) blob(ctx context.Context, p Peer, host, repo string, d digest.Dige
 			if total >= 0 && offset > total {
 				resp.Body.Close()
 				cancel()
-				return nil, 0, fmt.Errorf("peer %s: blob %s: offset %d beyond size %d: %w", p.URL, d, offset, total, errdefs.ErrInvalidArgument)
+				return nil, 0, fmt.Errorf("peer %s: blob %s: offset %d beyond size %d: %w: %w", p.URL, d, offset, total, errdefs.ErrInvalidArgument, errdefs.ErrOutOfRange)
 			}
 			if _, err := io.CopyN(io.Discard, resp.Body, offset); err != nil {
 				return fail(fmt.Errorf("peer %s: blob %s: skipping to offset %d: %w: %w", p.URL, d, offset, err, errdefs.ErrUnavailable))

@@ -18,6 +18,7 @@ import (
 
 	"github.com/hopless/hopless/registryd/api"
 	"github.com/hopless/hopless/registryd/cache"
+	"github.com/hopless/hopless/registryd/space"
 )
 
 // Request kinds, the values of the kind label and log field.
@@ -48,7 +49,7 @@ func (s *Server) routes(registry http.Handler) http.Handler {
 				writeText(w, http.StatusServiceUnavailable, "not ready: "+what)
 				return
 			}
-			writeText(w, http.StatusOK, "ok")
+			writeText(w, http.StatusOK, s.readyBody())
 		case strings.HasPrefix(r.URL.Path, api.Prefix):
 			boundBody(w, r)
 			s.api.ServeHTTP(w, r)
@@ -189,20 +190,48 @@ func writeRegistryError(w http.ResponseWriter, status int, code, msg string) {
 }
 
 // ready reports why the server cannot serve pulls, or nil: what is not ready, for
-// clients, and the error, for the log.
+// clients, and the error, for the log. A storage directory that has no room for the
+// probe file still serves what it holds: readyBody reports that.
 func (s *Server) ready() (string, error) {
 	if s.app == nil {
 		return "distribution is not built", fmt.Errorf("distribution app is not built")
 	}
-	if why, err := checkDir(s.cfg.Storage.Spool); err != nil {
+	if why, err := checkDir(s.cfg.Storage.Spool); err != nil && !space.Is(err) {
 		return "storage.spool " + why, fmt.Errorf("storage.spool: %w", err)
 	}
 	if s.cfg.Storage.Driver == "filesystem" {
-		if why, err := checkDir(s.cfg.Storage.Root); err != nil {
+		if why, err := checkDir(s.cfg.Storage.Root); err != nil && !space.Is(err) {
 			return "storage.root " + why, fmt.Errorf("storage.root: %w", err)
 		}
 	}
 	return "", nil
+}
+
+// readyBody is /readyz's answer when ready: "ok", and, while the store cannot take
+// new content for lack of space, a second line that says why. The status stays 200:
+// a master that serves its cached content and streams misses through still serves
+// pulls, and taking it out of a Service would only move its load to the others. The
+// storage directories are named by their settings, not their paths.
+func (s *Server) readyBody() string {
+	if err := s.store.Writable(); err != nil {
+		return "ok\n" + s.unpathed(err.Error())
+	}
+	for _, dir := range []string{s.cfg.Storage.Spool, s.cfg.Storage.Root} {
+		if _, err := checkDir(dir); space.Is(err) {
+			return "ok\nstorage cannot take new content: " + s.unpathed(err.Error())
+		}
+	}
+	return "ok"
+}
+
+// unpathed replaces the storage directories in msg by the settings that name them.
+func (s *Server) unpathed(msg string) string {
+	for _, d := range []struct{ path, name string }{{s.cfg.Storage.Spool, "storage.spool"}, {s.cfg.Storage.Root, "storage.root"}} {
+		if d.path != "" {
+			msg = strings.ReplaceAll(msg, d.path, d.name)
+		}
+	}
+	return msg
 }
 
 // checkDir verifies that dir is a directory in which a file can be created. It says

@@ -193,7 +193,7 @@ func New(ctx context.Context, cfg *conf.Registryd, opts ...Option) (s *Server, e
 			"ns", u.NS, "ca", u.TLS.CA, "auth", u.Auth.CredentialsFile != "")
 	}
 	s.log.Info("registryd configured", "storage", cfg.Storage.Driver, "root", cfg.Storage.Root, "spool", cfg.Storage.Spool,
-		"max_bytes", int64(cfg.Storage.MaxBytes), "ttl", cfg.Storage.TTL.String(), "tag_ttl", cfg.Cache.TagTTL.String(),
+		"max_bytes", s.store.MaxBytes(), "ttl", cfg.Storage.TTL.String(), "tag_ttl", cfg.Cache.TagTTL.String(),
 		"peers", s.peers != nil, "client_auth", cfg.Auth.Htpasswd != "" || cfg.Auth.Token.Realm != "", "api", apiToken != "")
 	return s, nil
 }

@@ -63,8 +63,10 @@ func (s *Store) CommitBlob(ctx context.Context, d digest.Digest, spoolPath strin
 	}
 
 	if err := s.publish(ctx, d, spoolPath, size); err != nil {
+		s.noteWrite(d, size, true, err)
 		return fmt.Errorf("commit blob %s: %w", d, err)
 	}
+	s.noteWrite(d, size, true, nil)
 	s.mu.Lock()
 	e := &entry{kind: kindBlob, size: size, access: s.now()}
 	if old := s.entries[d]; old != nil && old.kind == kindManifest {

@@ -124,17 +124,32 @@ type plan struct {
 	gen       uint64
 }
 
+// Reasons of eviction, the values of the reason label.
+const (
+	reasonTTL  = "ttl"
+	reasonSize = "size"
+	// reasonSpace is eviction to keep a filesystem above storage.min_free.
+	reasonSpace = "space"
+)
+
 // Evict removes content: first manifests and blobs unused for longer than ttl (0
-// disables), then, while Size() > maxBytes (0 = unbounded), the least recently used.
-// It never removes what is reachable from a pinned manifest, nor a blob that a
-// remaining manifest references; an evicted manifest releases its blobs and takes its
-// tags along. Readers are blocked only for the planning, which touches no storage;
-// a reader that has a blob open keeps reading it after it is removed.
+// disables), then, while Size() plus the spool files' bytes exceed maxBytes (0 =
+// unbounded), the least recently used. It never removes what is reachable from a
+// pinned manifest, nor a blob that a remaining manifest references; an evicted
+// manifest releases its blobs and takes its tags along. Readers are blocked only for
+// the planning, which touches no storage; a reader that has a blob open keeps reading
+// it after it is removed.
 func (s *Store) Evict(ctx context.Context, maxBytes int64, ttl time.Duration) (EvictStats, error) {
+	return s.evict(ctx, maxBytes, ttl, reasonSize)
+}
+
+// evict is Evict; reason labels what is removed beyond maxBytes.
+func (s *Store) evict(ctx context.Context, maxBytes int64, ttl time.Duration, reason string) (EvictStats, error) {
 	s.evictMu.Lock()
 	defer s.evictMu.Unlock()
+	spool := s.spoolBytes()
 	s.mu.Lock()
-	p := s.planLocked(maxBytes, ttl)
+	p := s.planLocked(maxBytes, ttl, spool, reason)
 	s.mu.Unlock()
 
 	var st EvictStats
@@ -171,14 +186,16 @@ func (s *Store) Evict(ctx context.Context, maxBytes int64, ttl time.Duration) (E
 	return st, err
 }
 
-func (s *Store) planLocked(maxBytes int64, ttl time.Duration) plan {
+// planLocked plans the removals of evict; spool is the bytes of the spool files,
+// which count against maxBytes.
+func (s *Store) planLocked(maxBytes int64, ttl time.Duration, spool int64, reason string) plan {
 	p := plan{protected: s.protectedLocked(), gen: s.gen}
 	refc := make(map[digest.Digest]int, len(s.refcount))
 	for d, n := range s.refcount {
 		refc[d] = n
 	}
 	gone := make(map[digest.Digest]bool)
-	size := s.size
+	size := s.size + spool
 	take := func(d digest.Digest, e *entry, reason string) {
 		p.victims = append(p.victims, victim{d: d, kind: e.kind, size: e.size, access: e.access, reason: reason})
 		gone[d] = true
@@ -206,7 +223,7 @@ func (s *Store) planLocked(maxBytes int64, ttl time.Duration) plan {
 		for _, k := range []kind{kindManifest, kindBlob} {
 			for _, it := range expired {
 				if it.e.kind == k && evictable(it.d, it.e) {
-					take(it.d, it.e, "ttl")
+					take(it.d, it.e, reasonTTL)
 				}
 			}
 		}
@@ -225,7 +242,7 @@ func (s *Store) planLocked(maxBytes int64, ttl time.Duration) plan {
 			if !evictable(it.d, it.e) {
 				continue
 			}
-			take(it.d, it.e, "size")
+			take(it.d, it.e, reason)
 			if it.e.kind != kindManifest {
 				continue
 			}

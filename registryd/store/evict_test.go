@@ -239,7 +239,7 @@ func TestEvictSkipsContentUsedMeanwhile(t *testing.T) {
 	d := commit(t, s, randomBytes(1, 100))
 	clk.Advance(2 * time.Hour)
 	s.mu.Lock()
-	p := s.planLocked(0, time.Hour)
+	p := s.planLocked(0, time.Hour, 0, reasonSize)
 	s.mu.Unlock()
 	if len(p.victims) != 1 {
 		t.Fatalf("plan %+v", p.victims)

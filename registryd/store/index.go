@@ -10,6 +10,8 @@ import (
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/hopless/hopless/registryd/space"
 )
 
 const indexVersion = 1
@@ -167,7 +169,11 @@ func (s *Store) load(ctx context.Context) error {
 		return err
 	}
 	if err := s.save(ctx, false); err != nil {
-		return fmt.Errorf("storage: write index: %w", err)
+		if !space.Is(err) {
+			return fmt.Errorf("storage: write index: %w", err)
+		}
+		// A full disk degrades, it does not stop the start: the content is served.
+		s.log.Warn("index write failed for lack of space; serving what is stored", "error", err)
 	}
 	return nil
 }
@@ -344,6 +350,7 @@ func (s *Store) save(ctx context.Context, clean bool) error {
 
 	err := s.putAtomic(ctx, indexPath, f)
 	if err != nil {
+		s.noteWrite("", 0, false, err)
 		s.mu.Lock()
 		s.dirty = true
 		s.mu.Unlock()

@@ -93,12 +93,14 @@ func (s *Store) PutManifest(ctx context.Context, d digest.Digest, mediaType stri
 	s.mu.Unlock()
 	if have, err := s.storedSize(ctx, d); err != nil || have != size {
 		if err := s.drv.PutContent(ctx, blobPath(d), payload); err != nil {
+			s.noteWrite(d, size, false, err)
 			return fmt.Errorf("manifest %s: write payload: %w", d, err)
 		}
 	}
 	// The record goes second: a crash between the two leaves a plain blob, which a
 	// later PutManifest turns into a manifest again.
 	if err := s.putAtomic(ctx, metaPath(d), manifestMeta{MediaType: mediaType, Refs: refs}); err != nil {
+		s.noteWrite(d, size, false, err)
 		return fmt.Errorf("manifest %s: write record: %w", d, err)
 	}
 	s.mu.Lock()

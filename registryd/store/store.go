@@ -151,6 +151,11 @@ type Store struct {
 	pinsMu  sync.Mutex
 	evictMu sync.Mutex
 
+	// maxBytes is the bound of the cache (MaxBytes); space is its disk space
+	// (space.go).
+	maxBytes int64
+	space    spaceState
+
 	stop      chan struct{}
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -214,6 +219,7 @@ func newStore(ctx context.Context, drv storagedriver.StorageDriver, fsRoot strin
 		pins:     make(map[string][]digest.Digest),
 		verified: newVerifiedCache(verifiedEntries),
 		stop:     make(chan struct{}),
+		space:    newSpaceState(),
 	}
 	for _, o := range opts {
 		o(s)
@@ -230,10 +236,17 @@ func newStore(ctx context.Context, drv storagedriver.StorageDriver, fsRoot strin
 			return nil, fmt.Errorf("storage: create spool: %w", err)
 		}
 	}
+	if s.fsRoot != "" {
+		if err := os.MkdirAll(s.fsRoot, 0o755); err != nil {
+			return nil, fmt.Errorf("storage: create root: %w", err)
+		}
+	}
+	s.initMaxBytes()
 	if err := s.load(ctx); err != nil {
 		return nil, err
 	}
 	s.cleanTmp(ctx)
+	_ = s.Writable() // the gauge, from the start
 	s.wg.Add(1)
 	go s.flushLoop()
 	return s, nil
@@ -258,8 +271,11 @@ func (s *Store) Size() int64 {
 	return s.size
 }
 
-// RunEviction evicts every cfg.EvictInterval (default 1m) with cfg.MaxBytes and
-// cfg.TTL until ctx is done.
+// RunEviction evicts every cfg.EvictInterval (default 1m) with MaxBytes and cfg.TTL
+// until ctx is done, and at once when a write fails for lack of space or a filesystem
+// is found below storage.min_free. Each run first removes old spool files, then
+// evicts by TTL and size (spool files count), then evicts further while a filesystem
+// is below its floor.
 func (s *Store) RunEviction(ctx context.Context) {
 	interval := s.cfg.EvictInterval.Duration
 	if interval <= 0 {
@@ -272,8 +288,13 @@ func (s *Store) RunEviction(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			s.space.mu.Lock()
+			s.space.stuck = false
+			s.space.mu.Unlock()
+		case <-s.space.kick:
 		}
-		st, err := s.Evict(ctx, int64(s.cfg.MaxBytes), s.cfg.TTL.Duration)
+		s.CollectSpool()
+		st, err := s.Evict(ctx, s.maxBytes, s.cfg.TTL.Duration)
 		if err != nil && ctx.Err() == nil {
 			s.log.Warn("eviction failed", "error", err)
 		}
@@ -281,6 +302,8 @@ func (s *Store) RunEviction(ctx context.Context) {
 			s.log.Info("evicted", "manifests", st.Manifests, "blobs", st.Blobs, "tags", st.Tags,
 				"bytes", st.Bytes, "size", s.Size())
 		}
+		s.relieve(ctx)
+		_ = s.Writable()
 	}
 }
 

@@ -96,6 +96,7 @@ func (s *Store) PutTag(ctx context.Context, upstream, repo, tag string, t Tag) e
 	mu.Lock()
 	defer mu.Unlock()
 	if err := s.putAtomic(ctx, p, newTagRecord(k, t)); err != nil {
+		s.noteWrite("", 0, false, err)
 		return fmt.Errorf("tag %s/%s:%s: %w", upstream, repo, tag, err)
 	}
 	s.mu.Lock()

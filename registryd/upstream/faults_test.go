@@ -74,6 +74,9 @@ func TestBlobRangeIgnored(t *testing.T) {
 		{name: "offset", repo: "known/x", offset: 300, wantTotal: 1000},
 		{name: "offset at the end", repo: "known/x", offset: 1000, wantTotal: 1000},
 		{name: "offset beyond", repo: "known/x", offset: 1001, wantErr: errdefs.IsInvalidArgument, wantText: "beyond the blob's size 1000"},
+		// A 200 to a Range request that shows the blob shorter than the offset: the fill
+		// engine drops a spool file that reaches past the end only on ErrOutOfRange.
+		{name: "offset beyond is out of range", repo: "known/x", offset: 1001, wantErr: errdefs.IsOutOfRange, wantText: "beyond the blob's size 1000"},
 		{name: "chunked whole", repo: "chunked/x", wantTotal: -1},
 		{name: "chunked offset", repo: "chunked/x", offset: 300, wantTotal: -1},
 		{name: "chunked offset beyond", repo: "chunked/x", offset: 1001, wantErr: errdefs.IsInvalidArgument, wantText: "beyond the blob's end"},

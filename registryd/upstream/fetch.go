@@ -106,7 +106,8 @@ func (c *Client) waitError(ctx context.Context, what string, err error) error {
 // returns the body positioned at offset and the blob's total size, or -1 when the
 // upstream does not say. If the upstream ignores the range and sends the whole blob,
 // the first offset bytes are read and discarded here. An offset equal to the size gives
-// an empty body; a larger one is an ErrInvalidArgument. The body counts bytes into
+// an empty body; a larger one is an ErrInvalidArgument and ErrOutOfRange (the fill
+// engine drops a spool file that reaches past the end). The body counts bytes into
 // UpstreamBytes as they are read and fails with ErrUnavailable if the upstream stalls.
 func (c *Client) Blob(ctx context.Context, repo string, dgst digest.Digest, offset int64) (io.ReadCloser, int64, error) {
 	what := fmt.Sprintf("fetching blob %s@%s", repo, dgst)
@@ -194,9 +195,9 @@ func (c *Client) position(resp *http.Response, b *body, offset int64, what strin
 
 func beyond(what string, offset, size int64) error {
 	if size < 0 {
-		return fmt.Errorf("%s: offset %d is beyond the blob's end: %w", what, offset, errdefs.ErrInvalidArgument)
+		return fmt.Errorf("%s: offset %d is beyond the blob's end: %w: %w", what, offset, errdefs.ErrInvalidArgument, errdefs.ErrOutOfRange)
 	}
-	return fmt.Errorf("%s: offset %d is beyond the blob's size %d: %w", what, offset, size, errdefs.ErrInvalidArgument)
+	return fmt.Errorf("%s: offset %d is beyond the blob's size %d: %w: %w", what, offset, size, errdefs.ErrInvalidArgument, errdefs.ErrOutOfRange)
 }
 
 // parseContentRange parses "bytes first-last/total" and "bytes */total". An unknown

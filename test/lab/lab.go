@@ -107,6 +107,9 @@ type RegistrydOptions struct {
 	EvictInterval string `json:"evict_interval,omitempty"`
 	// NoPeers leaves the peers section out: each master fills on its own.
 	NoPeers bool `json:"no_peers,omitempty"`
+	// StorageTmpfs, e.g. "24m", puts each master's storage root on a tmpfs of that
+	// size (tmpfs.go); it needs root.
+	StorageTmpfs string `json:"storage_tmpfs,omitempty"`
 }
 
 // Master is one registryd.
@@ -355,6 +358,9 @@ func (l *Lab) startMaster(ctx context.Context, ca *CA, i int, extraIPs ...net.IP
 	if err := ca.Issue(d, append([]net.IP{net.ParseIP(strings.Split(addr, ":")[0])}, extraIPs...)...); err != nil {
 		return err
 	}
+	if err := l.mountStorage(d); err != nil {
+		return err
+	}
 	cfg, err := l.registrydConfig(name, i)
 	if err != nil {
 		return err
@@ -500,6 +506,9 @@ func (l *Lab) Down() error {
 	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)
+	}
+	if err := l.unmountStorage(); err != nil {
+		errs = append(errs, err)
 	}
 	for _, f := range []string{stateFile, "lab.env"} {
 		if err := os.Remove(filepath.Join(l.Dir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
