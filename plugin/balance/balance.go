@@ -533,11 +533,15 @@ func (b *Balancer) race(req *http.Request, tried map[*endpoint]bool, accept func
 	}
 }
 
+// minProbeTimeout is the least an on-demand check waits, however small the hedge
+// delay: a busy node or master may take that long to answer a GET /v2/.
+const minProbeTimeout = 200 * time.Millisecond
+
 // probeTimeout bounds an on-demand check: twice the class's hedge delay, at least
-// HedgeMin and at most HealthTimeout. A serving master answers GET /v2/ in a few
-// milliseconds; one that does not within that is not serving now.
+// minProbeTimeout and at most HealthTimeout. A serving master answers GET /v2/ in a
+// few milliseconds; one that does not within that is not serving now.
 func (b *Balancer) probeTimeout(class string) time.Duration {
-	return min(max(2*b.hedge.delay(class), b.cfg.HedgeMin), b.cfg.HealthTimeout)
+	return min(max(2*b.hedge.delay(class), minProbeTimeout), b.cfg.HealthTimeout)
 }
 
 func removeAttempt(as []*attempt, a *attempt) []*attempt {

@@ -226,7 +226,8 @@ func (a *API) peerTag(w http.ResponseWriter, r *http.Request) {
 
 // peerManifest serves a manifest by digest to another master, from the store only.
 func (a *API) peerManifest(w http.ResponseWriter, r *http.Request) {
-	if _, _, ok := a.peerLookup(w, r); !ok {
+	upstreamIdx, repo, ok := a.peerLookup(w, r)
+	if !ok {
 		return
 	}
 	q := r.URL.Query()
@@ -235,9 +236,9 @@ func (a *API) peerManifest(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, errcode.ErrorCodeDigestInvalid.WithMessage(fmt.Sprintf("invalid digest %q: %v", q.Get("digest"), err)))
 		return
 	}
-	mt, payload, err := a.cache.LocalManifest(r.Context(), d)
+	mt, payload, err := a.cache.LocalManifest(r.Context(), upstreamIdx, repo, d)
 	if errdefs.IsNotFound(err) {
-		writeError(w, http.StatusNotFound, errcode.ErrorCodeManifestUnknown.WithMessage(fmt.Sprintf("manifest %s is not stored here", d)))
+		writeError(w, http.StatusNotFound, errcode.ErrorCodeManifestUnknown.WithMessage(fmt.Sprintf("manifest %s of %s is not stored here", d, repo)))
 		return
 	}
 	if err != nil {

@@ -179,21 +179,8 @@ func (c *Cache) serveBlob(ctx context.Context, w http.ResponseWriter, r *http.Re
 	if dr != nil {
 		return c.serveDirect(w, r, d, dr)
 	}
-	setBlobHeaders(w, d, cacheMiss)
-	start, end, partial, ok := parseRange(r.Header.Get("Range"), size)
-	if !ok {
-		w.Header().Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
-		http.Error(w, "requested range not satisfiable", http.StatusRequestedRangeNotSatisfiable)
-		return nil
-	}
-	w.Header().Set("Content-Length", strconv.FormatInt(end-start, 10))
-	status := http.StatusOK
-	if partial {
-		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end-1, size))
-		status = http.StatusPartialContent
-	}
-	w.WriteHeader(status)
-	if r.Method == http.MethodHead || end == start {
+	start, end, ok := writeMissHeaders(w, r, d, size)
+	if !ok || r.Method == http.MethodHead || end == start {
 		return nil
 	}
 	rd, err := fl.Reader(ctx, start)
@@ -243,21 +230,10 @@ func (c *Cache) openDirect(ctx context.Context, req Request, d digest.Digest, wh
 // 64 KiB are sent.
 func (c *Cache) serveDirect(w http.ResponseWriter, r *http.Request, d digest.Digest, dr *fill.DirectReader) error {
 	defer dr.Close()
-	size := dr.Size()
-	setBlobHeaders(w, d, cacheMiss)
-	start, end, partial, ok := parseRange(r.Header.Get("Range"), size)
+	start, end, ok := writeMissHeaders(w, r, d, dr.Size())
 	if !ok {
-		w.Header().Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
-		http.Error(w, "requested range not satisfiable", http.StatusRequestedRangeNotSatisfiable)
 		return nil
 	}
-	w.Header().Set("Content-Length", strconv.FormatInt(end-start, 10))
-	status := http.StatusOK
-	if partial {
-		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end-1, size))
-		status = http.StatusPartialContent
-	}
-	w.WriteHeader(status)
 	if r.Method == http.MethodHead || end == start {
 		c.metrics.PassThrough.WithLabelValues("ok").Inc()
 		return nil
@@ -272,6 +248,27 @@ func (c *Cache) serveDirect(w http.ResponseWriter, r *http.Request, d digest.Dig
 	}
 	c.metrics.PassThrough.WithLabelValues("ok").Inc()
 	return nil
+}
+
+// writeMissHeaders writes the headers of a blob of size streamed from its source,
+// for the request's Range: the half-open interval to send, or ok false when the
+// range cannot be satisfied (the answer, 416, is written).
+func writeMissHeaders(w http.ResponseWriter, r *http.Request, d digest.Digest, size int64) (start, end int64, ok bool) {
+	setBlobHeaders(w, d, cacheMiss)
+	start, end, partial, ok := parseRange(r.Header.Get("Range"), size)
+	if !ok {
+		w.Header().Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
+		http.Error(w, "requested range not satisfiable", http.StatusRequestedRangeNotSatisfiable)
+		return 0, 0, false
+	}
+	w.Header().Set("Content-Length", strconv.FormatInt(end-start, 10))
+	status := http.StatusOK
+	if partial {
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end-1, size))
+		status = http.StatusPartialContent
+	}
+	w.WriteHeader(status)
+	return start, end, true
 }
 
 // abort ends a response whose headers are sent: the client sees a cut connection,

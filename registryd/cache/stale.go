@@ -242,7 +242,9 @@ func (c *Cache) peerManifest(ctx context.Context, req Request, d digest.Digest) 
 // manifestFromPeer returns manifest d from the store, or fetches it from peer p,
 // which verifies it against d, and stores it.
 func (c *Cache) manifestFromPeer(ctx context.Context, p peers.Peer, req Request, d digest.Digest) (manifestResult, error) {
-	if mt, pl, err := c.store.GetManifest(ctx, d); err == nil {
+	// The peer serves d only where it is linked to req's repository, so it vouches
+	// for the link as the upstream would.
+	if mt, pl, err := c.store.GetManifest(ctx, d); err == nil && c.linked(req, d) {
 		return manifestResult{mt, pl}, nil
 	}
 	host := c.upstreams[req.Route.Upstream].Host()
@@ -253,6 +255,7 @@ func (c *Cache) manifestFromPeer(ctx context.Context, p peers.Peer, req Request,
 	if err := c.store.PutManifest(ctx, d, mt, pl); err != nil {
 		return manifestResult{}, fmt.Errorf("caching manifest %s from peer %s: %w", d, p.URL, err)
 	}
+	c.linkManifest(req, d)
 	if mt2, pl2, err := c.store.GetManifest(ctx, d); err == nil {
 		return manifestResult{mt2, pl2}, nil
 	}
@@ -271,7 +274,12 @@ func (c *Cache) LocalTag(ctx context.Context, upstreamIdx int, repo, tag string)
 }
 
 // LocalManifest returns manifest d's media type and payload from the store only, for
-// a peer that asks. A manifest it does not have is errdefs.ErrNotFound.
-func (c *Cache) LocalManifest(ctx context.Context, d digest.Digest) (string, []byte, error) {
+// a peer that asks for it in repo at upstream upstreamIdx. A manifest it does not
+// have, or has not linked to repo, is errdefs.ErrNotFound: a peer serves by the same
+// repository rule as a client.
+func (c *Cache) LocalManifest(ctx context.Context, upstreamIdx int, repo string, d digest.Digest) (string, []byte, error) {
+	if !c.linked(Request{Route: route.Route{Upstream: upstreamIdx, Repo: repo}}, d) {
+		return "", nil, fmt.Errorf("manifest %s is not linked to %s here: %w", d, repo, errdefs.ErrNotFound)
+	}
 	return c.store.GetManifest(ctx, d)
 }

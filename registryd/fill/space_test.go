@@ -18,27 +18,8 @@ import (
 
 	"github.com/hopless/hopless/registryd/fill"
 	"github.com/hopless/hopless/registryd/space"
+	"github.com/hopless/hopless/test/registrytest"
 )
-
-// mountTmpfs mounts a tmpfs of size (mount's syntax, "1m") on a new directory and
-// unmounts it when the test ends; it skips the test where that is not allowed.
-func mountTmpfs(t *testing.T, size string) string {
-	t.Helper()
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("this test needs a real full filesystem: mounting a %s tmpfs failed (run as root): %v: %s", size, err, out)
-	}
-	t.Cleanup(func() {
-		// A finished Fill closes its spool descriptor only when it is collected, so
-		// the mount may still be busy: detach it then, and it goes with the last one.
-		if _, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
-			if out, err := exec.Command("umount", "-l", dir).CombinedOutput(); err != nil {
-				t.Errorf("umount %s: %v: %s", dir, err, out)
-			}
-		}
-	})
-	return dir
-}
 
 // resizeTmpfs changes the size of the tmpfs mounted on dir.
 func resizeTmpfs(t *testing.T, dir, size string) {
@@ -233,7 +214,7 @@ func TestLeftoverProvenBad(t *testing.T) {
 // room again, the next fill resumes from them.
 func TestSpoolFullKeepsLeftover(t *testing.T) {
 	t.Parallel()
-	dir := mountTmpfs(t, "1m")
+	dir := registrytest.Tmpfs(t, "1m")
 	const size = 2 * mib
 	data := blob(size, 24)
 	d := digest.FromBytes(data)

@@ -3,7 +3,6 @@ package store
 import (
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,28 +12,10 @@ import (
 
 	"github.com/hopless/hopless/conf"
 	"github.com/hopless/hopless/registryd/space"
+	"github.com/hopless/hopless/test/registrytest"
 )
 
 const mib = 1 << 20
-
-// mountTmpfs mounts a tmpfs of size (mount's syntax, "8m") on a new directory and
-// unmounts it when the test ends; it skips the test where that is not allowed.
-func mountTmpfs(t *testing.T, size string) string {
-	t.Helper()
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("this test needs a real full filesystem: mounting a %s tmpfs failed (run as root): %v: %s", size, err, out)
-	}
-	t.Cleanup(func() {
-		if _, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
-			// Still open somewhere (a reader the test leaves to the collector): detach.
-			if out, err := exec.Command("umount", "-l", dir).CombinedOutput(); err != nil {
-				t.Errorf("umount %s: %v: %s", dir, err, out)
-			}
-		}
-	})
-	return dir
-}
 
 // openOn opens a filesystem store with its root (and spool) on dir.
 func openOn(t *testing.T, dir string, cfg conf.Storage, opts ...Option) *Store {
@@ -74,7 +55,7 @@ func avail(t *testing.T, dir string) int64 {
 
 func TestDefaultMaxBytes(t *testing.T) {
 	t.Parallel()
-	dir := mountTmpfs(t, "10m")
+	dir := registrytest.Tmpfs(t, "10m")
 	derived := openOn(t, dir, conf.Storage{MaxBytesShare: 90})
 	if got, want := derived.MaxBytes(), int64(10*mib*9/10); got != want {
 		t.Errorf("MaxBytes with max_bytes left out = %d, want 90%% of the 10 MiB filesystem, %d", got, want)
@@ -99,7 +80,7 @@ func TestDefaultMaxBytes(t *testing.T) {
 // and refuses, evicting nothing, a blob for which even that would not be enough.
 func TestReserveEvicts(t *testing.T) {
 	t.Parallel()
-	dir := mountTmpfs(t, "16m")
+	dir := registrytest.Tmpfs(t, "16m")
 	clk := newClock()
 	m := newMetrics()
 	s := openOn(t, dir, conf.Storage{MinFree: conf.Space{Bytes: 2 * mib}}, WithClock(clk.Now), WithMetrics(m))
@@ -168,7 +149,7 @@ func TestReserveEvicts(t *testing.T) {
 // fills holding reservations still have to write.
 func TestReserveCountsOtherFills(t *testing.T) {
 	t.Parallel()
-	dir := mountTmpfs(t, "8m")
+	dir := registrytest.Tmpfs(t, "8m")
 	s := openOn(t, dir, conf.Storage{MinFree: conf.Space{Bytes: mib}})
 	a, b := digest.FromString("a"), digest.FromString("b")
 	releaseA := s.HoldSpool(a)
@@ -191,7 +172,7 @@ func TestReserveCountsOtherFills(t *testing.T) {
 // when unpinned content can go, and otherwise the state lasts until room is freed.
 func TestFloor(t *testing.T) {
 	t.Parallel()
-	dir := mountTmpfs(t, "8m")
+	dir := registrytest.Tmpfs(t, "8m")
 	m := newMetrics()
 	s := openOn(t, dir, conf.Storage{MinFree: conf.Space{Percent: 25}}, WithMetrics(m))
 	blob := commit(t, s, randomBytes(5, mib))
@@ -259,7 +240,7 @@ func drain(s *Store) {
 // store still opens on the full disk.
 func TestFullDisk(t *testing.T) {
 	t.Parallel()
-	dir := mountTmpfs(t, "4m")
+	dir := registrytest.Tmpfs(t, "4m")
 	s := openOn(t, dir, conf.Storage{}) // no floor: only ENOSPC stops writes
 	stored := commit(t, s, randomBytes(7, 64<<10))
 	remove := filler(t, dir, int(avail(t, dir)))
