@@ -185,6 +185,10 @@ type Storage struct {
 	TTL Duration `toml:"ttl"`
 	// EvictInterval is how often eviction runs. Default 1m.
 	EvictInterval Duration `toml:"evict_interval"`
+	// ScrubRate bounds the background scrub, which re-hashes stored blobs one at a
+	// time, oldest-verified first, and removes those whose bytes no longer match
+	// their digest: bytes per second. Default 16MiB; 0 disables the scrub.
+	ScrubRate Size `toml:"scrub_rate"`
 }
 
 // Cache tunes the pull-through cache.

@@ -833,6 +833,7 @@ func TestLoadRegistryd(t *testing.T) {
 					MaxBytesShare: 90,
 					MinFree:       Space{Percent: 5},
 					SpoolMaxAge:   Duration{time.Hour},
+					ScrubRate:     16 << 20,
 				}
 				if !reflect.DeepEqual(r.Storage, wantStorage) {
 					t.Errorf("Storage = %+v, want %+v", r.Storage, wantStorage)
@@ -1210,6 +1211,34 @@ level = "debug"
 			name: "bad storage.spool_max_age",
 			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nspool_max_age = \"1d\"", 1),
 			want: []fieldWant{{"storage.spool_max_age", `bad duration "1d"`}},
+		},
+		{
+			name: "storage.scrub_rate as a size string",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nscrub_rate = \"4MiB\"", 1),
+			check: func(t *testing.T, _ string, r *Registryd) {
+				if r.Storage.ScrubRate != 4<<20 {
+					t.Errorf("ScrubRate = %d, want %d", r.Storage.ScrubRate, 4<<20)
+				}
+			},
+		},
+		{
+			name: "storage.scrub_rate 0 disables the scrub",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nscrub_rate = \"0\"", 1),
+			check: func(t *testing.T, _ string, r *Registryd) {
+				if r.Storage.ScrubRate != 0 {
+					t.Errorf("ScrubRate = %d, want 0", r.Storage.ScrubRate)
+				}
+			},
+		},
+		{
+			name: "bad storage.scrub_rate",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nscrub_rate = \"16MB\"", 1),
+			want: []fieldWant{{"storage.scrub_rate", `bad size "16MB"`}},
+		},
+		{
+			name: "negative storage.scrub_rate",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nscrub_rate = -1", 1),
+			want: []fieldWant{{"storage.scrub_rate", "must be >= 0, got -1"}},
 		},
 		{
 			name: "bad size string",
@@ -1838,6 +1867,7 @@ health_interval = "5s"
 						EvictInterval: Duration{5 * time.Minute},
 						MinFree:       Space{Bytes: 10 << 30},
 						SpoolMaxAge:   Duration{30 * time.Minute},
+						ScrubRate:     16 << 20,
 					},
 					Cache: Cache{
 						TagTTL:           Duration{30 * time.Second},

@@ -50,6 +50,8 @@ const (
 	DefaultMinFreePercent = 5
 	// DefaultSpoolMaxAge is storage.spool_max_age.
 	DefaultSpoolMaxAge = time.Hour
+	// DefaultScrubRate is storage.scrub_rate, bytes per second.
+	DefaultScrubRate Size = 16 << 20
 
 	DefaultTagTTL                = time.Minute
 	DefaultStaleAfter            = time.Second
@@ -150,6 +152,9 @@ func (r *Registryd) applyDefaults(raw map[string]any, base string) {
 		s.MinFree = Space{Percent: DefaultMinFreePercent}
 	}
 	setDuration(&s.SpoolMaxAge, raw, DefaultSpoolMaxAge, "storage", "spool_max_age")
+	if !present(raw, "storage", "scrub_rate") {
+		s.ScrubRate = DefaultScrubRate
+	}
 
 	c := &r.Cache
 	setDuration(&c.TagTTL, raw, DefaultTagTTL, "cache", "tag_ttl")

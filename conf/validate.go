@@ -309,6 +309,9 @@ func (s Storage) validate(file string) []error {
 	if s.SpoolMaxAge.Duration <= 0 {
 		add("spool_max_age", "must be > 0, got %s", s.SpoolMaxAge.Duration)
 	}
+	if s.ScrubRate < 0 {
+		add("scrub_rate", "must be >= 0 (0 disables the scrub), got %d", s.ScrubRate)
+	}
 	return errs
 }
 

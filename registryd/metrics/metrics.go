@@ -66,6 +66,11 @@ type Metrics struct {
 	// PassThrough counts blob responses streamed from the source without caching, for
 	// lack of space, by result (ok, error).
 	PassThrough *prometheus.CounterVec
+	// ScrubbedBytes counts the stored bytes the background scrub re-hashed.
+	ScrubbedBytes prometheus.Counter
+	// ScrubBadBlobs counts stored blobs the scrub found not to match their digest
+	// (and removed).
+	ScrubBadBlobs prometheus.Counter
 }
 
 // New creates the metrics and registers them, with the Go and process collectors, on
@@ -147,6 +152,12 @@ func New() *Metrics {
 	m.PassThrough = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "hopless_registryd_blob_passthrough_total", Help: "Blob responses streamed from the source without caching, for lack of space, by result.",
 	}, []string{"result"})
+	m.ScrubbedBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "hopless_registryd_scrubbed_bytes_total", Help: "Stored bytes re-hashed by the background scrub.",
+	})
+	m.ScrubBadBlobs = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "hopless_registryd_scrub_bad_blobs_total", Help: "Stored blobs the background scrub found corrupt and removed.",
+	})
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -157,6 +168,7 @@ func New() *Metrics {
 		m.FillsInFlight, m.FillDuration, m.FillResumes, m.VerifyFailures,
 		m.Evictions, m.EvictedBytes, m.StoreBytes,
 		m.StorageWritable, m.SpoolBytes, m.PassThrough,
+		m.ScrubbedBytes, m.ScrubBadBlobs,
 	)
 	return m
 }

@@ -19,6 +19,8 @@ func TestHandler(t *testing.T) {
 	for _, want := range []string{
 		`hopless_registryd_http_requests_total{code="200",kind="blob",method="GET"} 1`,
 		`hopless_registryd_http_response_bytes_total{kind="blob"} 42`,
+		"hopless_registryd_scrubbed_bytes_total 0",
+		"hopless_registryd_scrub_bad_blobs_total 0",
 		"go_goroutines",
 		"process_cpu_seconds_total",
 	} {

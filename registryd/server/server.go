@@ -204,6 +204,7 @@ func (s *Server) background(ctx context.Context) {
 		s.wg.Go(func() { s.peers.Run(ctx) })
 	}
 	s.wg.Go(func() { s.store.RunEviction(ctx) })
+	s.wg.Go(func() { s.store.RunScrub(ctx) })
 }
 
 // Run listens on Server.Listen and, when set, Metrics.Listen, and serves until ctx is

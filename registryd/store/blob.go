@@ -115,7 +115,7 @@ func (s *Store) rename(d digest.Digest, spoolPath string) error {
 	}
 	// The fill hashed these bytes as it wrote them: the first warm read need not.
 	if fi, err := os.Stat(dst); err == nil {
-		s.verified.add(verifyKey{d: d, id: osFileID(fi)})
+		s.noteVerified(verifyKey{d: d, id: osFileID(fi)})
 	}
 	return syncDir(filepath.Dir(dst))
 }
@@ -210,7 +210,7 @@ func (s *Store) StatBlob(ctx context.Context, d digest.Digest) (int64, error) {
 // On the filesystem driver a verified blob is returned as its *os.File, for
 // http.ServeContent's sendfile path; removing the blob meanwhile does not disturb it.
 func (s *Store) OpenBlob(ctx context.Context, d digest.Digest) (io.ReadSeekCloser, int64, error) {
-	return s.openBlob(ctx, d, false)
+	return s.openBlob(ctx, d, false, true)
 }
 
 // VerifyBlob hashes all of the stored blob d now, even if it was verified before and
@@ -221,7 +221,7 @@ func (s *Store) OpenBlob(ctx context.Context, d digest.Digest) (io.ReadSeekClose
 // matches is remembered as verified, so that the OpenBlob that follows serves it
 // straight from the file.
 func (s *Store) VerifyBlob(ctx context.Context, d digest.Digest) error {
-	r, _, err := s.openBlob(ctx, d, true)
+	r, _, err := s.openBlob(ctx, d, true, true)
 	if err != nil {
 		return err
 	}
@@ -230,8 +230,8 @@ func (s *Store) VerifyBlob(ctx context.Context, d digest.Digest) error {
 }
 
 // openBlob is OpenBlob; recheck returns a verifying reader whatever the blob's
-// verified state.
-func (s *Store) openBlob(ctx context.Context, d digest.Digest, recheck bool) (io.ReadSeekCloser, int64, error) {
+// verified state, and touch records the access (the scrub's reads are no use).
+func (s *Store) openBlob(ctx context.Context, d digest.Digest, recheck, touch bool) (io.ReadSeekCloser, int64, error) {
 	if err := checkDigest(d); err != nil {
 		return nil, 0, err
 	}
@@ -292,7 +292,9 @@ func (s *Store) openBlob(ctx context.Context, d digest.Digest, recheck bool) (io
 			return err == nil && driverFileID(fi) == id
 		}
 	}
-	s.touch(d, id.size)
+	if touch {
+		s.touch(d, id.size)
+	}
 	key := verifyKey{d: d, id: id}
 	if !recheck && s.verified.has(key) {
 		return r, id.size, nil

@@ -28,7 +28,9 @@
 // reader hashes while it is read from offset 0 and holds back the last bytes until the
 // digest matches, so a client never receives a whole corrupt blob. A mismatch removes
 // the blob so that the next request fetches it again. A blob once verified is
-// remembered by (size, mtime, inode) and served without hashing until its file changes.
+// remembered by (size, mtime, inode) and served without hashing until its file changes;
+// a background scrub (RunScrub) re-hashes stored blobs at storage.scrub_rate, so that
+// bit rot that keeps the metadata is found and removed as well.
 //
 // Eviction removes content unused for longer than a TTL, then least recently used
 // content while the cache is larger than its bound. It works manifest first: a
@@ -147,6 +149,12 @@ type Store struct {
 	verified      *verifiedCache
 	verifications atomic.Int64 // completed blob hashes, for tests
 
+	// checkedAt is when each digest's bytes were last hashed (by a fill, a read or
+	// the scrub), under mu; the scrub takes the oldest first. See scrub.go.
+	checkedAt map[digest.Digest]time.Time
+	// scrubLim paces the scrub in bytes; nil when storage.scrub_rate is 0.
+	scrubLim byteLimiter
+
 	saveMu  sync.Mutex
 	pinsMu  sync.Mutex
 	evictMu sync.Mutex
@@ -221,6 +229,8 @@ func newStore(ctx context.Context, drv storagedriver.StorageDriver, fsRoot strin
 		stop:     make(chan struct{}),
 		space:    newSpaceState(),
 	}
+	s.checkedAt = make(map[digest.Digest]time.Time)
+	s.scrubLim = newScrubLimiter(cfg.ScrubRate)
 	for _, o := range opts {
 		o(s)
 	}

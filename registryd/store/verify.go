@@ -175,7 +175,7 @@ func (v *verifyingReader) verify() error {
 		v.tail = []byte{}
 	}
 	v.ok = true
-	v.s.verified.add(v.key)
+	v.s.noteVerified(v.key)
 	return nil
 }
 
