@@ -44,6 +44,14 @@
 // Without Run, an ejected endpoint is half-open after its backoff and exactly one
 // real request is its trial.
 //
+// A request that waits past its hedge delay also checks the endpoints it waits on at
+// once (GET /v2/, bounded by twice the delay, at least 200 ms and at most
+// HealthTimeout), one such check per endpoint at a time. A master that is only slow
+// to serve (its upstream is slow) passes, and the request waits within the hedge
+// budget; a frozen one fails, is marked unhealthy, and every attempt waiting on it
+// is aborted and retried elsewhere at once: the cost of a master frozen at a pull's
+// start is about one hedge delay plus that check, whatever the budget allows.
+//
 // When no endpoint is in rotation, requests still go to them (panic routing), the
 // best first: healthy by the last check, then the fewest consecutive failures, then
 // the latest success. Only when every endpoint was tried and failed does a request
