@@ -372,7 +372,9 @@ func TestTagFromPeerWhileUpstreamHangs(t *testing.T) {
 	up := registrytest.NewUpstream(t)
 	img := registrytest.Image(t, 1024, 1)
 	up.Push(t, registrytest.UpstreamPath+"/install", "v1", img)
-	a, b := peerPair(t, up, func(c *conf.Registryd) { c.Cache.StaleAfter.Duration = 10 * time.Millisecond })
+	// stale_after bounds the wait for the upstream and, again, the peer lookups: long
+	// enough for a TLS round trip to a peer on a busy machine.
+	a, b := peerPair(t, up, func(c *conf.Registryd) { c.Cache.StaleAfter.Duration = 500 * time.Millisecond })
 	resp, body := a.get(t, http.MethodGet, a.repo+"/manifests/v1", acceptAll)
 	wantManifest(t, "a, cold", resp, body, img, "")
 

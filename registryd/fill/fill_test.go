@@ -686,7 +686,9 @@ func TestResume(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			c := newCommitter(t)
-			f, m := newFiller(t, c, fill.WithRetries(tt.retries, time.Millisecond), fill.WithStallTimeout(100*time.Millisecond))
+			// The stall timeout is long enough that only the plan's stalls reach it: a
+			// source that is merely slow on a busy machine must not add a resume.
+			f, m := newFiller(t, c, fill.WithRetries(tt.retries, time.Millisecond), fill.WithStallTimeout(time.Second))
 			src := &memSource{data: data, plan: tt.plan}
 			fl := f.Fill(d, "upstream", src.source)
 			got, err := readFrom(testCtx(t), fl, 0)
