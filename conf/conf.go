@@ -210,6 +210,9 @@ type Cache struct {
 	FillRetries int `toml:"fill_retries"`
 	// FillBackoff is the first retry delay; it doubles up to 5s. Default 200ms.
 	FillBackoff Duration `toml:"fill_backoff"`
+	// PrefetchWorkers is how many images prefetch jobs warm at once; more wait in a
+	// queue. Default 4.
+	PrefetchWorkers int `toml:"prefetch_workers"`
 }
 
 // Upstream is a registry that registryd caches from.
@@ -233,6 +236,12 @@ type Upstream struct {
 	TLS      TLS              `toml:"tls"`
 	Auth     Auth             `toml:"auth"`
 	Timeouts UpstreamTimeouts `toml:"timeouts"`
+	// MaxConcurrent bounds the requests in flight to this upstream; more wait for
+	// one to end. 0 is unbounded. Default 64.
+	MaxConcurrent int `toml:"max_concurrent"`
+	// MaxRetryAfter caps how long a Retry-After of a 429 or 503 keeps registryd from
+	// asking this upstream again. Default 30s.
+	MaxRetryAfter Duration `toml:"max_retry_after"`
 }
 
 // UpstreamTimeouts bound registryd's requests to one upstream. Each must be shorter

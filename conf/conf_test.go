@@ -751,12 +751,15 @@ negative_ttl = "5s"
 max_manifest_bytes = "8MiB"
 fill_retries = 3
 fill_backoff = "500ms"
+prefetch_workers = 8
 
 [[upstream]]
 url = "https://registry.deckhouse.io"
 local_prefix = "system/deckhouse"
 path = "deckhouse/ee"
 ns = ["registry.deckhouse.io", "registry.d8-system.svc:5001"]
+max_concurrent = 0
+max_retry_after = "2m"
 [upstream.tls]
 ca = "pki/upstream-ca.pem"
 [upstream.auth]
@@ -845,16 +848,19 @@ func TestLoadRegistryd(t *testing.T) {
 					MaxManifestBytes: 4 << 20,
 					FillRetries:      5,
 					FillBackoff:      Duration{ms(200)},
+					PrefetchWorkers:  4,
 				}
 				if r.Cache != wantCache {
 					t.Errorf("Cache = %+v, want %+v", r.Cache, wantCache)
 				}
 				wantUp := []Upstream{{
-					URL:         "https://registry.example",
-					LocalPrefix: "system/deckhouse",
-					Path:        "deckhouse/ce",
-					NS:          []string{"registry.example"},
-					Timeouts:    UpstreamTimeouts{Dial: Duration{2 * time.Second}, ResponseHeader: Duration{4 * time.Second}, Stall: Duration{3 * time.Second}},
+					URL:           "https://registry.example",
+					LocalPrefix:   "system/deckhouse",
+					Path:          "deckhouse/ce",
+					NS:            []string{"registry.example"},
+					Timeouts:      UpstreamTimeouts{Dial: Duration{2 * time.Second}, ResponseHeader: Duration{4 * time.Second}, Stall: Duration{3 * time.Second}},
+					MaxConcurrent: 64,
+					MaxRetryAfter: Duration{30 * time.Second},
 				}}
 				if !reflect.DeepEqual(r.Upstream, wantUp) {
 					t.Errorf("Upstream = %+v, want %+v", r.Upstream, wantUp)
@@ -1362,10 +1368,10 @@ Type = "static"`, 1),
 		// Cache.
 		{
 			name: "cache values kept, max_manifest_bytes as an integer, fill_retries 0",
-			text: registrydOK + "[cache]\ntag_ttl = \"30s\"\nstale_after = \"500ms\"\nnegative_ttl = \"10s\"\nmax_manifest_bytes = 1024\nfill_retries = 0\nfill_backoff = \"1s\"\n",
+			text: registrydOK + "[cache]\ntag_ttl = \"30s\"\nstale_after = \"500ms\"\nnegative_ttl = \"10s\"\nmax_manifest_bytes = 1024\nfill_retries = 0\nfill_backoff = \"1s\"\nprefetch_workers = 16\n",
 			check: func(t *testing.T, _ string, r *Registryd) {
 				want := Cache{TagTTL: Duration{30 * time.Second}, StaleAfter: Duration{ms(500)}, NegativeTTL: Duration{10 * time.Second},
-					MaxManifestBytes: 1024, FillBackoff: Duration{time.Second}}
+					MaxManifestBytes: 1024, FillBackoff: Duration{time.Second}, PrefetchWorkers: 16}
 				if r.Cache != want {
 					t.Errorf("Cache = %+v, want %+v", r.Cache, want)
 				}
@@ -1442,6 +1448,16 @@ Type = "static"`, 1),
 			name: "zero cache.fill_backoff",
 			text: registrydOK + "[cache]\nfill_backoff = \"0s\"\n",
 			want: []fieldWant{{"cache.fill_backoff", "must be > 0, got 0s"}},
+		},
+		{
+			name: "zero cache.prefetch_workers",
+			text: registrydOK + "[cache]\nprefetch_workers = 0\n",
+			want: []fieldWant{{"cache.prefetch_workers", "must be between 1 and 256, got 0"}},
+		},
+		{
+			name: "cache.prefetch_workers above 256",
+			text: registrydOK + "[cache]\nprefetch_workers = 257\n",
+			want: []fieldWant{{"cache.prefetch_workers", "must be between 1 and 256, got 257"}},
 		},
 		{
 			name: "unknown key in cache",
@@ -1762,6 +1778,19 @@ health_interval = "5s"
 			text: registrydOK + "[upstream.timeouts]\nconnect = \"1s\"\n",
 			want: []fieldWant{{"upstream[0].timeouts.connect", "unknown key"}},
 		},
+		{
+			name: "negative upstream max_concurrent, zero max_retry_after",
+			text: strings.Replace(registrydOK, "[[upstream]]\n", "[[upstream]]\nmax_concurrent = -1\nmax_retry_after = \"0s\"\n", 1),
+			want: []fieldWant{
+				{"upstream[0].max_concurrent", "must be >= 0 (0 is unbounded), got -1"},
+				{"upstream[0].max_retry_after", "must be > 0, got 0s"},
+			},
+		},
+		{
+			name: "bad upstream max_retry_after",
+			text: strings.Replace(registrydOK, "[[upstream]]\n", "[[upstream]]\nmax_retry_after = \"30\"\n", 1),
+			want: []fieldWant{{"upstream[0].max_retry_after", `bad duration "30"`}},
+		},
 
 		// Client auth.
 		{
@@ -1876,22 +1905,26 @@ health_interval = "5s"
 						MaxManifestBytes: 8 << 20,
 						FillRetries:      3,
 						FillBackoff:      Duration{ms(500)},
+						PrefetchWorkers:  8,
 					},
 					Upstream: []Upstream{
 						{
-							URL:         "https://registry.deckhouse.io",
-							LocalPrefix: "system/deckhouse",
-							Path:        "deckhouse/ee",
-							NS:          []string{"registry.deckhouse.io", "registry.d8-system.svc:5001"},
-							TLS:         TLS{CA: filepath.Join(dir, "pki/upstream-ca.pem")},
-							Auth:        Auth{CredentialsFile: filepath.Join(dir, "secrets/upstream-creds")},
-							Timeouts:    UpstreamTimeouts{Dial: Duration{time.Second}, ResponseHeader: Duration{6 * time.Second}, Stall: Duration{2 * time.Second}},
+							URL:           "https://registry.deckhouse.io",
+							LocalPrefix:   "system/deckhouse",
+							Path:          "deckhouse/ee",
+							NS:            []string{"registry.deckhouse.io", "registry.d8-system.svc:5001"},
+							TLS:           TLS{CA: filepath.Join(dir, "pki/upstream-ca.pem")},
+							Auth:          Auth{CredentialsFile: filepath.Join(dir, "secrets/upstream-creds")},
+							Timeouts:      UpstreamTimeouts{Dial: Duration{time.Second}, ResponseHeader: Duration{6 * time.Second}, Stall: Duration{2 * time.Second}},
+							MaxRetryAfter: Duration{2 * time.Minute},
 						},
 						{
-							URL:         "https://mirror.example:5000",
-							LocalPrefix: "mirror",
-							NS:          []string{"mirror.example:5000"},
-							Timeouts:    UpstreamTimeouts{Dial: Duration{2 * time.Second}, ResponseHeader: Duration{4 * time.Second}, Stall: Duration{3 * time.Second}},
+							URL:           "https://mirror.example:5000",
+							LocalPrefix:   "mirror",
+							NS:            []string{"mirror.example:5000"},
+							Timeouts:      UpstreamTimeouts{Dial: Duration{2 * time.Second}, ResponseHeader: Duration{4 * time.Second}, Stall: Duration{3 * time.Second}},
+							MaxConcurrent: 64,
+							MaxRetryAfter: Duration{30 * time.Second},
 						},
 					},
 					Peers: Peers{

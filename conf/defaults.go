@@ -59,6 +59,8 @@ const (
 	DefaultMaxManifestBytes Size = 4 << 20
 	DefaultFillRetries           = 5
 	DefaultFillBackoff           = 200 * time.Millisecond
+	// DefaultPrefetchWorkers is cache.prefetch_workers.
+	DefaultPrefetchWorkers = 4
 
 	// DefaultPeerHealthInterval is peers.health_interval.
 	DefaultPeerHealthInterval = 2 * time.Second
@@ -71,6 +73,10 @@ const (
 	DefaultUpstreamDial           = 2 * time.Second
 	DefaultUpstreamResponseHeader = 4 * time.Second
 	DefaultUpstreamStall          = 3 * time.Second
+	// DefaultUpstreamMaxConcurrent and DefaultUpstreamMaxRetryAfter are
+	// upstream.max_concurrent and max_retry_after.
+	DefaultUpstreamMaxConcurrent = 64
+	DefaultUpstreamMaxRetryAfter = 30 * time.Second
 )
 
 func setDuration(d *Duration, raw any, def time.Duration, path ...any) {
@@ -167,6 +173,7 @@ func (r *Registryd) applyDefaults(raw map[string]any, base string) {
 		c.FillRetries = DefaultFillRetries
 	}
 	setDuration(&c.FillBackoff, raw, DefaultFillBackoff, "cache", "fill_backoff")
+	setInt(&c.PrefetchWorkers, raw, DefaultPrefetchWorkers, "cache", "prefetch_workers")
 
 	for i := range r.Upstream {
 		u := &r.Upstream[i]
@@ -185,6 +192,8 @@ func (r *Registryd) applyDefaults(raw map[string]any, base string) {
 		setDuration(&u.Timeouts.Dial, raw, DefaultUpstreamDial, append(ut, "dial")...)
 		setDuration(&u.Timeouts.ResponseHeader, raw, DefaultUpstreamResponseHeader, append(ut, "response_header")...)
 		setDuration(&u.Timeouts.Stall, raw, DefaultUpstreamStall, append(ut, "stall")...)
+		setInt(&u.MaxConcurrent, raw, DefaultUpstreamMaxConcurrent, "upstream", i, "max_concurrent")
+		setDuration(&u.MaxRetryAfter, raw, DefaultUpstreamMaxRetryAfter, "upstream", i, "max_retry_after")
 	}
 
 	p := &r.Peers

@@ -259,6 +259,12 @@ func (r *Registryd) Validate(file string) error {
 		errs = append(errs, u.TLS.validate(file, f+".tls")...)
 		add(u.Auth.validate(file, f+".auth"))
 		errs = append(errs, u.Timeouts.validate(file, f+".timeouts")...)
+		if u.MaxConcurrent < 0 {
+			add(fieldErr(file, f+".max_concurrent", "must be >= 0 (0 is unbounded), got %d", u.MaxConcurrent))
+		}
+		if u.MaxRetryAfter.Duration <= 0 {
+			add(fieldErr(file, f+".max_retry_after", "must be > 0, got %s", u.MaxRetryAfter.Duration))
+		}
 	}
 	errs = append(errs, r.Peers.validate(file)...)
 	errs = append(errs, r.validateNesting(file)...)
@@ -322,6 +328,9 @@ const (
 	maxFillRetries        = 100
 )
 
+// maxPrefetchWorkers bounds cache.prefetch_workers.
+const maxPrefetchWorkers = 256
+
 func (c Cache) validate(file string) []error {
 	var errs []error
 	add := func(field, format string, args ...any) {
@@ -344,6 +353,9 @@ func (c Cache) validate(file string) []error {
 	}
 	if c.FillBackoff.Duration <= 0 {
 		add("fill_backoff", "must be > 0, got %s", c.FillBackoff.Duration)
+	}
+	if c.PrefetchWorkers < 1 || c.PrefetchWorkers > maxPrefetchWorkers {
+		add("prefetch_workers", "must be between 1 and %d, got %d", maxPrefetchWorkers, c.PrefetchWorkers)
 	}
 	return errs
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/hopless/hopless/conf"
 	"github.com/hopless/hopless/registryd/cache"
 	"github.com/hopless/hopless/registryd/metrics"
 	"github.com/hopless/hopless/registryd/peers"
@@ -62,6 +63,21 @@ type API struct {
 	// refuses new jobs once Close has begun.
 	running sync.WaitGroup
 	closed  bool
+
+	// workers is the size of the prefetch pool (cache.prefetch_workers); the pool
+	// starts with the first job. queue holds the images waiting for a worker, under
+	// mu; wake tells an idle worker that it has grown.
+	workers int
+	started bool
+	queue   []task
+	wake    chan struct{}
+}
+
+// task is one image of a prefetch job.
+type task struct {
+	j   *job
+	i   int
+	img string
 }
 
 // Config carries what the API needs.
@@ -72,6 +88,9 @@ type Config struct {
 	Token   string
 	Log     *slog.Logger
 	Metrics *metrics.Metrics
+	// PrefetchWorkers is how many images prefetch jobs warm at once; <= 0 is
+	// conf.DefaultPrefetchWorkers.
+	PrefetchWorkers int
 }
 
 // New builds the API; prefetch jobs run until ctx ends.
@@ -82,8 +101,12 @@ func New(ctx context.Context, c Config) *API {
 	if c.Metrics == nil {
 		c.Metrics = metrics.New()
 	}
+	if c.PrefetchWorkers <= 0 {
+		c.PrefetchWorkers = conf.DefaultPrefetchWorkers
+	}
 	return &API{cache: c.Cache, store: c.Store, peers: c.Peers, token: c.Token, tokenSum: sha256.Sum256([]byte(c.Token)),
-		log: c.Log, metrics: c.Metrics, ctx: ctx, jobs: map[string]*job{}}
+		log: c.Log, metrics: c.Metrics, ctx: ctx, jobs: map[string]*job{},
+		workers: c.PrefetchWorkers, wake: make(chan struct{}, 1)}
 }
 
 // Close waits for the prefetch jobs, which end once New's ctx is done. Jobs asked
@@ -301,8 +324,19 @@ func (a *API) putPins(w http.ResponseWriter, r *http.Request) {
 type job struct {
 	ID     string            `json:"id"`
 	Images []*cache.Progress `json:"images"`
-	Done   bool              `json:"done"`
+	// Queued and Running count the images waiting for a prefetch worker and being
+	// warmed; each image's State says which.
+	Queued  int  `json:"queued"`
+	Running int  `json:"running"`
+	Done    bool `json:"done"`
 }
+
+// Image states of a prefetch job.
+const (
+	StateQueued  = "queued"
+	StateRunning = "running"
+	StateDone    = "done"
+)
 
 // PrefetchRequest is the body of POST /hopless/v1/prefetch.
 type PrefetchRequest struct {
@@ -328,8 +362,9 @@ func (a *API) startPrefetch(w http.ResponseWriter, r *http.Request) {
 	a.nextID++
 	j := &job{ID: strconv.Itoa(a.nextID)}
 	for _, im := range req.Images {
-		j.Images = append(j.Images, &cache.Progress{Image: im})
+		j.Images = append(j.Images, &cache.Progress{Image: im, State: StateQueued})
 	}
+	j.Queued = len(j.Images)
 	a.jobs[j.ID] = j
 	a.order = append(a.order, j.ID)
 	if len(a.order) > maxJobs {
@@ -337,32 +372,87 @@ func (a *API) startPrefetch(w http.ResponseWriter, r *http.Request) {
 		a.order = a.order[1:]
 	}
 	snap := a.snapshot(j)
-	a.running.Go(func() { a.runPrefetch(j, req.Images) })
+	a.enqueue(j, req.Images)
 	a.mu.Unlock()
 
 	a.log.Info("prefetch started", "job", j.ID, "images", len(req.Images))
 	writeJSON(w, http.StatusAccepted, snap)
 }
 
-func (a *API) runPrefetch(j *job, images []string) {
-	var wg sync.WaitGroup
+// enqueue queues the images of j for the prefetch pool, starting the pool with the
+// first job; a.mu must be held.
+func (a *API) enqueue(j *job, images []string) {
 	for i, im := range images {
-		wg.Go(func() {
-			err := a.cache.Prefetch(a.ctx, im, func(p cache.Progress) {
-				a.mu.Lock()
-				*j.Images[i] = p
-				a.mu.Unlock()
-			})
-			if err != nil {
-				a.log.Warn("prefetch failed", "job", j.ID, "image", im, "error", err)
-			}
-		})
+		a.queue = append(a.queue, task{j: j, i: i, img: im})
 	}
-	wg.Wait()
+	if !a.started {
+		a.started = true
+		for range a.workers {
+			a.running.Go(a.worker)
+		}
+	}
+	a.signal()
+}
+
+// signal wakes an idle worker; it never blocks.
+func (a *API) signal() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// worker warms queued images one at a time until the API's ctx ends.
+func (a *API) worker() {
+	for {
+		a.mu.Lock()
+		if len(a.queue) == 0 {
+			a.mu.Unlock()
+			select {
+			case <-a.wake:
+				continue
+			case <-a.ctx.Done():
+				return
+			}
+		}
+		t := a.queue[0]
+		a.queue[0] = task{}
+		a.queue = a.queue[1:]
+		if len(a.queue) > 0 {
+			a.signal()
+		}
+		t.j.Queued--
+		t.j.Running++
+		t.j.Images[t.i].State = StateRunning
+		a.mu.Unlock()
+		a.runImage(t)
+		if a.ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+func (a *API) runImage(t task) {
+	j := t.j
+	err := a.cache.Prefetch(a.ctx, t.img, func(p cache.Progress) {
+		p.State = StateRunning
+		a.mu.Lock()
+		*j.Images[t.i] = p
+		a.mu.Unlock()
+	})
+	if err != nil {
+		a.log.Warn("prefetch failed", "job", j.ID, "image", t.img, "error", err)
+	}
 	a.mu.Lock()
-	j.Done = true
+	j.Images[t.i].State = StateDone
+	j.Images[t.i].Done = true
+	j.Running--
+	done := j.Running == 0 && j.Queued == 0
+	j.Done = done
 	a.mu.Unlock()
-	a.log.Info("prefetch finished", "job", j.ID)
+	if done {
+		a.log.Info("prefetch finished", "job", j.ID)
+	}
 }
 
 func (a *API) getPrefetch(w http.ResponseWriter, r *http.Request) {
@@ -383,7 +473,7 @@ func (a *API) getPrefetch(w http.ResponseWriter, r *http.Request) {
 
 // snapshot copies a job; a.mu must be held.
 func (a *API) snapshot(j *job) job {
-	s := job{ID: j.ID, Done: j.Done}
+	s := job{ID: j.ID, Queued: j.Queued, Running: j.Running, Done: j.Done}
 	for _, p := range j.Images {
 		c := *p
 		s.Images = append(s.Images, &c)

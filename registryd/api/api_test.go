@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -479,5 +480,104 @@ func TestCloseRefusesJobs(t *testing.T) {
 	resp, b := f.do(t, http.MethodPost, "/hopless/v1/prefetch", "Bearer "+apiToken, `{"images":["system/deckhouse/install:v1"]}`)
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Errorf("prefetch after Close: %d %s, want 503", resp.StatusCode, b)
+	}
+}
+
+// TestPrefetchWorkers checks that a job of 10 images is warmed by 4 workers: never
+// more than 4 images are asked of the upstream at once, the others wait as queued.
+func TestPrefetchWorkers(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, apiToken)
+	const images, workers = 10, 4
+	var names []string
+	for i := range images {
+		tag := fmt.Sprintf("w%d", i)
+		f.up.Push(t, repo, tag, f.img)
+		names = append(names, "system/deckhouse/install:"+tag)
+	}
+	// Each image's first request, for its tag, is held until the test lets it go;
+	// inflight counts the images being asked for at the upstream.
+	var (
+		mu                sync.Mutex
+		seen              = map[string]bool{}
+		inflight, maxSeen int
+		arrived           = make(chan struct{}, images)
+		gate              = make(chan struct{})
+	)
+	f.up.Intercept(func(w http.ResponseWriter, r *http.Request) bool {
+		_, tag, ok := strings.Cut(r.URL.Path, "/manifests/")
+		if !ok || !strings.HasPrefix(tag, "w") {
+			return false
+		}
+		mu.Lock()
+		if seen[tag] {
+			mu.Unlock()
+			return false
+		}
+		seen[tag] = true
+		inflight++
+		maxSeen = max(maxSeen, inflight)
+		mu.Unlock()
+		arrived <- struct{}{}
+		select {
+		case <-gate:
+		case <-r.Context().Done():
+		}
+		mu.Lock()
+		inflight--
+		mu.Unlock()
+		return false
+	})
+
+	c := f.client()
+	job, err := c.Prefetch(t.Context(), names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range workers {
+		<-arrived
+	}
+	st, err := c.PrefetchStatus(t.Context(), job.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Running != workers || st.Queued != images-workers || st.Done {
+		t.Errorf("with %d images held: running %d, queued %d, done %v; want %d, %d, false", workers, st.Running, st.Queued, st.Done, workers, images-workers)
+	}
+	for i, p := range st.Images {
+		want := api.StateRunning
+		if i >= workers {
+			want = api.StateQueued
+		}
+		if p.State != want {
+			t.Errorf("image %d (%s): state %q, want %q", i, p.Image, p.State, want)
+		}
+	}
+	// Let one image go at a time: each frees a worker for the next queued one.
+	for range images - workers {
+		gate <- struct{}{}
+		<-arrived
+	}
+	close(gate)
+	for !st.Done {
+		if st, err = c.PrefetchStatus(t.Context(), job.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if maxSeen != workers {
+		t.Errorf("at most %d images were asked of the upstream at once, want %d", maxSeen, workers)
+	}
+	if len(seen) != images {
+		t.Errorf("%d images asked of the upstream, want %d", len(seen), images)
+	}
+	for i, p := range st.Images {
+		if p.State != api.StateDone || !p.Done || p.Error != "" {
+			t.Errorf("image %d: %+v, want done without error", i, p)
+		}
+	}
+	if st.Running != 0 || st.Queued != 0 {
+		t.Errorf("finished job: running %d, queued %d; want 0, 0", st.Running, st.Queued)
 	}
 }

@@ -24,6 +24,10 @@ type Progress struct {
 	BytesDone int64  `json:"bytes_done"`
 	Done      bool   `json:"done"`
 	Error     string `json:"error,omitempty"`
+
+	// State is where the image is in its prefetch job: queued, running or done. The
+	// API sets it; Prefetch leaves it alone.
+	State string `json:"state,omitempty"`
 }
 
 // prefetchParallel bounds the blob fills one prefetch runs at once.

@@ -122,6 +122,7 @@ func TestNegativeCache(t *testing.T) {
 		// Requests wait for the upstream's answer, however slow the machine.
 		c.Cache.StaleAfter.Duration = time.Minute
 		c.Upstream[0].Timeouts.ResponseHeader.Duration = 2 * time.Minute
+		noHoldOff(c)
 	})
 	otherRepo := "https://" + f.host + "/v2/system/deckhouse/other"
 	get := func(url string) (*http.Response, []byte) {

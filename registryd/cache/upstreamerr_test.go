@@ -120,7 +120,12 @@ func TestUpstreamErrorContract(t *testing.T) {
 			up := registrytest.NewUpstream(t)
 			img := registrytest.Image(t, 32<<10, 1)
 			up.Push(t, registrytest.UpstreamPath+"/install", "v1", img)
-			f := start(t, up, tt.change)
+			f := start(t, up, func(c *conf.Registryd) {
+				noHoldOff(c)
+				if tt.change != nil {
+					tt.change(c)
+				}
+			})
 			tt.fail(up)
 			wantHeader := "upstream=" + up.Host + "; " + tt.failure
 			layer := registrytest.Blobs(t, img)[1]
@@ -253,6 +258,14 @@ func replaceWithFile(t *testing.T, dir string) func() {
 	}
 }
 
+// noHoldOff makes the upstreams' Retry-After windows (tested in registryd/upstream)
+// end at once, for tests that count the upstream requests of every failure.
+func noHoldOff(c *conf.Registryd) {
+	for i := range c.Upstream {
+		c.Upstream[i].MaxRetryAfter.Duration = time.Nanosecond
+	}
+}
+
 // TestPeerPassesOnUpstreamFailure has a master fill a blob from its owner, whose
 // upstream answers 503: the asking master answers with the same upstream failure, does
 // not ask the upstream itself, and keeps the owner healthy.
@@ -271,6 +284,7 @@ func TestPeerPassesOnUpstreamFailure(t *testing.T) {
 	// The owner authenticates peers; it has no peers to ask itself.
 	owner := start(t, up, func(c *conf.Registryd) {
 		c.Peers = conf.Peers{Self: "https://127.0.0.1:1", Endpoints: []conf.Endpoint{{URL: "https://127.0.0.1:1", Weight: 1}}, TokenFile: token}
+		noHoldOff(c)
 	})
 	ownerURL := "https://" + owner.host
 	askerPeers := conf.Peers{
@@ -280,7 +294,10 @@ func TestPeerPassesOnUpstreamFailure(t *testing.T) {
 		TLS:            conf.TLS{CA: owner.env.Cert.CertFile},
 		HealthInterval: conf.Duration{Duration: time.Hour},
 	}
-	asker := start(t, up, func(c *conf.Registryd) { c.Peers = askerPeers })
+	asker := start(t, up, func(c *conf.Registryd) {
+		c.Peers = askerPeers
+		noHoldOff(c)
+	})
 
 	layer := registrytest.Blobs(t, img)[1]
 	view, err := peers.New(askerPeers)

@@ -176,7 +176,8 @@ func New(ctx context.Context, cfg *conf.Registryd, opts ...Option) (s *Server, e
 		StaleAfter: cfg.Cache.StaleAfter.Duration, NegativeTTL: cfg.Cache.NegativeTTL.Duration,
 		Now: o.now,
 	})
-	s.api = api.New(bg, api.Config{Cache: s.cache, Store: s.store, Peers: s.peers, Token: apiToken, Log: s.log, Metrics: s.metrics})
+	s.api = api.New(bg, api.Config{Cache: s.cache, Store: s.store, Peers: s.peers, Token: apiToken, Log: s.log, Metrics: s.metrics,
+		PrefetchWorkers: cfg.Cache.PrefetchWorkers})
 
 	configureDistributionLogging(cfg.Log.Level)
 	s.app, err = newApp(bg, distributionConfig(cfg, s.cache))

@@ -125,6 +125,7 @@ func (c *Client) statusErrorAs(what string, resp *http.Response, class error) er
 	if code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable {
 		if ra := resp.Header.Get("Retry-After"); upstreamerr.ValidRetryAfter(ra) {
 			e.RetryAfter = ra
+			c.openHoldOff(e)
 		}
 	}
 	return e

@@ -53,6 +53,9 @@ type call struct {
 // do sends r with repo's authentication. If the upstream answers a 401 with a Bearer
 // challenge that GET /v2/ did not give, do sets up tokens for repo and sends r again.
 func (c *Client) do(ctx context.Context, r call) (*http.Response, error) {
+	if err := c.heldOff(r.what); err != nil {
+		return nil, err
+	}
 	ctx = withKind(ctx, r.kind)
 	sc, err := c.scope(ctx, r.repo)
 	if err != nil {

@@ -31,6 +31,11 @@
 //     an *Error, which says what the upstream did (its status, or why there was no
 //     answer) and carries its Retry-After, so that registryd can pass the failure on as
 //     the upstream's (see internal/upstreamerr).
+//   - Back-pressure: a 429 or 503 with a Retry-After opens a window, capped by
+//     upstream.max_retry_after, in which no request is sent to the upstream: each fails
+//     at once with the same *Error and the Retry-After that is left. At most
+//     upstream.max_concurrent round trips are in flight (a body holds its slot until
+//     closed); more wait for a slot, bounded by their context.
 //   - Every round trip, including pings, token requests and redirects, is counted in
 //     UpstreamRequests; blob and manifest body bytes are counted in UpstreamBytes as they
 //     are read.
@@ -85,6 +90,14 @@ type Client struct {
 	http        *http.Transport
 	rt          http.RoundTripper // http, refusing plain http and counting requests
 	now         func() time.Time
+	// slots is the concurrency cap (upstream.max_concurrent): a round trip holds a
+	// slot until its response body is closed. nil: unbounded.
+	slots chan struct{}
+	// maxRetryAfter caps the Retry-After window (upstream.max_retry_after).
+	maxRetryAfter time.Duration
+	hold          holdOff
+	// waitHook, when set (by tests), is called when a round trip has to wait for a slot.
+	waitHook func()
 
 	// realm is the token endpoint (host and path) of the last Bearer challenge, so that
 	// token requests made inside go-containerregistry are counted as kind "token".
@@ -103,6 +116,7 @@ type options struct {
 	metrics              *metrics.Metrics
 	dial, responseHeader time.Duration
 	stall                time.Duration
+	now                  func() time.Time
 }
 
 // WithLogger sets the logger. The default discards.
@@ -149,6 +163,7 @@ func New(u conf.Upstream, opts ...Option) (*Client, error) {
 		dial:           defaultDialTimeout,
 		responseHeader: defaultResponseHeaderTimeout,
 		stall:          defaultStallTimeout,
+		now:            time.Now,
 	}
 	for _, opt := range opts {
 		opt(&o)
@@ -223,8 +238,17 @@ func New(u conf.Upstream, opts ...Option) (*Client, error) {
 		stall:       o.stall,
 		authTimeout: 2 * (o.dial + o.responseHeader),
 		http:        ht,
-		now:         time.Now,
+		now:         o.now,
 		scopes:      make(map[string]*flight[*scope]),
+
+		maxRetryAfter: u.MaxRetryAfter.Duration,
+	}
+	if c.maxRetryAfter <= 0 {
+		// A configuration not loaded from a file keeps the default.
+		c.maxRetryAfter = conf.DefaultUpstreamMaxRetryAfter
+	}
+	if u.MaxConcurrent > 0 {
+		c.slots = make(chan struct{}, u.MaxConcurrent)
 	}
 	c.rt = &guard{c: c, next: ht}
 	return c, nil
@@ -297,8 +321,19 @@ func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
 	if r := c.realm.Load(); r != nil && req.URL.Host+req.URL.Path == *r {
 		kind = kindToken
 	}
+	// More requests than the cap wait here for a slot rather than open connections.
+	if err := c.acquire(req.Context()); err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	resp, err := g.next.RoundTrip(req)
+	if c.slots != nil {
+		if err != nil {
+			c.release()
+		} else {
+			resp.Body = &slotBody{ReadCloser: resp.Body, release: sync.OnceFunc(c.release)}
+		}
+	}
 	code := "error"
 	if err == nil {
 		code = strconv.Itoa(resp.StatusCode)
