@@ -47,7 +47,7 @@ func nodeFrozenMaster(ctx context.Context, c Config) ([]Result, error) {
 	singles, pairs := [][]int{{1}, {2}, {3}}, [][]int{{1, 2}, {2, 3}, {1, 3}}
 	if c.Quick {
 		// A frozen master costs stock hosts.toml tens of seconds (50 s measured
-		// here, 150 s in DESIGN.md), and nginx fails after 10 to 30 s: the quick
+		// here on new connections, 150 s on established ones), and nginx fails after 10 to 30 s: the quick
 		// run bounds them at 5 s, where they are FAILED, and freezes master-1
 		// (masters 1 and 2 for the cold row) only.
 		size, bound, ourBound = 2<<20, 5*time.Second, 30*time.Second

@@ -12,7 +12,7 @@ import (
 	"text/template"
 )
 
-// ModeNginx is the system that hopless replaces (DESIGN.md section 1): stock
+// ModeNginx is the system that hopless replaces: stock
 // containerd whose hosts.toml lists one mirror, a per-node NGINX stream proxy
 // that passes TCP through to the masters with least_conn. TLS stays end to end,
 // from containerd to a master, so the masters' certificates also name every
