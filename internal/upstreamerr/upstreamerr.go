@@ -211,3 +211,15 @@ func validPort(p string) bool {
 	n, err := strconv.Atoi(p)
 	return err == nil && strings.Trim(p, "0123456789") == "" && n >= 1 && n <= 65535
 }
+
+// FromResponse reads the failure that a 5xx or 429 answer carries in Header. found
+// is false for any other answer and for one without the header; err says why a
+// header that is there does not parse (the answer is then the sender's own failure).
+func FromResponse(resp *http.Response) (f Failure, found bool, err error) {
+	v := resp.Header.Get(Header)
+	if v == "" || (resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests) {
+		return Failure{}, false, nil
+	}
+	f, err = Parse(v)
+	return f, true, err
+}

@@ -135,3 +135,36 @@ func TestValidRetryAfter(t *testing.T) {
 		}
 	}
 }
+
+func TestFromResponse(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		status  int
+		header  string
+		found   bool
+		wantErr bool
+	}{
+		{"502 with the header", 502, "upstream=registry.example; status=503", true, false},
+		{"429 with the header", 429, "upstream=registry.example; status=429", true, false},
+		{"a 5xx without it", 503, "", false, false},
+		{"a 404 with it is no failure", 404, "upstream=registry.example; status=503", false, false},
+		{"garbage", 502, "upstream registry.example", true, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			resp := &http.Response{StatusCode: tt.status, Header: http.Header{}}
+			if tt.header != "" {
+				resp.Header.Set(Header, tt.header)
+			}
+			f, found, err := FromResponse(resp)
+			if found != tt.found || (err != nil) != tt.wantErr {
+				t.Fatalf("FromResponse = %+v, %v, %v; want found %v, error %v", f, found, err, tt.found, tt.wantErr)
+			}
+			if found && err == nil && f.Upstream != "registry.example" {
+				t.Errorf("upstream %q", f.Upstream)
+			}
+		})
+	}
+}

@@ -164,14 +164,13 @@ func (a *attempt) judge(resp *http.Response, err error, keep5xx bool) (verdict, 
 	}
 	a.b.metrics.request(name, resp.StatusCode)
 	took := time.Since(a.start)
-	if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests {
-		if f, ok := upstreamFailure(resp); ok {
-			ue := &UpstreamError{Request: a.desc, Endpoint: name, Status: resp.StatusCode, Failure: f, RetryAfter: resp.Header.Get("Retry-After")}
-			drainClose(resp)
-			a.b.metrics.upstreamError(name, f.Status)
-			a.b.answered(a.t)
-			return verdictUpstream, ue
-		}
+	// A header that does not parse leaves the answer the master's own.
+	if f, found, ferr := upstreamerr.FromResponse(resp); found && ferr == nil {
+		ue := &UpstreamError{Request: a.desc, Endpoint: name, Status: resp.StatusCode, Failure: f, RetryAfter: resp.Header.Get("Retry-After")}
+		drainClose(resp)
+		a.b.metrics.upstreamError(name, f.Status)
+		a.b.answered(a.t)
+		return verdictUpstream, ue
 	}
 	if resp.StatusCode >= 500 {
 		se := &statusError{status: resp.Status}
@@ -193,19 +192,6 @@ func (a *attempt) judge(resp *http.Response, err error, keep5xx bool) (verdict, 
 	a.b.observeHeaders(a.t.ep, class, took)
 	a.b.answered(a.t)
 	return verdictOK, nil
-}
-
-// upstreamFailure reads the master's upstream-error header of a 5xx or 429.
-func upstreamFailure(resp *http.Response) (upstreamerr.Failure, bool) {
-	v := resp.Header.Get(upstreamerr.Header)
-	if v == "" {
-		return upstreamerr.Failure{}, false
-	}
-	f, err := upstreamerr.Parse(v)
-	if err != nil {
-		return upstreamerr.Failure{}, false
-	}
-	return f, true
 }
 
 // drainClose reads a little of an answer's body, so that the connection can be

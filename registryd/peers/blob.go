@@ -147,11 +147,11 @@ func (s *Set) blob(ctx context.Context, p Peer, host, repo string, d digest.Dige
 // header, a header that does not parse or names another upstream than host, or a
 // status that is not 5xx or 429.
 func (s *Set) upstreamFailure(p Peer, d digest.Digest, host string, resp *http.Response) *upstream.Error {
-	v := resp.Header.Get(upstreamerr.Header)
-	if v == "" || (resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests) {
+	f, found, err := upstreamerr.FromResponse(resp)
+	if !found {
 		return nil
 	}
-	f, err := upstreamerr.Parse(v)
+	v := resp.Header.Get(upstreamerr.Header)
 	if err == nil && !strings.EqualFold(f.Upstream, host) {
 		err = fmt.Errorf("it names upstream %q, not %q", f.Upstream, host)
 	}
