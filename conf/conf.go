@@ -302,6 +302,16 @@ type API struct {
 	// TokenFile holds the bearer token those endpoints require (mode 0600). Empty
 	// disables them.
 	TokenFile string `toml:"token_file"`
+	// NodeKeyFile holds the key that node credentials are derived from (mode 0600,
+	// at least 16 bytes): a node reports its pins with its own token, derived from
+	// this key and its node name (registryd node-token), and can speak only for
+	// itself. Empty disables the pins endpoint.
+	NodeKeyFile string `toml:"node_key_file"`
+	// PinTTL is how long a node's pins hold after its last report: a node that does
+	// not report again within it loses its pins. Default 10m; at least 10s.
+	PinTTL Duration `toml:"pin_ttl"`
+	// MaxPinSources bounds how many nodes may hold pins at once. Default 10000.
+	MaxPinSources int `toml:"max_pin_sources"`
 }
 
 // Log configures structured logging.

@@ -869,8 +869,8 @@ func TestLoadRegistryd(t *testing.T) {
 				if !reflect.DeepEqual(r.Peers, wantPeers) {
 					t.Errorf("Peers = %+v, want %+v", r.Peers, wantPeers)
 				}
-				if r.Auth != (ClientAuth{}) || r.API != (API{}) {
-					t.Errorf("Auth %+v, API %+v; want zero", r.Auth, r.API)
+				if r.Auth != (ClientAuth{}) || r.API != (API{PinTTL: Duration{10 * time.Minute}, MaxPinSources: 10000}) {
+					t.Errorf("Auth %+v, API %+v; want no auth, no API files, pin defaults", r.Auth, r.API)
 				}
 				if r.Log.Level != "info" {
 					t.Errorf("Log.Level = %q, want info", r.Log.Level)
@@ -1863,6 +1863,33 @@ health_interval = "5s"
 			text: registrydOK + "[api]\ntoken_file = \"api-token\"\n",
 			want: []fieldWant{{"api.token_file", "api-token not found"}},
 		},
+		{
+			name:  "api pins settings",
+			text:  registrydOK + "[api]\nnode_key_file = \"node.key\"\npin_ttl = \"1m\"\nmax_pin_sources = 50\n",
+			files: []file{{name: "node.key", text: secret, mode: 0o600}},
+			check: func(t *testing.T, dir string, r *Registryd) {
+				want := API{NodeKeyFile: filepath.Join(dir, "node.key"), PinTTL: Duration{time.Minute}, MaxPinSources: 50}
+				if r.API != want {
+					t.Errorf("API = %+v, want %+v", r.API, want)
+				}
+			},
+		},
+		{
+			name:  "api.node_key_file too open",
+			text:  registrydOK + "[api]\nnode_key_file = \"node.key\"\n",
+			files: []file{{name: "node.key", text: secret, mode: 0o640}},
+			want:  []fieldWant{{"api.node_key_file", "has mode 0640, want 0600 or stricter"}},
+		},
+		{
+			name: "api.pin_ttl too short",
+			text: registrydOK + "[api]\npin_ttl = \"5s\"\n",
+			want: []fieldWant{{"api.pin_ttl", "must be at least 10s, got 5s"}},
+		},
+		{
+			name: "zero api.max_pin_sources",
+			text: registrydOK + "[api]\nmax_pin_sources = 0\n",
+			want: []fieldWant{{"api.max_pin_sources", "must be > 0, got 0"}},
+		},
 
 		// Everything.
 		{
@@ -1950,7 +1977,7 @@ health_interval = "5s"
 						Issuer:         "auth.example",
 						RootCertBundle: filepath.Join(dir, "pki/token-ca.pem"),
 					}},
-					API: API{TokenFile: filepath.Join(dir, "secrets/api-token")},
+					API: API{TokenFile: filepath.Join(dir, "secrets/api-token"), PinTTL: Duration{10 * time.Minute}, MaxPinSources: 10000},
 					Log: Log{Level: "warn"},
 				}
 				if !reflect.DeepEqual(*r, want) {

@@ -61,6 +61,9 @@ const (
 	DefaultFillBackoff           = 200 * time.Millisecond
 	// DefaultPrefetchWorkers is cache.prefetch_workers.
 	DefaultPrefetchWorkers = 4
+	// DefaultPinTTL and DefaultMaxPinSources are api.pin_ttl and api.max_pin_sources.
+	DefaultPinTTL        = 10 * time.Minute
+	DefaultMaxPinSources = 10000
 
 	// DefaultPeerHealthInterval is peers.health_interval.
 	DefaultPeerHealthInterval = 2 * time.Second
@@ -211,6 +214,9 @@ func (r *Registryd) applyDefaults(raw map[string]any, base string) {
 	r.Auth.Htpasswd = resolve(base, r.Auth.Htpasswd)
 	r.Auth.Token.RootCertBundle = resolve(base, r.Auth.Token.RootCertBundle)
 	r.API.TokenFile = resolve(base, r.API.TokenFile)
+	r.API.NodeKeyFile = resolve(base, r.API.NodeKeyFile)
+	setDuration(&r.API.PinTTL, raw, DefaultPinTTL, "api", "pin_ttl")
+	setInt(&r.API.MaxPinSources, raw, DefaultMaxPinSources, "api", "max_pin_sources")
 
 	if !present(raw, "log", "level") {
 		r.Log.Level = DefaultLogLevel

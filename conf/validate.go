@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Validate checks a node configuration; file names the source in errors. All problems
@@ -271,6 +272,13 @@ func (r *Registryd) Validate(file string) error {
 	errs = append(errs, r.validateStaleAfter(file)...)
 	errs = append(errs, r.Auth.validate(file)...)
 	add(prefixed(file, "api.token_file", checkSecretFile(r.API.TokenFile)))
+	add(prefixed(file, "api.node_key_file", checkSecretFile(r.API.NodeKeyFile)))
+	if r.API.PinTTL.Duration < minPinTTL {
+		add(fieldErr(file, "api.pin_ttl", "must be at least %s, got %s", minPinTTL, r.API.PinTTL.Duration))
+	}
+	if r.API.MaxPinSources < 1 {
+		add(fieldErr(file, "api.max_pin_sources", "must be > 0, got %d", r.API.MaxPinSources))
+	}
 	switch r.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -330,6 +338,10 @@ const (
 
 // maxPrefetchWorkers bounds cache.prefetch_workers.
 const maxPrefetchWorkers = 256
+
+// minPinTTL keeps a node's re-reports (at a third of the TTL) from becoming a
+// flood.
+const minPinTTL = 10 * time.Second
 
 func (c Cache) validate(file string) []error {
 	var errs []error

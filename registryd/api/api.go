@@ -1,8 +1,9 @@
 // Package api serves registryd's own endpoints under /hopless/v1/: the peer blob
 // endpoint that other masters fill from, the peer tag and manifest endpoints that
-// they ask when their upstream fails, the pins that the NRI plugin reports, and
-// prefetch jobs. Peer requests authenticate with the peers' shared token; pins and
-// prefetch with the API token. Neither token is ever logged.
+// they ask when their upstream fails, the pins that nodes report (pins.go), and
+// prefetch jobs. Peer requests authenticate with the peers' shared token, pins with
+// the reporting node's own token (internal/nodetoken), prefetch with the API token.
+// No token is ever logged.
 package api
 
 import (
@@ -14,10 +15,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/distribution/distribution/v3"
@@ -43,10 +44,17 @@ const (
 
 // API handles /hopless/v1/.
 type API struct {
-	cache   *cache.Cache
-	store   *store.Store
-	peers   *peers.Set // nil: no peer endpoint
-	token   string     // empty: pins and prefetch are off
+	cache *cache.Cache
+	store *store.Store
+	peers *peers.Set // nil: no peer endpoint
+	token string     // empty: prefetch is off
+	// nodeKey checks node tokens (api.node_key_file); empty: pins are off. Pins
+	// hold for pinTTL after each report, and forward sends them to the peers (nil
+	// without peers).
+	nodeKey []byte
+	pinTTL  time.Duration
+	forward *forwarder
+	now     func() time.Time
 	log     *slog.Logger
 	metrics *metrics.Metrics
 	// ctx is the server's lifetime; prefetch jobs run on it.
@@ -91,6 +99,12 @@ type Config struct {
 	// PrefetchWorkers is how many images prefetch jobs warm at once; <= 0 is
 	// conf.DefaultPrefetchWorkers.
 	PrefetchWorkers int
+	// NodeKey is the key node tokens are derived from; empty disables pins.
+	NodeKey []byte
+	// PinTTL is how long a report of pins holds; <= 0 is conf.DefaultPinTTL.
+	PinTTL time.Duration
+	// Now is the clock of pin leases; nil is time.Now.
+	Now func() time.Time
 }
 
 // New builds the API; prefetch jobs run until ctx ends.
@@ -104,9 +118,20 @@ func New(ctx context.Context, c Config) *API {
 	if c.PrefetchWorkers <= 0 {
 		c.PrefetchWorkers = conf.DefaultPrefetchWorkers
 	}
-	return &API{cache: c.Cache, store: c.Store, peers: c.Peers, token: c.Token, tokenSum: sha256.Sum256([]byte(c.Token)),
+	if c.PinTTL <= 0 {
+		c.PinTTL = conf.DefaultPinTTL
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	a := &API{cache: c.Cache, store: c.Store, peers: c.Peers, token: c.Token, tokenSum: sha256.Sum256([]byte(c.Token)),
+		nodeKey: c.NodeKey, pinTTL: c.PinTTL, now: c.Now,
 		log: c.Log, metrics: c.Metrics, ctx: ctx, jobs: map[string]*job{},
 		workers: c.PrefetchWorkers, wake: make(chan struct{}, 1)}
+	if c.Peers != nil && len(c.NodeKey) > 0 {
+		a.forward = newForwarder(ctx, c.Peers, c.Log, c.Metrics, c.Now)
+	}
+	return a
 }
 
 // Close waits for the prefetch jobs, which end once New's ctx is done. Jobs asked
@@ -116,6 +141,9 @@ func (a *API) Close() {
 	a.closed = true
 	a.mu.Unlock()
 	a.running.Wait()
+	if a.forward != nil {
+		a.forward.wait()
+	}
 }
 
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -128,7 +156,9 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case p == "/peer/manifest" && r.Method == http.MethodGet:
 		a.peerManifest(w, r)
 	case p == "/pins" && r.Method == http.MethodPut:
-		a.authorized(a.putPins)(w, r)
+		a.putPins(w, r)
+	case p == "/peer/pins" && r.Method == http.MethodPut:
+		a.putPeerPins(w, r)
 	case p == "/prefetch" && r.Method == http.MethodPost:
 		a.authorized(a.startPrefetch)(w, r)
 	case strings.HasPrefix(p, "/prefetch/") && r.Method == http.MethodGet:
@@ -274,51 +304,6 @@ func (a *API) peerManifest(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Length", strconv.Itoa(len(payload)))
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(payload)
-}
-
-// Pins is the body of PUT /hopless/v1/pins: the images in use on one node. Each call
-// replaces that node's previous pins.
-type Pins struct {
-	Source string `json:"source"`
-	Images []struct {
-		Image  string `json:"image"`
-		Digest string `json:"digest"`
-	} `json:"images"`
-}
-
-var sourceRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$`)
-
-func (a *API) putPins(w http.ResponseWriter, r *http.Request) {
-	var p Pins
-	if err := decodeBody(r, &p); err != nil {
-		writeError(w, http.StatusBadRequest, errcode.ErrorCodeUnknown.WithMessage("bad pins body: "+err.Error()))
-		return
-	}
-	if !sourceRE.MatchString(p.Source) {
-		writeError(w, http.StatusBadRequest, errcode.ErrorCodeUnknown.WithMessage(fmt.Sprintf("bad pins source %q: want a node name", p.Source)))
-		return
-	}
-	if len(p.Images) > maxImages {
-		writeError(w, http.StatusBadRequest, errcode.ErrorCodeUnknown.WithMessage(fmt.Sprintf("too many pinned images: %d > %d", len(p.Images), maxImages)))
-		return
-	}
-	var ds []digest.Digest
-	for i, im := range p.Images {
-		d, err := digest.Parse(im.Digest)
-		if err != nil {
-			writeError(w, http.StatusBadRequest, errcode.ErrorCodeDigestInvalid.WithMessage(fmt.Sprintf("images[%d].digest %q: %v", i, im.Digest, err)))
-			return
-		}
-		ds = append(ds, d)
-	}
-	if err := a.store.SetPins(r.Context(), p.Source, ds); err != nil {
-		// The error names storage paths: the log gets it, the client its kind.
-		a.log.Warn("storing pins failed", "source", p.Source, "error", err)
-		writeError(w, http.StatusInternalServerError, errcode.ErrorCodeUnknown.WithMessage("storing the pins of "+p.Source+" failed; see registryd's log"))
-		return
-	}
-	a.log.Info("pins replaced", "source", p.Source, "images", len(ds))
-	writeJSON(w, http.StatusOK, map[string]any{"source": p.Source, "pinned": len(ds)})
 }
 
 type job struct {

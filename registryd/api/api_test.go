@@ -1,7 +1,6 @@
 package api_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -21,6 +20,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/hopless/hopless/conf"
+	"github.com/hopless/hopless/internal/nodetoken"
 	"github.com/hopless/hopless/registryd/api"
 	"github.com/hopless/hopless/registryd/cache"
 	"github.com/hopless/hopless/registryd/fill"
@@ -35,6 +35,7 @@ import (
 const (
 	apiToken  = "api-token-for-tests"
 	peerToken = "peer-token-for-tests"
+	nodeKey   = "node-key-for-tests-0123456789"
 	repo      = registrytest.UpstreamPath + "/install"
 )
 
@@ -54,6 +55,27 @@ type fixture struct {
 // API token ("" disables pins and prefetch).
 func newFixture(t *testing.T, token string) *fixture {
 	t.Helper()
+	o := fixtureOptions{token: token}
+	if token != "" {
+		o.nodeKey = []byte(nodeKey)
+	}
+	return newFixtureWith(t, o)
+}
+
+// fixtureOptions are newFixtureWith's: the API token and node key ("" disables
+// prefetch and pins), and a peer that exists (its URL and a client that trusts it;
+// without it the one peer does not exist).
+type fixtureOptions struct {
+	token      string
+	nodeKey    []byte
+	peerURL    string
+	peerClient *http.Client
+	now        func() time.Time
+}
+
+func newFixtureWith(t *testing.T, o fixtureOptions) *fixture {
+	t.Helper()
+	token := o.token
 	up := registrytest.NewUpstream(t)
 	img := registrytest.Image(t, 100<<10, 2)
 	up.Push(t, repo, "v1", img)
@@ -76,11 +98,17 @@ func newFixture(t *testing.T, token string) *fixture {
 	// to one, so it is never asked.
 	tokenFile := filepath.Join(env.Dir, "peer-token")
 	registrytest.WriteSecret(t, tokenFile, peerToken)
+	peerURL := "https://127.0.0.2:1"
+	popts := []peers.Option{peers.WithMetrics(f.metrics)}
+	if o.peerURL != "" {
+		peerURL = o.peerURL
+		popts = append(popts, peers.WithHTTPClient(o.peerClient))
+	}
 	f.peers, err = peers.New(conf.Peers{
 		Self:      "https://127.0.0.1:1",
-		Endpoints: []conf.Endpoint{{URL: "https://127.0.0.1:1", Weight: 1}, {URL: "https://127.0.0.2:1", Weight: 1000}},
+		Endpoints: []conf.Endpoint{{URL: "https://127.0.0.1:1", Weight: 1}, {URL: peerURL, Weight: 1000}},
 		TokenFile: tokenFile,
-	}, peers.WithMetrics(f.metrics))
+	}, popts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +116,8 @@ func newFixture(t *testing.T, token string) *fixture {
 		Store: f.store, Filler: filler, Upstreams: []*upstream.Client{u}, Router: route.New(env.Config.Upstream),
 		Peers: f.peers, Log: log, Metrics: f.metrics, TagTTL: time.Minute, MaxManifest: 4 << 20,
 	})
-	a := api.New(ctx, api.Config{Cache: f.cache, Store: f.store, Peers: f.peers, Token: token, Log: log, Metrics: f.metrics})
+	a := api.New(ctx, api.Config{Cache: f.cache, Store: f.store, Peers: f.peers, Token: token, Log: log, Metrics: f.metrics,
+		NodeKey: o.nodeKey, Now: o.now})
 	f.api = a
 	f.srv = httptest.NewUnstartedServer(a)
 	// TestClient's untrusting client makes the server log a handshake error.
@@ -110,6 +139,20 @@ func newFixture(t *testing.T, token string) *fixture {
 
 func (f *fixture) client() *api.Client {
 	return api.NewClient(f.srv.URL, apiToken, f.srv.Client().Transport.(*http.Transport).TLSClientConfig)
+}
+
+// nodeClient is a client with node's token.
+func (f *fixture) nodeClient(t *testing.T, node string) *api.Client {
+	return api.NewClient(f.srv.URL, nodeTokenOf(t, node), f.srv.Client().Transport.(*http.Transport).TLSClientConfig)
+}
+
+func nodeTokenOf(t *testing.T, node string) string {
+	t.Helper()
+	tok, err := nodetoken.Derive([]byte(nodeKey), node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
 }
 
 func (f *fixture) do(t *testing.T, method, path, auth, body string) (*http.Response, []byte) {
@@ -158,135 +201,23 @@ func manifestDigest(t *testing.T, img v1.Image) digest.Digest {
 	return digest.Digest(registrytest.Digest(t, img).String())
 }
 
-func TestPinsAuth(t *testing.T) {
-	t.Parallel()
-	f := newFixture(t, apiToken)
-	body := fmt.Sprintf(`{"source":"node-1","images":[{"image":"x","digest":%q}]}`, manifestDigest(t, f.img))
-	tests := []struct {
-		name, auth string
-		want       int
-	}{
-		{"no token", "", http.StatusUnauthorized},
-		{"wrong token", "Bearer wrong", http.StatusUnauthorized},
-		{"token prefix", "Bearer " + apiToken[:5], http.StatusUnauthorized},
-		{"basic auth", "Basic " + apiToken, http.StatusUnauthorized},
-		{"peer token", "Bearer " + peerToken, http.StatusUnauthorized},
-		{"API token", "Bearer " + apiToken, http.StatusOK},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			resp, b := f.do(t, http.MethodPut, "/hopless/v1/pins", tt.auth, body)
-			if resp.StatusCode != tt.want {
-				t.Fatalf("%d %s, want %d", resp.StatusCode, b, tt.want)
-			}
-			if tt.want == http.StatusUnauthorized {
-				if resp.Header.Get("WWW-Authenticate") == "" || registrytest.Errors(t, b)[0].Code != "UNAUTHORIZED" {
-					t.Errorf("401 without a challenge or an UNAUTHORIZED error: %v %s", resp.Header, b)
-				}
-				if bytes.Contains(b, []byte(apiToken)) {
-					t.Errorf("the answer quotes the token: %s", b)
-				}
-			}
-		})
-	}
-}
-
 func TestAPIDisabled(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, "")
-	for _, tt := range []struct{ method, path string }{
-		{http.MethodPut, "/hopless/v1/pins"},
-		{http.MethodPost, "/hopless/v1/prefetch"},
-		{http.MethodGet, "/hopless/v1/prefetch/1"},
+	for _, tt := range []struct{ method, path, file string }{
+		{http.MethodPut, "/hopless/v1/pins", "api.node_key_file"},
+		{http.MethodPut, "/hopless/v1/peer/pins", "api.node_key_file"},
+		{http.MethodPost, "/hopless/v1/prefetch", "api.token_file"},
+		{http.MethodGet, "/hopless/v1/prefetch/1", "api.token_file"},
 	} {
-		resp, b := f.do(t, tt.method, tt.path, "Bearer ", `{}`)
-		if resp.StatusCode != http.StatusNotFound || !strings.Contains(string(b), "api.token_file is not set") {
-			t.Errorf("%s %s with the API off: %d %s, want 404 naming api.token_file", tt.method, tt.path, resp.StatusCode, b)
+		auth := "Bearer "
+		if strings.Contains(tt.path, "/peer/") {
+			auth += peerToken
 		}
-	}
-}
-
-func TestPinsValidation(t *testing.T) {
-	t.Parallel()
-	f := newFixture(t, apiToken)
-	good := string(manifestDigest(t, f.img))
-	tests := []struct {
-		name, body, want string
-	}{
-		{"bad digest", `{"source":"node-1","images":[{"image":"a","digest":"` + good + `"},{"image":"b","digest":"sha256:bad"}]}`, `images[1].digest \"sha256:bad\"`},
-		{"unknown field", `{"source":"node-1","images":[],"extra":1}`, `unknown field \"extra\"`},
-		{"unknown image field", `{"source":"node-1","images":[{"image":"a","digest":"` + good + `","size":1}]}`, `unknown field \"size\"`},
-		{"bad source", `{"source":"../etc","images":[]}`, `bad pins source \"../etc\"`},
-		{"no source", `{"images":[]}`, `bad pins source \"\"`},
-		{"not JSON", `source=node-1`, `bad pins body`},
-		{"trailing data", `{"source":"node-1","images":[]}{}`, `trailing data`},
-		{"wrong type", `{"source":"node-1","images":{}}`, `bad pins body`},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			resp, b := f.do(t, http.MethodPut, "/hopless/v1/pins", "Bearer "+apiToken, tt.body)
-			if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), tt.want) {
-				t.Errorf("%d %s, want 400 containing %s", resp.StatusCode, b, tt.want)
-			}
-		})
-	}
-	resp, b := f.do(t, http.MethodPut, "/hopless/v1/pins", "Bearer "+apiToken, `{"source":"x","images":[`+strings.Repeat(`{"image":"a","digest":"`+good+`"},`, 20000)+`]}`)
-	if resp.StatusCode != http.StatusBadRequest {
-		t.Errorf("a body over 1 MiB: %d %.200s, want 400", resp.StatusCode, b)
-	}
-}
-
-// TestPinsKeepImagesOnEvict caches two images, pins one through the API and evicts
-// with a bound far below their size: only the pinned one stays.
-func TestPinsKeepImagesOnEvict(t *testing.T) {
-	t.Parallel()
-	f := newFixture(t, apiToken)
-	other := registrytest.Image(t, 100<<10, 2)
-	f.up.Push(t, repo, "v2", other)
-	if job := f.prefetch(t, "system/deckhouse/install:v1", "system/deckhouse/install:v2"); job.Images[0].Error != "" || job.Images[1].Error != "" {
-		t.Fatalf("prefetch failed: %+v %+v", job.Images[0], job.Images[1])
-	}
-	pins := api.Pins{Source: "node-1"}
-	pins.Images = append(pins.Images, struct {
-		Image  string `json:"image"`
-		Digest string `json:"digest"`
-	}{Image: "system/deckhouse/install:v1", Digest: string(manifestDigest(t, f.img))})
-	if err := f.client().PutPins(t.Context(), pins); err != nil {
-		t.Fatal(err)
-	}
-
-	if _, err := f.store.Evict(t.Context(), 1, 0); err != nil {
-		t.Fatal(err)
-	}
-	ctx := t.Context()
-	if _, _, err := f.store.GetManifest(ctx, manifestDigest(t, f.img)); err != nil {
-		t.Errorf("the pinned manifest was evicted: %v", err)
-	}
-	for _, d := range registrytest.Blobs(t, f.img) {
-		if _, err := f.store.StatBlob(ctx, digest.Digest(d.String())); err != nil {
-			t.Errorf("blob %s of the pinned image was evicted: %v", d, err)
+		resp, b := f.do(t, tt.method, tt.path, auth, `{}`)
+		if resp.StatusCode != http.StatusNotFound || !strings.Contains(string(b), tt.file+" is not set") {
+			t.Errorf("%s %s with the API off: %d %s, want 404 naming %s", tt.method, tt.path, resp.StatusCode, b, tt.file)
 		}
-	}
-	if _, _, err := f.store.GetManifest(ctx, manifestDigest(t, other)); !errdefs.IsNotFound(err) {
-		t.Errorf("the unpinned manifest: %v, want it evicted", err)
-	}
-	for _, d := range registrytest.Blobs(t, other) {
-		if _, err := f.store.StatBlob(ctx, digest.Digest(d.String())); !errdefs.IsNotFound(err) {
-			t.Errorf("blob %s of the unpinned image: %v, want it evicted", d, err)
-		}
-	}
-
-	// An empty list drops the node's pins.
-	if err := f.client().PutPins(t.Context(), api.Pins{Source: "node-1"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.store.Evict(t.Context(), 1, 0); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := f.store.GetManifest(ctx, manifestDigest(t, f.img)); !errdefs.IsNotFound(err) {
-		t.Errorf("the unpinned manifest: %v, want it evicted", err)
 	}
 }
 
@@ -456,8 +387,8 @@ func TestClient(t *testing.T) {
 	if err != nil || got.ID != job.ID {
 		t.Errorf("PrefetchStatus = %+v, %v", got, err)
 	}
-	if err := c.PutPins(t.Context(), api.Pins{Source: "node-1"}); err != nil {
-		t.Errorf("PutPins: %v", err)
+	if a, err := f.nodeClient(t, "node-1").PutPins(t.Context(), api.Pins{Source: "node-1"}); err != nil || a.Source != "node-1" || a.TTLSeconds != 600 {
+		t.Errorf("PutPins = %+v, %v; want node-1's lease for 600s", a, err)
 	}
 
 	bad := api.NewClient(f.srv.URL, "wrong", f.srv.Client().Transport.(*http.Transport).TLSClientConfig)
@@ -468,7 +399,7 @@ func TestClient(t *testing.T) {
 		t.Errorf("PrefetchStatus of an unknown job = %v, want a 404 error", err)
 	}
 	untrusting := api.NewClient(f.srv.URL, apiToken, nil)
-	if err := untrusting.PutPins(t.Context(), api.Pins{Source: "node-1"}); err == nil || !strings.Contains(err.Error(), "certificate") {
+	if _, err := untrusting.PutPins(t.Context(), api.Pins{Source: "node-1"}); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Errorf("a client that does not trust the server = %v, want a certificate error", err)
 	}
 }

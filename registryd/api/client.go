@@ -19,7 +19,8 @@ type Client struct {
 	http  *http.Client
 }
 
-// NewClient returns a client for the registryd at base ("https://host:port").
+// NewClient returns a client for the registryd at base ("https://host:port"); token
+// is the API token for prefetch, or a node's token for pins.
 func NewClient(base, token string, tlsConfig *tls.Config) *Client {
 	tr := &http.Transport{TLSClientConfig: tlsConfig, Proxy: nil, ResponseHeaderTimeout: 30 * time.Second}
 	return &Client{base: strings.TrimSuffix(base, "/"), token: token, http: &http.Client{Transport: tr, Timeout: time.Minute}}
@@ -42,9 +43,12 @@ func (c *Client) PrefetchStatus(ctx context.Context, id string) (Job, error) {
 	return j, err
 }
 
-// PutPins replaces the pins of p.Source.
-func (c *Client) PutPins(ctx context.Context, p Pins) error {
-	return c.do(ctx, http.MethodPut, "pins", p, http.StatusOK, nil)
+// PutPins renews the lease of p.Source, which must be the node the client's token
+// names, with p's images.
+func (c *Client) PutPins(ctx context.Context, p Pins) (PinsAnswer, error) {
+	var a PinsAnswer
+	err := c.do(ctx, http.MethodPut, "pins", p, http.StatusOK, &a)
+	return a, err
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in any, want int, out any) error {

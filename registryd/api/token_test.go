@@ -1,7 +1,6 @@
 package api_test
 
 import (
-	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -15,14 +14,13 @@ func TestAPITokenComparison(t *testing.T) {
 		token string
 		want  int
 	}{
-		{apiToken, http.StatusOK},
+		{apiToken, http.StatusNotFound}, // past the check: there is no job 999
 		{apiToken + "x", http.StatusUnauthorized},
 		{apiToken[:len(apiToken)-1], http.StatusUnauthorized},
 		{strings.ToUpper(apiToken), http.StatusUnauthorized},
 		{"", http.StatusUnauthorized},
 	} {
-		body := fmt.Sprintf(`{"source":"node-1","images":[{"image":"x","digest":%q}]}`, manifestDigest(t, f.img))
-		if resp, b := f.do(t, http.MethodPut, "/hopless/v1/pins", "Bearer "+tc.token, body); resp.StatusCode != tc.want {
+		if resp, b := f.do(t, http.MethodGet, "/hopless/v1/prefetch/999", "Bearer "+tc.token, ""); resp.StatusCode != tc.want {
 			t.Errorf("token %q: %d %s, want %d", tc.token, resp.StatusCode, b, tc.want)
 		}
 	}

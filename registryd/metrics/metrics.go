@@ -68,6 +68,13 @@ type Metrics struct {
 	PassThrough *prometheus.CounterVec
 	// ScrubbedBytes counts the stored bytes the background scrub re-hashed.
 	ScrubbedBytes prometheus.Counter
+	// PinSources is how many sources (nodes) hold a pin lease; PinLeasesLapsed
+	// counts the leases that lapsed because their source did not report again.
+	PinSources      prometheus.Gauge
+	PinLeasesLapsed prometheus.Counter
+	// PinForwards counts the batches of pin leases sent to peers, by result (ok,
+	// error).
+	PinForwards *prometheus.CounterVec
 	// ScrubBadBlobs counts stored blobs the scrub found not to match their digest
 	// (and removed).
 	ScrubBadBlobs prometheus.Counter
@@ -158,6 +165,15 @@ func New() *Metrics {
 	m.ScrubBadBlobs = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "hopless_registryd_scrub_bad_blobs_total", Help: "Stored blobs the background scrub found corrupt and removed.",
 	})
+	m.PinSources = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "hopless_registryd_pin_sources", Help: "Sources (nodes) that hold a pin lease.",
+	})
+	m.PinLeasesLapsed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "hopless_registryd_pin_leases_lapsed_total", Help: "Pin leases that lapsed because their source did not report again within api.pin_ttl.",
+	})
+	m.PinForwards = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hopless_registryd_pin_forwards_total", Help: "Batches of pin leases sent to peers, by result.",
+	}, []string{"result"})
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -169,6 +185,7 @@ func New() *Metrics {
 		m.Evictions, m.EvictedBytes, m.StoreBytes,
 		m.StorageWritable, m.SpoolBytes, m.PassThrough,
 		m.ScrubbedBytes, m.ScrubBadBlobs,
+		m.PinSources, m.PinLeasesLapsed, m.PinForwards,
 	)
 	return m
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/distribution/distribution/v3/registry/handlers"
 
 	"github.com/hopless/hopless/conf"
+	"github.com/hopless/hopless/internal/nodetoken"
 	"github.com/hopless/hopless/registryd/api"
 	"github.com/hopless/hopless/registryd/cache"
 	"github.com/hopless/hopless/registryd/fill"
@@ -130,7 +131,8 @@ func New(ctx context.Context, cfg *conf.Registryd, opts ...Option) (s *Server, e
 		s.tls = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
 	}
 
-	st, err := store.New(ctx, cfg.Storage, store.WithLogger(s.log), store.WithMetrics(s.metrics), store.WithClock(o.now))
+	st, err := store.New(ctx, cfg.Storage, store.WithLogger(s.log), store.WithMetrics(s.metrics), store.WithClock(o.now),
+		store.WithMaxPinSources(cfg.API.MaxPinSources))
 	if err != nil {
 		return nil, fmt.Errorf("opening storage: %w", err)
 	}
@@ -160,10 +162,18 @@ func New(ctx context.Context, cfg *conf.Registryd, opts ...Option) (s *Server, e
 			return nil, fmt.Errorf("peers: %w", err)
 		}
 	}
-	var apiToken string
+	var apiToken, nodeKey string
 	if cfg.API.TokenFile != "" {
 		if apiToken, err = conf.ReadToken(cfg.API.TokenFile); err != nil {
 			return nil, fmt.Errorf("api.token_file: %w", err)
+		}
+	}
+	if cfg.API.NodeKeyFile != "" {
+		if nodeKey, err = conf.ReadToken(cfg.API.NodeKeyFile); err != nil {
+			return nil, fmt.Errorf("api.node_key_file: %w", err)
+		}
+		if len(nodeKey) < nodetoken.MinKeyBytes {
+			return nil, fmt.Errorf("api.node_key_file: %s holds %d bytes, want at least %d", cfg.API.NodeKeyFile, len(nodeKey), nodetoken.MinKeyBytes)
 		}
 	}
 	s.filler = fill.New(s.store, fill.WithLogger(s.log), fill.WithMetrics(s.metrics),
@@ -177,7 +187,7 @@ func New(ctx context.Context, cfg *conf.Registryd, opts ...Option) (s *Server, e
 		Now: o.now,
 	})
 	s.api = api.New(bg, api.Config{Cache: s.cache, Store: s.store, Peers: s.peers, Token: apiToken, Log: s.log, Metrics: s.metrics,
-		PrefetchWorkers: cfg.Cache.PrefetchWorkers})
+		PrefetchWorkers: cfg.Cache.PrefetchWorkers, NodeKey: []byte(nodeKey), PinTTL: cfg.API.PinTTL.Duration, Now: o.now})
 
 	configureDistributionLogging(cfg.Log.Level)
 	s.app, err = newApp(bg, distributionConfig(cfg, s.cache))
@@ -195,7 +205,7 @@ func New(ctx context.Context, cfg *conf.Registryd, opts ...Option) (s *Server, e
 	}
 	s.log.Info("registryd configured", "storage", cfg.Storage.Driver, "root", cfg.Storage.Root, "spool", cfg.Storage.Spool,
 		"max_bytes", s.store.MaxBytes(), "ttl", cfg.Storage.TTL.String(), "tag_ttl", cfg.Cache.TagTTL.String(),
-		"peers", s.peers != nil, "client_auth", cfg.Auth.Htpasswd != "" || cfg.Auth.Token.Realm != "", "api", apiToken != "")
+		"peers", s.peers != nil, "client_auth", cfg.Auth.Htpasswd != "" || cfg.Auth.Token.Realm != "", "api", apiToken != "", "pins", nodeKey != "", "pin_ttl", cfg.API.PinTTL.String())
 	return s, nil
 }
 

@@ -179,14 +179,12 @@ func TestEvictKeepsPinned(t *testing.T) {
 			other, otherBlobs := putImage(t, s, 3, randomBytes(3, 100), shared)
 			pinned := append(append([]digest.Digest{idx, amd, arm}, amdBlobs...), armBlobs...)
 
-			if err := s.SetPins(t.Context(), "node-a", []digest.Digest{idx}); err != nil {
-				t.Fatal(err)
+			pin(t, s, "node-a", idx)
+			if _, err := s.SetLease(t.Context(), Lease{Source: "node-b", Manifests: []digest.Digest{"sha256:bad"}, Expires: clk.Now().Add(time.Hour)}); !errdefs.IsInvalidArgument(err) {
+				t.Fatalf("SetLease(bad digest) = %v", err)
 			}
-			if err := s.SetPins(t.Context(), "node-b", []digest.Digest{"sha256:bad"}); !errdefs.IsInvalidArgument(err) {
-				t.Fatalf("SetPins(bad digest) = %v", err)
-			}
-			if err := s.SetPins(t.Context(), "", nil); !errdefs.IsInvalidArgument(err) {
-				t.Fatalf("SetPins(no source) = %v", err)
+			if _, err := s.SetLease(t.Context(), Lease{Expires: clk.Now().Add(time.Hour)}); !errdefs.IsInvalidArgument(err) {
+				t.Fatalf("SetLease(no source) = %v", err)
 			}
 			clk.Advance(48 * time.Hour)
 			if _, err := s.Evict(t.Context(), 1, time.Hour); err != nil {
@@ -217,9 +215,7 @@ func TestEvictKeepsPinned(t *testing.T) {
 			}
 
 			// Replaced as a whole: an empty list unpins everything of node-a.
-			if err := s.SetPins(t.Context(), "node-a", nil); err != nil {
-				t.Fatal(err)
-			}
+			pin(t, s, "node-a")
 			st, err := s.Evict(t.Context(), 1, time.Hour)
 			if err != nil {
 				t.Fatal(err)

@@ -231,3 +231,13 @@ func spoolFiles(t *testing.T, s *Store) []string {
 	}
 	return m
 }
+
+// pin gives source a lease on ds that holds for far longer than any test's clock
+// moves.
+func pin(t *testing.T, s *Store, source string, ds ...digest.Digest) {
+	t.Helper()
+	now := s.now()
+	if _, err := s.SetLease(t.Context(), Lease{Source: source, Manifests: ds, Reported: now, Expires: now.Add(1000 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+}

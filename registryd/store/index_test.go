@@ -123,15 +123,13 @@ func TestIndexPersistence(t *testing.T) {
 					t.Fatal(err)
 				}
 				fill(t, s, clk, 10) // not in any index write before the "crash"
-				if err := s.SetPins(t.Context(), "node-a", []digest.Digest{digest.FromString("p")}); err != nil {
-					t.Fatal(err)
-				}
+				pin(t, s, "node-a", digest.FromString("p"))
 				before := snap(s)
 				tt.stop(t, b, s)
 
 				s2 := b.open(t, WithClock(clk.Now))
 				before.check(t, snap(s2), tt.accessTimes)
-				if got := s2.pins["node-a"]; len(got) != 1 {
+				if got := s2.pins["node-a"].Manifests; len(got) != 1 {
 					t.Errorf("pins after restart: %v", got)
 				}
 				// Everything reads back.

@@ -1,52 +1,145 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 )
 
-// SetPins replaces the manifests pinned by source (a node name): they, and everything
-// reachable from them, are never evicted. An empty list removes the source's pins.
-func (s *Store) SetPins(ctx context.Context, source string, manifests []digest.Digest) error {
-	if source == "" {
-		return fmt.Errorf("pins: empty source: %w", errdefs.ErrInvalidArgument)
-	}
-	for _, d := range manifests {
-		if err := checkDigest(d); err != nil {
-			return fmt.Errorf("pins of %s: %w", source, err)
+// pinsVersion is the version of pins.json.
+const pinsVersion = 2
+
+// DefaultMaxPinSources applies when WithMaxPinSources is not given.
+const DefaultMaxPinSources = 10000
+
+// Lease is what one source (a node) pins: manifests that, with everything reachable
+// from them, are not evicted until Expires. A source renews its lease by reporting
+// again; one that stops reporting loses its pins when the lease lapses.
+type Lease struct {
+	Source    string          `json:"source"`
+	Manifests []digest.Digest `json:"manifests"`
+	// Reported is when the source made the report, by the clock of the master it
+	// reported to: of two leases of one source, the later report wins, whichever
+	// master a copy reaches first.
+	Reported time.Time `json:"reported"`
+	Expires  time.Time `json:"expires"`
+}
+
+// pinsFile is pins.json.
+type pinsFile struct {
+	Version int     `json:"version"`
+	Leases  []Lease `json:"leases"`
+}
+
+// WithMaxPinSources bounds how many sources may hold leases at once (api.max_pin_sources).
+func WithMaxPinSources(n int) Option {
+	return func(s *Store) {
+		if n > 0 {
+			s.maxPinSources = n
 		}
 	}
-	set := slices.Clone(manifests)
-	slices.Sort(set)
-	set = slices.Compact(set)
+}
+
+// SetLease replaces l.Source's lease with l unless the store holds a lease of that
+// source reported later, and reports whether it did. A lease with no manifests
+// removes the source's pins. A new source beyond the bound of sources is refused
+// with errdefs.ErrResourceExhausted; sources whose leases lapsed are forgotten first.
+// The leases are written to storage before SetLease returns.
+func (s *Store) SetLease(ctx context.Context, l Lease) (bool, error) {
+	if l.Source == "" {
+		return false, fmt.Errorf("pins: empty source: %w", errdefs.ErrInvalidArgument)
+	}
+	for _, d := range l.Manifests {
+		if err := checkDigest(d); err != nil {
+			return false, fmt.Errorf("pins of %s: %w", l.Source, err)
+		}
+	}
+	l.Manifests = slices.Clone(l.Manifests)
+	slices.Sort(l.Manifests)
+	l.Manifests = slices.Compact(l.Manifests)
 
 	s.pinsMu.Lock()
 	defer s.pinsMu.Unlock()
 	s.mu.Lock()
-	if slices.Equal(s.pins[source], set) {
+	now := s.now()
+	s.pruneLeasesLocked(now)
+	old, had := s.pins[l.Source]
+	switch {
+	case had && old.Reported.After(l.Reported):
 		s.mu.Unlock()
-		return nil
+		return false, nil
+	case !had && len(l.Manifests) > 0 && len(s.pins) >= s.maxPinSources:
+		s.mu.Unlock()
+		return false, fmt.Errorf("pins of %s: %d sources hold pins already, the most allowed: %w",
+			l.Source, len(s.pins), errdefs.ErrResourceExhausted)
 	}
-	if len(set) == 0 {
-		delete(s.pins, source)
+	changed := !had || !slices.Equal(old.Manifests, l.Manifests)
+	if len(l.Manifests) == 0 || !now.Before(l.Expires) {
+		delete(s.pins, l.Source)
 	} else {
-		s.pins[source] = set
+		s.pins[l.Source] = l
+	}
+	if changed {
+		s.gen++
+	}
+	f := s.pinsFileLocked()
+	s.setPinMetricsLocked()
+	s.mu.Unlock()
+	if err := s.putAtomic(ctx, pinsPath, f); err != nil {
+		return false, fmt.Errorf("pins: %w", err)
+	}
+	return true, nil
+}
+
+// Leases returns the leases that hold now, sorted by source.
+func (s *Store) Leases() []Lease {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pruneLeasesLocked(s.now())
+	return s.pinsFileLocked().Leases
+}
+
+func (s *Store) pinsFileLocked() pinsFile {
+	f := pinsFile{Version: pinsVersion, Leases: make([]Lease, 0, len(s.pins))}
+	for _, l := range s.pins {
+		f.Leases = append(f.Leases, l)
+	}
+	slices.SortFunc(f.Leases, func(a, b Lease) int { return cmp.Compare(a.Source, b.Source) })
+	return f
+}
+
+// pruneLeasesLocked forgets the leases that lapsed by now. The file keeps them until
+// its next write; loading skips them.
+func (s *Store) pruneLeasesLocked(now time.Time) {
+	n := 0
+	for src, l := range s.pins {
+		if !now.Before(l.Expires) {
+			delete(s.pins, src)
+			n++
+			s.log.Info("pins lapsed: the source did not report again in time", "source", src,
+				"manifests", len(l.Manifests), "expired", l.Expires)
+		}
+	}
+	if n == 0 {
+		return
 	}
 	s.gen++
-	all := make(map[string][]digest.Digest, len(s.pins))
-	for k, v := range s.pins {
-		all[k] = v
+	if s.m != nil {
+		s.m.PinLeasesLapsed.Add(float64(n))
 	}
-	s.mu.Unlock()
-	if err := s.putAtomic(ctx, pinsPath, all); err != nil {
-		return fmt.Errorf("pins: %w", err)
+	s.setPinMetricsLocked()
+}
+
+func (s *Store) setPinMetricsLocked() {
+	if s.m != nil {
+		s.m.PinSources.Set(float64(len(s.pins)))
 	}
-	return nil
 }
 
 func (s *Store) loadPins(ctx context.Context) error {
@@ -57,29 +150,38 @@ func (s *Store) loadPins(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("storage: read pins: %w", err)
 	}
-	var all map[string][]digest.Digest
-	if err := json.Unmarshal(data, &all); err != nil {
-		s.log.Warn("pins file is corrupt; ignoring it until nodes report again", "path", pinsPath, "error", err)
+	var f pinsFile
+	if err := json.Unmarshal(data, &f); err != nil || f.Version != pinsVersion {
+		s.log.Warn("pins file is corrupt or of another version; ignoring it until nodes report again",
+			"path", pinsPath, "version", f.Version, "error", err)
 		return nil
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for src, ds := range all {
-		ds = slices.DeleteFunc(ds, func(d digest.Digest) bool { return checkDigest(d) != nil })
-		if src != "" && len(ds) > 0 {
-			s.pins[src] = ds
+	for _, l := range f.Leases {
+		l.Manifests = slices.DeleteFunc(l.Manifests, func(d digest.Digest) bool { return checkDigest(d) != nil })
+		if l.Source == "" || len(l.Manifests) == 0 {
+			continue
+		}
+		if old, ok := s.pins[l.Source]; !ok || l.Reported.After(old.Reported) {
+			s.pins[l.Source] = l
 		}
 	}
 	s.gen++
+	// Leases that lapsed while registryd was down are counted and logged here.
+	s.pruneLeasesLocked(s.now())
+	s.setPinMetricsLocked()
 	return nil
 }
 
-// protectedLocked is the set of digests reachable from pinned manifests.
+// protectedLocked is the set of digests reachable from the manifests of leases that
+// hold now; leases that lapsed are forgotten.
 func (s *Store) protectedLocked() map[digest.Digest]bool {
+	s.pruneLeasesLocked(s.now())
 	seen := make(map[digest.Digest]bool)
 	var queue []digest.Digest
-	for _, ds := range s.pins {
-		queue = append(queue, ds...)
+	for _, l := range s.pins {
+		queue = append(queue, l.Manifests...)
 	}
 	for len(queue) > 0 {
 		d := queue[len(queue)-1]

@@ -86,9 +86,7 @@ func TestReserveEvicts(t *testing.T) {
 	s := openOn(t, dir, conf.Storage{MinFree: conf.Space{Bytes: 2 * mib}}, WithClock(clk.Now), WithMetrics(m))
 
 	pinned, pinnedBlobs := putImage(t, s, 1, randomBytes(1, 4*mib))
-	if err := s.SetPins(t.Context(), "node-1", []digest.Digest{pinned}); err != nil {
-		t.Fatal(err)
-	}
+	pin(t, s, "node-1", pinned)
 	clk.Advance(time.Minute)
 	older := commit(t, s, randomBytes(2, 3*mib))
 	clk.Advance(time.Minute)
@@ -177,9 +175,7 @@ func TestFloor(t *testing.T) {
 	s := openOn(t, dir, conf.Storage{MinFree: conf.Space{Percent: 25}}, WithMetrics(m))
 	blob := commit(t, s, randomBytes(5, mib))
 	pinned, _ := putImage(t, s, 2, randomBytes(6, mib))
-	if err := s.SetPins(t.Context(), "node-1", []digest.Digest{pinned}); err != nil {
-		t.Fatal(err)
-	}
+	pin(t, s, "node-1", pinned)
 	remove := filler(t, dir, int(avail(t, dir))-mib-mib/2)
 	err := s.Writable()
 	if !errors.Is(err, space.ErrNoSpace) || !strings.Contains(err.Error(), "below storage.min_free 25%") {

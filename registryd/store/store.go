@@ -8,7 +8,7 @@
 //	/hopless/blobs/<alg>/<hex[:2]>/<hex>       blob bytes; manifests' payloads too
 //	/hopless/manifests/<alg>/<hex[:2]>/<hex>   a manifest's media type and references (JSON)
 //	/hopless/tags/<upstream>/<repo>/_tags/<tag> a tag record (JSON)
-//	/hopless/pins.json                          pinned manifests per source
+//	/hopless/pins.json                          pin leases: manifests pinned per source, until when
 //	/hopless/index.json                         the index: size and last access per digest, links (link.go)
 //	/hopless/tmp/                               uploads and index writes in progress
 //
@@ -139,8 +139,8 @@ type Store struct {
 	refcount map[digest.Digest]int // manifests present that reference a digest
 	size     int64
 	tags     map[tagKey]Tag
-	pins     map[string][]digest.Digest
-	gen      uint64 // bumped when pins or manifests change what is reachable
+	pins     map[string]Lease // by source
+	gen      uint64           // bumped when pins or manifests change what is reachable
 	dirty    bool
 
 	// links are content's repository links; see link.go.
@@ -155,9 +155,11 @@ type Store struct {
 	// scrubLim paces the scrub in bytes; nil when storage.scrub_rate is 0.
 	scrubLim byteLimiter
 
-	saveMu  sync.Mutex
-	pinsMu  sync.Mutex
-	evictMu sync.Mutex
+	saveMu sync.Mutex
+	pinsMu sync.Mutex
+	// maxPinSources bounds len(pins).
+	maxPinSources int
+	evictMu       sync.Mutex
 
 	// maxBytes is the bound of the cache (MaxBytes); space is its disk space
 	// (space.go).
@@ -224,10 +226,12 @@ func newStore(ctx context.Context, drv storagedriver.StorageDriver, fsRoot strin
 		entries:  make(map[digest.Digest]*entry),
 		refcount: make(map[digest.Digest]int),
 		tags:     make(map[tagKey]Tag),
-		pins:     make(map[string][]digest.Digest),
+		pins:     make(map[string]Lease),
 		verified: newVerifiedCache(verifiedEntries),
 		stop:     make(chan struct{}),
 		space:    newSpaceState(),
+
+		maxPinSources: DefaultMaxPinSources,
 	}
 	s.checkedAt = make(map[digest.Digest]time.Time)
 	s.scrubLim = newScrubLimiter(cfg.ScrubRate)

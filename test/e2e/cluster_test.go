@@ -377,7 +377,14 @@ func TestClusterPins(t *testing.T) {
 	c := clHTTP(t, l)
 	repo := lab.UpstreamPath + "/pins"
 	pinsURL := clMasterURL(l, 1) + "/hopless/v1/pins"
-	token := clSecret(t, l.APIToken)
+	token, err := l.NodeToken("node-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherNode, err := l.NodeToken("node-2")
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	img1 := seed(t, l, repo, "v1", 2, 8<<20)
 	pinned := clPullHTTP(t, c, l, 1, repo, "v1", img1, nil)
@@ -395,6 +402,8 @@ func TestClusterPins(t *testing.T) {
 		{"no token", nil, img1.Digest, http.StatusUnauthorized, "UNAUTHORIZED"},
 		{"wrong token", map[string]string{"Authorization": "Bearer " + token + "x"}, img1.Digest, http.StatusUnauthorized, "UNAUTHORIZED"},
 		{"Basic scheme", map[string]string{"Authorization": "Basic " + token}, img1.Digest, http.StatusUnauthorized, "UNAUTHORIZED"},
+		{"the API token", map[string]string{"Authorization": "Bearer " + clSecret(t, l.APIToken)}, img1.Digest, http.StatusUnauthorized, "UNAUTHORIZED"},
+		{"another node's token", map[string]string{"Authorization": "Bearer " + otherNode}, img1.Digest, http.StatusForbidden, "DENIED"},
 		{"bad digest", map[string]string{"Authorization": "Bearer " + token}, "sha256:xyz", http.StatusBadRequest, "DIGEST_INVALID"},
 		{"bad digest algorithm", map[string]string{"Authorization": "Bearer " + token}, "md5:" + strings.Repeat("0", 32), http.StatusBadRequest, "DIGEST_INVALID"},
 		{"pin", map[string]string{"Authorization": "Bearer " + token, "Content-Type": "application/json"}, img1.Digest, http.StatusOK, ""},

@@ -110,6 +110,8 @@ type RegistrydOptions struct {
 	// StorageTmpfs, e.g. "24m", puts each master's storage root on a tmpfs of that
 	// size (tmpfs.go); it needs root.
 	StorageTmpfs string `json:"storage_tmpfs,omitempty"`
+	// PinTTL is api.pin_ttl, e.g. "10s".
+	PinTTL string `json:"pin_ttl,omitempty"`
 }
 
 // Master is one registryd.

@@ -6,11 +6,15 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+
+	"github.com/hopless/hopless/conf"
+	"github.com/hopless/hopless/internal/nodetoken"
 )
 
-// writeSecrets writes the peers' shared token and the API token, mode 0600.
+// writeSecrets writes the peers' shared token, the API token and the node key, mode
+// 0600.
 func (l *Lab) writeSecrets() error {
-	for _, f := range []string{"peer.token", "api.token"} {
+	for _, f := range []string{"peer.token", "api.token", "node.key"} {
 		b := make([]byte, 24)
 		if _, err := rand.Read(b); err != nil {
 			return fmt.Errorf("generating %s: %w", f, err)
@@ -51,6 +55,22 @@ func (l *Lab) registrydConfig(name string, i int) ([]byte, error) {
 		}
 		b.WriteString("\n")
 	}
-	fmt.Fprintf(&b, "[api]\ntoken_file = %q\n", l.APIToken)
+	fmt.Fprintf(&b, "[api]\ntoken_file = %q\nnode_key_file = %q\n", l.APIToken, l.NodeKeyFile())
+	if l.Registryd.PinTTL != "" {
+		fmt.Fprintf(&b, "pin_ttl = %q\n", l.Registryd.PinTTL)
+	}
 	return []byte(b.String()), nil
+}
+
+// NodeKeyFile is the file holding the masters' node key, from which each node's
+// token is derived.
+func (l *Lab) NodeKeyFile() string { return filepath.Join(l.Dir, "secrets", "node.key") }
+
+// NodeToken is the token that node reports its pins with.
+func (l *Lab) NodeToken(node string) (string, error) {
+	key, err := conf.ReadToken(l.NodeKeyFile())
+	if err != nil {
+		return "", err
+	}
+	return nodetoken.Derive([]byte(key), node)
 }

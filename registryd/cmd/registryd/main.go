@@ -15,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/hopless/hopless/conf"
+	"github.com/hopless/hopless/internal/nodetoken"
 	"github.com/hopless/hopless/internal/version"
 	"github.com/hopless/hopless/registryd/server"
 )
@@ -73,6 +74,20 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				},
 			},
 			{
+				Name:      "node-token",
+				Usage:     "print the token that NODE reports its pins with, derived from the masters' node key",
+				ArgsUsage: "NODE",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "key-file", Usage: "the node key `FILE` (api.node_key_file, mode 0600)", Required: true},
+				},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return fmt.Errorf("node-token: name one NODE, e.g. node-1")
+					}
+					return nodeToken(c.String("key-file"), c.Args().First(), stdout)
+				},
+			},
+			{
 				Name:  "version",
 				Usage: "print the version",
 				Action: func(c *cli.Context) error {
@@ -82,6 +97,19 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			},
 		},
 	}
+}
+
+func nodeToken(keyFile, node string, stdout io.Writer) error {
+	key, err := conf.ReadToken(keyFile)
+	if err != nil {
+		return fmt.Errorf("node-token: %w", err)
+	}
+	tok, err := nodetoken.Derive([]byte(key), node)
+	if err != nil {
+		return fmt.Errorf("node-token: %s: %w", keyFile, err)
+	}
+	_, err = fmt.Fprintln(stdout, tok)
+	return err
 }
 
 func serve(ctx context.Context, path string, stderr io.Writer) error {
