@@ -189,6 +189,10 @@ type Storage struct {
 	// time, oldest-verified first, and removes those whose bytes no longer match
 	// their digest: bytes per second. Default 16MiB; 0 disables the scrub.
 	ScrubRate Size `toml:"scrub_rate"`
+	// ScrubInterval is the least time between the starts of two scrub passes, so that
+	// a small store is not re-read in a busy loop; a pass that takes longer is
+	// followed by the next at once. Default 1m; it must be > 0.
+	ScrubInterval Duration `toml:"scrub_interval"`
 }
 
 // Cache tunes the pull-through cache.

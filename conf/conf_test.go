@@ -743,6 +743,7 @@ ttl = "72h"
 evict_interval = "5m"
 min_free = "10GiB"
 spool_max_age = "30m"
+scrub_interval = "10m"
 
 [cache]
 tag_ttl = "30s"
@@ -837,6 +838,7 @@ func TestLoadRegistryd(t *testing.T) {
 					MinFree:       Space{Percent: 5},
 					SpoolMaxAge:   Duration{time.Hour},
 					ScrubRate:     16 << 20,
+					ScrubInterval: Duration{time.Minute},
 				}
 				if !reflect.DeepEqual(r.Storage, wantStorage) {
 					t.Errorf("Storage = %+v, want %+v", r.Storage, wantStorage)
@@ -1245,6 +1247,30 @@ level = "debug"
 			name: "negative storage.scrub_rate",
 			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nscrub_rate = -1", 1),
 			want: []fieldWant{{"storage.scrub_rate", "must be >= 0, got -1"}},
+		},
+		{
+			name: "storage.scrub_interval kept",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nscrub_interval = \"2s\"", 1),
+			check: func(t *testing.T, _ string, r *Registryd) {
+				if r.Storage.ScrubInterval.Duration != 2*time.Second {
+					t.Errorf("ScrubInterval = %s, want 2s", r.Storage.ScrubInterval.Duration)
+				}
+			},
+		},
+		{
+			name: "zero storage.scrub_interval",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nscrub_interval = \"0s\"", 1),
+			want: []fieldWant{{"storage.scrub_interval", "must be > 0, got 0s"}},
+		},
+		{
+			name: "negative storage.scrub_interval",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nscrub_interval = \"-1s\"", 1),
+			want: []fieldWant{{"storage.scrub_interval", `bad duration "-1s": must not be negative`}},
+		},
+		{
+			name: "bad storage.scrub_interval",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nscrub_interval = \"1d\"", 1),
+			want: []fieldWant{{"storage.scrub_interval", `bad duration "1d"`}},
 		},
 		{
 			name: "bad size string",
@@ -1924,6 +1950,7 @@ health_interval = "5s"
 						MinFree:       Space{Bytes: 10 << 30},
 						SpoolMaxAge:   Duration{30 * time.Minute},
 						ScrubRate:     16 << 20,
+						ScrubInterval: Duration{10 * time.Minute},
 					},
 					Cache: Cache{
 						TagTTL:           Duration{30 * time.Second},

@@ -52,6 +52,8 @@ const (
 	DefaultSpoolMaxAge = time.Hour
 	// DefaultScrubRate is storage.scrub_rate, bytes per second.
 	DefaultScrubRate Size = 16 << 20
+	// DefaultScrubInterval is storage.scrub_interval.
+	DefaultScrubInterval = time.Minute
 
 	DefaultTagTTL                = time.Minute
 	DefaultStaleAfter            = time.Second
@@ -164,6 +166,7 @@ func (r *Registryd) applyDefaults(raw map[string]any, base string) {
 	if !present(raw, "storage", "scrub_rate") {
 		s.ScrubRate = DefaultScrubRate
 	}
+	setDuration(&s.ScrubInterval, raw, DefaultScrubInterval, "storage", "scrub_interval")
 
 	c := &r.Cache
 	setDuration(&c.TagTTL, raw, DefaultTagTTL, "cache", "tag_ttl")

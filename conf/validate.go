@@ -326,6 +326,9 @@ func (s Storage) validate(file string) []error {
 	if s.ScrubRate < 0 {
 		add("scrub_rate", "must be >= 0 (0 disables the scrub), got %d", s.ScrubRate)
 	}
+	if s.ScrubInterval.Duration <= 0 {
+		add("scrub_interval", "must be > 0, got %s", s.ScrubInterval.Duration)
+	}
 	return errs
 }
 

@@ -377,14 +377,20 @@ func TestBlobStall(t *testing.T) {
 // TestBlobOwnerWaitingOrFrozen checks that a blob request that waits for the
 // owner's headers tells an owner waiting on its upstream (it still answers
 // /healthz: the request goes on) from a frozen one (it does not: the request stops
-// with that reason and the owner is marked down).
+// with that reason and the owner is marked down). The frozen owner answers nothing
+// until the request is given up: had it answered the blob after a while, its
+// answer would race the probe's timeout.
 func TestBlobOwnerWaitingOrFrozen(t *testing.T) {
 	t.Parallel()
 	for _, frozen := range []bool{false, true} {
 		t.Run(map[bool]string{false: "waiting", true: "frozen"}[frozen], func(t *testing.T) {
 			t.Parallel()
 			srv, cfg := tlsPeer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if r.URL.Path == healthPath && !frozen {
+				if frozen {
+					<-r.Context().Done()
+					return
+				}
+				if r.URL.Path == healthPath {
 					return
 				}
 				select {
@@ -392,9 +398,7 @@ func TestBlobOwnerWaitingOrFrozen(t *testing.T) {
 					return
 				case <-time.After(2 * probeAfter):
 				}
-				if !frozen {
-					_, _ = w.Write(testBlob)
-				}
+				_, _ = w.Write(testBlob)
 			}))
 			if frozen {
 				cfg.ResponseHeader = conf.Duration{Duration: time.Minute}

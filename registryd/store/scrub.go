@@ -14,9 +14,19 @@ import (
 	"github.com/hopless/hopless/conf"
 )
 
-// scrubMinPass is the least time between the starts of two scrub passes, so that a
-// small store (or one of empty blobs) is not re-read in a busy loop.
-const scrubMinPass = time.Minute
+// defaultScrubInterval is the least time between the starts of two scrub passes when
+// storage.scrub_interval is left at zero, so that a small store (or one of empty
+// blobs) is not re-read in a busy loop.
+const defaultScrubInterval = conf.DefaultScrubInterval
+
+// scrubInterval is storage.scrub_interval, or defaultScrubInterval when it is not
+// positive.
+func (s *Store) scrubInterval() time.Duration {
+	if d := s.cfg.ScrubInterval.Duration; d > 0 {
+		return d
+	}
+	return defaultScrubInterval
+}
 
 // byteLimiter paces the scrub: WaitN returns once n more bytes may be read, or with
 // ctx's error.
@@ -65,11 +75,13 @@ type ScrubStats struct {
 // storage.scrub_rate bytes per second. A blob that does not match its digest is
 // removed as a corrupt read removes it, so that the next request fetches it again; one
 // that matches is remembered as verified anew. It returns at once when
-// storage.scrub_rate is 0. Passes start at most every scrubMinPass.
+// storage.scrub_rate is 0. Passes start at most every storage.scrub_interval (default
+// 1m); one that takes longer is followed by the next at once.
 func (s *Store) RunScrub(ctx context.Context) {
 	if s.scrubLim == nil {
 		return
 	}
+	interval := s.scrubInterval()
 	for {
 		start := time.Now()
 		st := s.ScrubPass(ctx)
@@ -81,7 +93,7 @@ func (s *Store) RunScrub(ctx context.Context) {
 		} else {
 			s.log.Debug("scrub pass done", "blobs", st.Blobs, "bytes", st.Bytes)
 		}
-		if wait := scrubMinPass - time.Since(start); wait > 0 {
+		if wait := interval - time.Since(start); wait > 0 {
 			t := time.NewTimer(wait)
 			select {
 			case <-ctx.Done():

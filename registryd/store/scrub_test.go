@@ -257,3 +257,62 @@ func TestRunScrubDisabled(t *testing.T) {
 	}
 	s.RunScrub(t.Context()) // returns
 }
+
+// TestScrubInterval: storage.scrub_interval is the least time between two passes'
+// starts; left at zero it is the default.
+func TestScrubInterval(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		cfg  time.Duration
+		want time.Duration
+	}{
+		{0, defaultScrubInterval},
+		{-time.Second, defaultScrubInterval},
+		{2 * time.Second, 2 * time.Second},
+		{time.Hour, time.Hour},
+	} {
+		s := &Store{cfg: conf.Storage{ScrubInterval: conf.Duration{Duration: tc.cfg}}}
+		if got := s.scrubInterval(); got != tc.want {
+			t.Errorf("scrub_interval %s: interval %s, want %s", tc.cfg, got, tc.want)
+		}
+	}
+	if defaultScrubInterval != time.Minute {
+		t.Errorf("default scrub interval %s, want 1m", defaultScrubInterval)
+	}
+}
+
+// TestRunScrubPassesEveryInterval: with a short storage.scrub_interval RunScrub hashes
+// the store pass after pass (each pass the whole blob), and returns when its context
+// ends.
+func TestRunScrubPassesEveryInterval(t *testing.T) {
+	t.Parallel()
+	s, err := New(t.Context(), conf.Storage{Root: t.TempDir(), ScrubRate: 1 << 20,
+		ScrubInterval: conf.Duration{Duration: 5 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	lim := &fakeLimiter{}
+	s.scrubLim = lim
+	content := randomBytes(31, 100<<10+3)
+	commit(t, s, content)
+
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.RunScrub(ctx)
+	}()
+	const passes = 3
+	deadline := time.Now().Add(30 * time.Second)
+	for lim.total() < passes*int64(len(content)) {
+		if time.Now().After(deadline) {
+			cancel()
+			<-done
+			t.Fatalf("the scrub hashed %d bytes in 30s, want %d passes of %d", lim.total(), passes, len(content))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	<-done // RunScrub returns with its context
+}

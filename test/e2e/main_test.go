@@ -95,6 +95,10 @@ const (
 	slotOutlierCRIWarn          = 51
 	slotOutlierRotateCA         = 52
 	// 53..59 are spare.
+	// Slots 85..89 belong to the tests of registryd under faults (faults_test.go).
+	slotFaultScrubRot        = 85
+	slotFaultTwoFrozenOwners = 86
+	// 87..89 are spare.
 )
 
 // upLab starts a lab in slot that is brought down when the test ends; tune adjusts

@@ -105,6 +105,12 @@ type RegistrydOptions struct {
 	MaxBytes string `json:"max_bytes,omitempty"`
 	// EvictInterval is storage.evict_interval.
 	EvictInterval string `json:"evict_interval,omitempty"`
+	// ScrubInterval is storage.scrub_interval, the least time between two scrub
+	// passes, e.g. "2s".
+	ScrubInterval string `json:"scrub_interval,omitempty"`
+	// PeerHealthInterval is peers.health_interval, e.g. "1h" to leave marking a
+	// peer down to the failures of requests to it.
+	PeerHealthInterval string `json:"peer_health_interval,omitempty"`
 	// NoPeers leaves the peers section out: each master fills on its own.
 	NoPeers bool `json:"no_peers,omitempty"`
 	// StorageTmpfs, e.g. "24m", puts each master's storage root on a tmpfs of that

@@ -41,6 +41,9 @@ func (l *Lab) registrydConfig(name string, i int) ([]byte, error) {
 	if o := l.Registryd; o.EvictInterval != "" {
 		fmt.Fprintf(&b, "evict_interval = %q\n", o.EvictInterval)
 	}
+	if o := l.Registryd; o.ScrubInterval != "" {
+		fmt.Fprintf(&b, "scrub_interval = %q\n", o.ScrubInterval)
+	}
 	b.WriteString("\n")
 	if l.Registryd.TagTTL != "" {
 		fmt.Fprintf(&b, "[cache]\ntag_ttl = %q\n\n", l.Registryd.TagTTL)
@@ -49,6 +52,9 @@ func (l *Lab) registrydConfig(name string, i int) ([]byte, error) {
 		l.Upstream, LocalPrefix, UpstreamPath, l.ImageHost, l.Upstream, l.CA)
 	if !l.Registryd.NoPeers && len(l.Masters) > 1 {
 		fmt.Fprintf(&b, "[peers]\nself = \"https://%s\"\ntoken_file = %q\n", MasterAddr(l.Slot, i), filepath.Join(l.Dir, "secrets", "peer.token"))
+		if hi := l.Registryd.PeerHealthInterval; hi != "" {
+			fmt.Fprintf(&b, "health_interval = %q\n", hi)
+		}
 		fmt.Fprintf(&b, "[peers.tls]\nca = %q\n", l.CA)
 		for _, m := range l.Masters {
 			fmt.Fprintf(&b, "[[peers.endpoint]]\nurl = \"https://%s\"\n", m.Addr)
