@@ -632,6 +632,10 @@ func checkURL(s string, insecure bool) (string, error) {
 // hostRE matches a registry host as written in image references.
 var hostRE = regexp.MustCompile(`^([a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*(:[0-9]{1,5})?$|^\[[0-9a-fA-F:]+\](:[0-9]{1,5})?$`)
 
+// CheckHost reports whether h is an image host as Registry.Host must be written:
+// host[:port] or [IPv6][:port], as in image references.
+func CheckHost(h string) error { return checkHost(h) }
+
 func checkHost(h string) error {
 	if h == "" {
 		return fmt.Errorf("is required")
