@@ -39,6 +39,9 @@ type NRI struct {
 	MetricsListen string `toml:"metrics_listen"`
 	// LogLevel is one of debug, info, warn, error. Default info.
 	LogLevel string `toml:"log_level"`
+	// LogFile receives the log, appended (mode 0600). Default: standard error, which
+	// containerd discards for a pre-installed plugin: set it there.
+	LogFile string `toml:"log_file"`
 }
 
 // Hosts modes of the NRI plugin.
@@ -88,6 +91,7 @@ func DecodeNRI(name, text, baseDir string) (*NRI, error) {
 func (n *NRI) applyDefaults(raw map[string]any, base string) {
 	n.NodeConfig = resolve(base, n.NodeConfig)
 	n.PinsTokenFile = resolve(base, n.PinsTokenFile)
+	n.LogFile = resolve(base, n.LogFile)
 	if !present(raw, "hosts") {
 		n.Hosts = HostsAuto
 	}

@@ -95,6 +95,11 @@ type Options struct {
 	// connections, instead of once CRI answers: for nodes whose CRI is meant to
 	// fail.
 	NoCRIWait bool
+	// NRIPlugin is how ModeNRI runs hopless-nri: NRIExternal (default) or
+	// NRIPreinstalled.
+	NRIPlugin string
+	// NRIExtra is raw TOML lines added to the NRI plugin's configuration.
+	NRIExtra string
 }
 
 // RegistrydOptions tune the masters' registryd.toml.
@@ -160,6 +165,9 @@ type Lab struct {
 	CRIImagesExtra string `json:"cri_images_extra,omitempty"`
 	HoplessExtra   string `json:"hopless_extra,omitempty"`
 	NoCRIWait      bool   `json:"no_cri_wait,omitempty"`
+	// NRIPlugin and NRIExtra are the Options of the same names (ModeNRI).
+	NRIPlugin string `json:"nri_plugin,omitempty"`
+	NRIExtra  string `json:"nri_extra,omitempty"`
 }
 
 // FaultsFile is where the upstream reads the faults it injects (see WriteFaults).
@@ -228,6 +236,8 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 		CRIImagesExtra: o.CRIImagesExtra,
 		HoplessExtra:   o.HoplessExtra,
 		NoCRIWait:      o.NoCRIWait,
+		NRIPlugin:      o.NRIPlugin,
+		NRIExtra:       o.NRIExtra,
 	}
 	if err := l.up(ctx, o); err != nil {
 		if derr := l.Down(); derr != nil {
@@ -251,8 +261,21 @@ func (o *Options) check() error {
 	if o.Slot < 0 || o.Slot > 255 {
 		return fmt.Errorf("lab: --slot must be 0..255, got %d", o.Slot)
 	}
-	if o.Mode != ModeStock && o.Mode != ModeInprocess && o.Mode != ModeNginx {
-		return fmt.Errorf("lab: --mode %q is not supported; supported: %s, %s, %s", o.Mode, ModeStock, ModeInprocess, ModeNginx)
+	if o.Mode != ModeStock && o.Mode != ModeInprocess && o.Mode != ModeNginx && o.Mode != ModeNRI {
+		return fmt.Errorf("lab: --mode %q is not supported; supported: %s, %s, %s, %s", o.Mode, ModeStock, ModeInprocess, ModeNginx, ModeNRI)
+	}
+	if o.Mode == ModeNRI {
+		if o.NRIPlugin == "" {
+			o.NRIPlugin = NRIExternal
+		}
+		if o.NRIPlugin != NRIExternal && o.NRIPlugin != NRIPreinstalled {
+			return fmt.Errorf("lab: --nri-plugin %q is not supported; supported: %s, %s", o.NRIPlugin, NRIExternal, NRIPreinstalled)
+		}
+		if _, err := os.Stat(filepath.Join(o.BinDir, "hopless-nri")); err != nil {
+			return fmt.Errorf("lab: %s is missing (run make build): %w", filepath.Join(o.BinDir, "hopless-nri"), err)
+		}
+	} else if o.NRIPlugin != "" || o.NRIExtra != "" {
+		return fmt.Errorf("lab: --nri-plugin needs --mode %s, got %s", ModeNRI, o.Mode)
 	}
 	if o.Mode == ModeNginx {
 		if err := checkNginx(o.ToolsDir); err != nil {
@@ -403,7 +426,17 @@ func (l *Lab) startNode(ctx context.Context, i int) error {
 		bin = filepath.Join(l.BinDir, "containerd")
 	}
 	args := []string{bin, "--config", filepath.Join(d, "config.toml")}
-	return l.launch(ctx, name, args, filepath.Join(d, "log"), l.nodeReady(i))
+	if err := l.launch(ctx, name, args, filepath.Join(d, "log"), l.nodeReady(i)); err != nil {
+		return err
+	}
+	switch {
+	case l.Mode != ModeNRI:
+		return nil
+	case l.NRIPlugin == NRIPreinstalled:
+		return waitReady(ctx, l.proc(name), readyTimeout, l.nriReady(i))
+	default:
+		return l.startNRI(ctx, i)
+	}
 }
 
 // nodeReady is node i's readiness check: CRI answers crictl version, or, with
@@ -625,6 +658,9 @@ func (l *Lab) Start(ctx context.Context, name string) error {
 	case strings.HasPrefix(name, "node-"):
 		i, _ := strconv.Atoi(strings.TrimPrefix(name, "node-"))
 		ready = l.nodeReady(i)
+	case strings.HasPrefix(name, nriPrefix):
+		i, _ := strconv.Atoi(strings.TrimPrefix(name, nriPrefix))
+		ready = l.nriReady(i)
 	case strings.HasPrefix(name, proxyPrefix):
 		ready = l.proxyReady(pool, name)
 	case strings.HasPrefix(name, nginxPrefix):

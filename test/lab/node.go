@@ -26,7 +26,9 @@ root = '{{.Dir}}/root'
 state = '{{.Dir}}/state'
 imports = []
 disabled_plugins = [
+{{- if not .NRI}}
   'io.containerd.nri.v1.nri',
+{{- end}}
   'io.containerd.snapshotter.v1.overlayfs',
   'io.containerd.snapshotter.v1.btrfs',
   'io.containerd.snapshotter.v1.zfs',
@@ -44,7 +46,14 @@ disabled_plugins = [
 
 [plugins.'io.containerd.server.v1.ttrpc']
   address = '{{.Sock}}.ttrpc'
-
+{{with .NRI}}
+# NRI on, with this node's own socket and plugin directories.
+[plugins.'io.containerd.nri.v1.nri']
+  disable = false
+  socket_path = '{{.NRISocket}}'
+  plugin_path = '{{.NRIPluginDir}}'
+  plugin_config_path = '{{.NRIConfDir}}'
+{{end}}
 [plugins.'io.containerd.internal.v1.opt']
   path = '{{.Dir}}/opt'
 
@@ -137,7 +146,7 @@ func render(t *template.Template, data any) ([]byte, error) {
 }
 
 func (l *Lab) writeNodeConfig(n Node, i int) error {
-	data := map[string]any{"Name": n.Name, "Dir": n.Dir, "Sock": n.Sock, "Hopless": (*hopless)(nil),
+	data := map[string]any{"Name": n.Name, "Dir": n.Dir, "Sock": n.Sock, "Hopless": (*hopless)(nil), "NRI": (*Node)(nil),
 		"Section": HoplessSection, "CRIImagesExtra": l.CRIImagesExtra, "HoplessExtra": l.HoplessExtra}
 	var masters []string
 	for _, m := range l.Masters {
@@ -165,6 +174,15 @@ func (l *Lab) writeNodeConfig(n Node, i int) error {
 	}
 	if l.Mode == ModeNginx {
 		hostsData = l.nginxHostsData(i)
+	}
+	if l.Mode == ModeNRI {
+		// What the node had before hopless: the image host alone, where nothing
+		// listens. hopless-nri backs it up before its first write.
+		hostsData = map[string]any{"Why": "the node's own hosts.toml, before hopless-nri", "Server": l.ImageHost, "CA": l.CA, "Masters": nil}
+		data["NRI"] = &n
+		if err := l.writeNRIConfig(n, i); err != nil {
+			return err
+		}
 	}
 	cfg, err := render(containerdConfig, data)
 	if err != nil {

@@ -38,8 +38,9 @@ func newApp() *cli.App {
 					dirFlag,
 					&cli.IntFlag{Name: "masters", Value: 3},
 					&cli.IntFlag{Name: "nodes", Value: 1},
-					&cli.StringFlag{Name: "mode", Value: lab.ModeInprocess, Usage: "node mode: inprocess (our containerd), stock (stock containerd, hosts.toml) or nginx (stock containerd through a per-node NGINX stream hop)"},
-					&cli.IntSliceFlag{Name: "weights", Usage: "masters' weights for inprocess nodes, e.g. 3,1,1"},
+					&cli.StringFlag{Name: "mode", Value: lab.ModeInprocess, Usage: "node mode: inprocess (our containerd), stock (stock containerd, hosts.toml), nginx (stock containerd through a per-node NGINX stream hop) or nri (stock containerd, hosts.toml kept by hopless-nri)"},
+					&cli.StringFlag{Name: "nri-plugin", Usage: "with --mode nri: external (its own process on the NRI socket, the default) or preinstalled (launched by containerd)"},
+					&cli.IntSliceFlag{Name: "weights", Usage: "masters' weights for inprocess and nri nodes, e.g. 3,1,1"},
 					&cli.BoolFlag{Name: "fallback", Usage: "inprocess nodes fall back to the upstream when every master is down"},
 					&cli.IntFlag{Name: "slot", Usage: "loopback network 127.SLOT.0.0/16, to run several labs at once"},
 					&cli.StringFlag{Name: "tag-ttl", Usage: "masters' cache.tag_ttl (default registryd's)"},
@@ -57,6 +58,7 @@ func newApp() *cli.App {
 					o.Registryd.TagTTL, o.Registryd.MaxBytes = c.String("tag-ttl"), c.String("max-bytes")
 					o.Weights, o.Fallback = c.IntSlice("weights"), c.Bool("fallback")
 					o.CRIImagesExtra, o.HoplessExtra, o.NoCRIWait = c.String("cri-images-extra"), c.String("hopless-extra"), c.Bool("no-cri-wait")
+					o.NRIPlugin = c.String("nri-plugin")
 					l, err := lab.Up(c.Context, o)
 					if err != nil {
 						return err
