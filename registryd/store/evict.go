@@ -129,25 +129,32 @@ func (s *Store) evict(ctx context.Context, maxBytes int64, ttl time.Duration, re
 func (s *Store) plan(maxBytes int64, ttl time.Duration, spool int64, reason string) (plan, error) {
 	start := time.Now()
 	s.mu.Lock()
+	n := len(s.entries)
+	s.mu.Unlock()
+	// Allocated before the snapshot, so that the lock is not held while memory is
+	// found and cleared.
+	items := make([]indexItem, 0, n+n/16+16)
+
+	locked := time.Now()
+	s.mu.Lock()
 	if s.rb != nil {
 		s.mu.Unlock()
 		return plan{}, fmt.Errorf("eviction waits for the index rebuild: %w", errdefs.ErrUnavailable)
 	}
-	v := s.viewLocked()
+	v := s.viewLocked(items)
 	s.mu.Unlock()
-	locked := time.Since(start)
+	held := time.Since(locked)
 	p := makePlan(v, maxBytes, ttl, spool, reason)
 	if s.m != nil {
-		s.m.EvictLockDuration.Observe(locked.Seconds())
+		s.m.EvictLockDuration.Observe(held.Seconds())
 		s.m.EvictPlanDuration.Observe(time.Since(start).Seconds())
 	}
 	return p, nil
 }
 
-// viewLocked takes the snapshot that planning needs.
-func (s *Store) viewLocked() indexView {
-	v := indexView{items: make([]indexItem, 0, len(s.entries)), protected: s.protectedLocked(),
-		gen: s.gen, size: s.size, now: s.now()}
+// viewLocked takes the snapshot that planning needs, appending the items to items.
+func (s *Store) viewLocked(items []indexItem) indexView {
+	v := indexView{items: items, protected: s.protectedLocked(), gen: s.gen, size: s.size, now: s.now()}
 	for d, e := range s.entries {
 		it := indexItem{d: d, access: e.access.UnixNano(), size: e.size, kind: e.kind}
 		if e.kind == kindManifest {

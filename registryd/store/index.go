@@ -180,11 +180,11 @@ func (s *Store) forget(d digest.Digest) {
 	}
 }
 
-// rebuildJob is what a background rebuild starts from.
+// rebuildJob is what a background rebuild starts from: the digests and tags of the
+// provisional index, loaded from the index read at start, which the walk confirms or
+// drops.
 type rebuildJob struct {
-	// prev is what the index read at start said, for access times and manifests'
-	// references; it was also loaded as the provisional index.
-	prev     map[digest.Digest]*entry
+	prev     []digest.Digest
 	prevTags []tagKey
 	hadIndex bool
 }
@@ -227,13 +227,11 @@ func (s *Store) load(ctx context.Context) (*rebuildJob, error) {
 			job = &rebuildJob{}
 		}
 	default:
-		job = &rebuildJob{prev: make(map[digest.Digest]*entry, len(prev.Entries)), hadIndex: true}
-		for _, ie := range prev.Entries {
-			if e, ok := ie.entry(); ok {
-				job.prev[ie.Digest] = e
-			}
-		}
 		s.loadIndex(prev)
+		job = &rebuildJob{prev: make([]digest.Digest, 0, len(s.entries)), prevTags: make([]tagKey, 0, len(s.tags)), hadIndex: true}
+		for d := range s.entries {
+			job.prev = append(job.prev, d)
+		}
 		for k := range s.tags {
 			job.prevTags = append(job.prevTags, k)
 		}
@@ -387,10 +385,19 @@ func (s *Store) runRebuild(ctx context.Context, job *rebuildJob) {
 
 // walkStorage lists what the driver holds: blobs (manifests' payloads with their
 // records) and tags, keeping the access times and the references of manifests from
-// the previous index where it has them.
+// the provisional index where it has them.
 func (s *Store) walkStorage(ctx context.Context, job *rebuildJob) (map[digest.Digest]*entry, map[tagKey]Tag, error) {
-	old := job.prev
-	found := make(map[digest.Digest]*entry, len(old))
+	// known is the provisional index's entry for d, copied under the lock: its access
+	// time moves with reads meanwhile.
+	known := func(d digest.Digest) (entry, bool) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if e := s.entries[d]; e != nil {
+			return *e, true
+		}
+		return entry{}, false
+	}
+	found := make(map[digest.Digest]*entry, len(job.prev))
 	err := s.walk(ctx, blobsDir, func(fi storagedriver.FileInfo) error {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -400,7 +407,7 @@ func (s *Store) walkStorage(ctx context.Context, job *rebuildJob) (map[digest.Di
 			return nil
 		}
 		e := &entry{kind: kindBlob, size: fi.Size(), access: fi.ModTime()}
-		if o := old[d]; o != nil && !o.access.IsZero() {
+		if o, ok := known(d); ok && !o.access.IsZero() {
 			e.access = o.access
 		}
 		found[d] = e
@@ -418,7 +425,7 @@ func (s *Store) walkStorage(ctx context.Context, job *rebuildJob) (map[digest.Di
 			return nil
 		}
 		e := found[d]
-		if o := old[d]; o != nil && o.kind == kindManifest {
+		if o, ok := known(d); ok && o.kind == kindManifest {
 			e.kind, e.mediaType, e.refs = kindManifest, o.mediaType, o.refs
 			return nil
 		}
@@ -473,7 +480,7 @@ func (s *Store) mergeRebuild(job *rebuildJob, found map[digest.Digest]*entry, ta
 		ds = append(ds, d)
 	}
 	var stale []digest.Digest
-	for d := range job.prev {
+	for _, d := range job.prev {
 		if found[d] == nil {
 			stale = append(stale, d)
 		}
