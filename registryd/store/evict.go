@@ -129,18 +129,18 @@ func (s *Store) evict(ctx context.Context, maxBytes int64, ttl time.Duration, re
 func (s *Store) plan(maxBytes int64, ttl time.Duration, spool int64, reason string) (plan, error) {
 	start := time.Now()
 	s.mu.Lock()
-	n := len(s.entries)
+	n, rebuilding := len(s.entries), s.rb != nil
 	s.mu.Unlock()
+	// A rebuild runs only from New on: once done, it does not start again.
+	if rebuilding {
+		return plan{}, fmt.Errorf("eviction waits for the index rebuild: %w", errdefs.ErrUnavailable)
+	}
 	// Allocated before the snapshot, so that the lock is not held while memory is
 	// found and cleared.
 	items := make([]indexItem, 0, n+n/16+16)
 
 	locked := time.Now()
 	s.mu.Lock()
-	if s.rb != nil {
-		s.mu.Unlock()
-		return plan{}, fmt.Errorf("eviction waits for the index rebuild: %w", errdefs.ErrUnavailable)
-	}
 	v := s.viewLocked(items)
 	s.mu.Unlock()
 	held := time.Since(locked)
