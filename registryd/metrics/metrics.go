@@ -78,6 +78,20 @@ type Metrics struct {
 	// ScrubBadBlobs counts stored blobs the scrub found not to match their digest
 	// (and removed).
 	ScrubBadBlobs prometheus.Counter
+	// IndexWrites counts writes of the store's index, by result (ok, error);
+	// IndexWrittenBytes their bytes and IndexWriteDuration their time (the snapshot,
+	// the encoding and the write).
+	IndexWrites        *prometheus.CounterVec
+	IndexWrittenBytes  prometheus.Counter
+	IndexWriteDuration prometheus.Histogram
+	// IndexRebuilding is 1 while the index is being rebuilt from storage in the
+	// background (after an unclean stop), 0 otherwise.
+	IndexRebuilding prometheus.Gauge
+	// EvictPlanDuration is the time an eviction run takes to plan, and
+	// EvictLockDuration the part of it that holds the store's lock (the snapshot of
+	// the index that the plan is made from).
+	EvictPlanDuration prometheus.Histogram
+	EvictLockDuration prometheus.Histogram
 }
 
 // New creates the metrics and registers them, with the Go and process collectors, on
@@ -174,6 +188,30 @@ func New() *Metrics {
 	m.PinForwards = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "hopless_registryd_pin_forwards_total", Help: "Batches of pin leases sent to peers, by result.",
 	}, []string{"result"})
+	m.IndexWrites = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hopless_registryd_index_writes_total", Help: "Writes of the store's index, by result (ok, error).",
+	}, []string{"result"})
+	for _, result := range []string{"ok", "error"} {
+		m.IndexWrites.WithLabelValues(result)
+	}
+	m.IndexWrittenBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "hopless_registryd_index_written_bytes_total", Help: "Bytes of the store's index written.",
+	})
+	m.IndexWriteDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "hopless_registryd_index_write_duration_seconds", Help: "Time to snapshot, encode and write the store's index.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+	})
+	m.IndexRebuilding = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "hopless_registryd_index_rebuilding", Help: "1 while the store's index is being rebuilt from storage in the background.",
+	})
+	m.EvictPlanDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "hopless_registryd_evict_plan_duration_seconds", Help: "Time an eviction run takes to plan, the snapshot of the index included.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+	})
+	m.EvictLockDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "hopless_registryd_evict_lock_duration_seconds", Help: "Time an eviction run's planning holds the store's lock.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+	})
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -186,6 +224,8 @@ func New() *Metrics {
 		m.StorageWritable, m.SpoolBytes, m.PassThrough,
 		m.ScrubbedBytes, m.ScrubBadBlobs,
 		m.PinSources, m.PinLeasesLapsed, m.PinForwards,
+		m.IndexWrites, m.IndexWrittenBytes, m.IndexWriteDuration, m.IndexRebuilding,
+		m.EvictPlanDuration, m.EvictLockDuration,
 	)
 	return m
 }

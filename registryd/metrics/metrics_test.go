@@ -21,6 +21,8 @@ func TestHandler(t *testing.T) {
 		`hopless_registryd_http_response_bytes_total{kind="blob"} 42`,
 		"hopless_registryd_scrubbed_bytes_total 0",
 		"hopless_registryd_scrub_bad_blobs_total 0",
+		`hopless_registryd_index_writes_total{result="ok"} 0`,
+		"hopless_registryd_index_rebuilding 0",
 		"go_goroutines",
 		"process_cpu_seconds_total",
 	} {

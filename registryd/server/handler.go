@@ -207,21 +207,37 @@ func (s *Server) ready() (string, error) {
 	return "", nil
 }
 
-// readyBody is /readyz's answer when ready: "ok", and, while the store cannot take
-// new content for lack of space, a second line that says why. The status stays 200:
-// a master that serves its cached content and streams misses through still serves
-// pulls, and taking it out of a Service would only move its load to the others. The
-// storage directories are named by their settings, not their paths.
+// readyBody is /readyz's answer when ready: "ok", then a line for each condition that
+// degrades the service without stopping it: the store's index being rebuilt in the
+// background (eviction waits), and the store unable to take new content for lack of
+// space (it says why). The status stays 200: a master that serves its cached content
+// and streams misses through still serves pulls, and taking it out of a Service would
+// only move its load to the others. The storage directories are named by their
+// settings, not their paths.
 func (s *Server) readyBody() string {
+	lines := []string{"ok"}
+	if s.store.Rebuilding() {
+		lines = append(lines, rebuildingReason)
+	}
+	if why := s.cannotWrite(); why != "" {
+		lines = append(lines, why)
+	}
+	return strings.Join(lines, "\n")
+}
+
+const rebuildingReason = "the store's index is being rebuilt from storage: content is served and stored; eviction waits until it is done"
+
+// cannotWrite says why the store cannot take new content, or "".
+func (s *Server) cannotWrite() string {
 	if err := s.store.Writable(); err != nil {
-		return "ok\n" + s.unpathed(err.Error())
+		return s.unpathed(err.Error())
 	}
 	for _, dir := range []string{s.cfg.Storage.Spool, s.cfg.Storage.Root} {
 		if _, err := checkDir(dir); space.Is(err) {
-			return "ok\nstorage cannot take new content: " + s.unpathed(err.Error())
+			return "storage cannot take new content: " + s.unpathed(err.Error())
 		}
 	}
-	return "ok"
+	return ""
 }
 
 // unpathed replaces the storage directories in msg by the settings that name them.

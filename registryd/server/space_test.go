@@ -68,3 +68,32 @@ func TestReadyzStorage(t *testing.T) {
 		t.Errorf("storage_writable with room again = %v, want 1", v)
 	}
 }
+
+// TestReadyzRebuilding starts on storage whose index must be rebuilt and whose walk
+// fails (a symbolic link to itself cannot be stat'ed), so that the rebuild goes on
+// retrying: /readyz stays 200 and says so, and hopless_registryd_index_rebuilding is 1.
+func TestReadyzRebuilding(t *testing.T) {
+	t.Parallel()
+	env := registrytest.NewEnv(t, "", registrytest.NewUpstream(t))
+	cfg := env.Config
+	loop := filepath.Join(cfg.Storage.Root, "hopless", "blobs", "loop")
+	if err := os.MkdirAll(filepath.Dir(loop), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("loop", loop); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := newServer(t, cfg)
+	w := serve(s, http.MethodGet, "/readyz")
+	if w.Code != http.StatusOK || !strings.HasPrefix(w.Body.String(), "ok\n") ||
+		!strings.Contains(w.Body.String(), "index is being rebuilt") {
+		t.Errorf("/readyz while the index is rebuilt: %d %q, want 200, ok and the reason", w.Code, w.Body)
+	}
+	var m dto.Metric
+	if err := s.metrics.IndexRebuilding.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if v := m.GetGauge().GetValue(); v != 1 {
+		t.Errorf("index_rebuilding = %v, want 1", v)
+	}
+}

@@ -4,9 +4,11 @@ import (
 	"cmp"
 	"container/heap"
 	"context"
+	"fmt"
 	"slices"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -22,18 +24,40 @@ type EvictStats struct {
 }
 
 type victim struct {
-	d      digest.Digest
-	kind   kind
-	size   int64
-	access time.Time
+	d    digest.Digest
+	kind kind
+	size int64
+	// access is the entry's access time when planned (UnixNano); a victim whose
+	// access moved since is kept.
+	access int64
 	reason string
 }
 
-// plan is computed under s.mu from one view of the index.
+// plan is the removals of one eviction run, made from one snapshot of the index.
 type plan struct {
 	victims   []victim
 	protected map[digest.Digest]bool
 	gen       uint64
+}
+
+// indexItem is one entry in a snapshot of the index: what planning needs, copied
+// under s.mu so that the plan can be made without it. refs is shared with the entry;
+// an entry's refs are never changed in place.
+type indexItem struct {
+	d      digest.Digest
+	refs   []digest.Digest // manifests only
+	access int64           // UnixNano
+	size   int64
+	kind   kind
+}
+
+// indexView is a snapshot of the index for planning.
+type indexView struct {
+	items     []indexItem
+	protected map[digest.Digest]bool
+	gen       uint64
+	size      int64
+	now       time.Time
 }
 
 // Reasons of eviction, the values of the reason label.
@@ -48,9 +72,10 @@ const (
 // disables), then, while Size() plus the spool files' bytes exceed maxBytes (0 =
 // unbounded), the least recently used. It never removes what is reachable from a
 // pinned manifest, nor a blob that a remaining manifest references; an evicted
-// manifest releases its blobs and takes its tags along. Readers are blocked only for
-// the planning, which touches no storage; a reader that has a blob open keeps reading
-// it after it is removed.
+// manifest releases its blobs and takes its tags along. Readers are blocked only while
+// the planning copies what it needs of the index; a reader that has a blob open keeps
+// reading it after it is removed. While the index is rebuilt Evict removes nothing and
+// returns an error wrapping errdefs.ErrUnavailable.
 func (s *Store) Evict(ctx context.Context, maxBytes int64, ttl time.Duration) (EvictStats, error) {
 	return s.evict(ctx, maxBytes, ttl, reasonSize)
 }
@@ -59,14 +84,13 @@ func (s *Store) Evict(ctx context.Context, maxBytes int64, ttl time.Duration) (E
 func (s *Store) evict(ctx context.Context, maxBytes int64, ttl time.Duration, reason string) (EvictStats, error) {
 	s.evictMu.Lock()
 	defer s.evictMu.Unlock()
-	spool := s.spoolBytes()
-	s.mu.Lock()
-	p := s.planLocked(maxBytes, ttl, spool, reason)
-	s.mu.Unlock()
+	p, err := s.plan(maxBytes, ttl, s.spoolBytes(), reason)
+	if err != nil {
+		return EvictStats{}, err
+	}
 
 	var st EvictStats
 	gone := make(map[digest.Digest]bool)
-	var err error
 	for _, v := range p.victims {
 		if err = ctx.Err(); err != nil {
 			break
@@ -98,69 +122,131 @@ func (s *Store) evict(ctx context.Context, maxBytes int64, ttl time.Duration, re
 	return st, err
 }
 
-// planLocked plans the removals of evict; spool is the bytes of the spool files,
-// which count against maxBytes.
-func (s *Store) planLocked(maxBytes int64, ttl time.Duration, spool int64, reason string) plan {
-	p := plan{protected: s.protectedLocked(), gen: s.gen}
-	refc := make(map[digest.Digest]int, len(s.refcount))
-	for d, n := range s.refcount {
-		refc[d] = n
+// plan plans the removals of evict; spool is the bytes of the spool files, which count
+// against maxBytes. It holds s.mu only to take a snapshot of the index, and refuses
+// with an error wrapping errdefs.ErrUnavailable while the index is rebuilt: the
+// provisional index may lack references that keep content.
+func (s *Store) plan(maxBytes int64, ttl time.Duration, spool int64, reason string) (plan, error) {
+	start := time.Now()
+	s.mu.Lock()
+	n, rebuilding := len(s.entries), s.rb != nil
+	s.mu.Unlock()
+	// A rebuild runs only from New on: once done, it does not start again.
+	if rebuilding {
+		return plan{}, fmt.Errorf("eviction waits for the index rebuild: %w", errdefs.ErrUnavailable)
 	}
-	gone := make(map[digest.Digest]bool)
-	size := s.size + spool
-	take := func(d digest.Digest, e *entry, reason string) {
-		p.victims = append(p.victims, victim{d: d, kind: e.kind, size: e.size, access: e.access, reason: reason})
-		gone[d] = true
-		size -= e.size
+	// Allocated before the snapshot, so that the lock is not held while memory is
+	// found and cleared.
+	items := make([]indexItem, 0, n+n/16+16)
+
+	locked := time.Now()
+	s.mu.Lock()
+	v := s.viewLocked(items)
+	s.mu.Unlock()
+	held := time.Since(locked)
+	p := makePlan(v, maxBytes, ttl, spool, reason)
+	if s.m != nil {
+		s.m.EvictLockDuration.Observe(held.Seconds())
+		s.m.EvictPlanDuration.Observe(time.Since(start).Seconds())
+	}
+	return p, nil
+}
+
+// viewLocked takes the snapshot that planning needs, appending the items to items.
+func (s *Store) viewLocked(items []indexItem) indexView {
+	v := indexView{items: items, protected: s.protectedLocked(), gen: s.gen, size: s.size, now: s.now()}
+	for d, e := range s.entries {
+		it := indexItem{d: d, access: e.access.UnixNano(), size: e.size, kind: e.kind}
 		if e.kind == kindManifest {
-			for _, r := range e.refs {
-				refc[r]--
-			}
+			it.refs = e.refs
+		}
+		v.items = append(v.items, it)
+	}
+	return v
+}
+
+// makePlan plans from a snapshot: first what is unused for longer than ttl (0
+// disables), manifests first, then the least recently used while the index plus spool
+// bytes exceed maxBytes (0 = unbounded), taking the blobs a taken manifest releases
+// into account. Nothing protected (reachable from a pin) is taken, nor a blob that a
+// manifest left in place references.
+func makePlan(v indexView, maxBytes int64, ttl time.Duration, spool int64, reason string) plan {
+	p := plan{protected: v.protected, gen: v.gen}
+	items := v.items
+	refc := make(map[digest.Digest]int)
+	for i := range items {
+		for _, r := range items[i].refs {
+			refc[r]++
 		}
 	}
-	evictable := func(d digest.Digest, e *entry) bool {
-		return !gone[d] && !p.protected[d] && (e.kind == kindManifest || refc[d] <= 0)
+	gone := make([]bool, len(items))
+	size := v.size + spool
+	take := func(i int, reason string) {
+		it := &items[i]
+		p.victims = append(p.victims, victim{d: it.d, kind: it.kind, size: it.size, access: it.access, reason: reason})
+		gone[i] = true
+		size -= it.size
+		for _, r := range it.refs {
+			refc[r]--
+		}
+	}
+	evictable := func(i int) bool {
+		it := &items[i]
+		return !gone[i] && !p.protected[it.d] && (it.kind == kindManifest || refc[it.d] <= 0)
+	}
+	older := func(a, b int) int {
+		if c := cmp.Compare(items[a].access, items[b].access); c != 0 {
+			return c
+		}
+		return cmp.Compare(items[a].d, items[b].d)
 	}
 
 	if ttl > 0 {
-		cutoff := s.now().Add(-ttl)
-		var expired []lruItem
-		for d, e := range s.entries {
-			if e.access.Before(cutoff) && !p.protected[d] {
-				expired = append(expired, lruItem{d: d, e: e})
+		cutoff := v.now.Add(-ttl).UnixNano()
+		var expired []int
+		for i := range items {
+			if items[i].access < cutoff && !p.protected[items[i].d] {
+				expired = append(expired, i)
 			}
 		}
-		slices.SortFunc(expired, compareLRU)
+		slices.SortFunc(expired, older)
 		// Manifests first: their blobs become free only once they are gone.
 		for _, k := range []kind{kindManifest, kindBlob} {
-			for _, it := range expired {
-				if it.e.kind == k && evictable(it.d, it.e) {
-					take(it.d, it.e, reasonTTL)
+			for _, i := range expired {
+				if items[i].kind == k && evictable(i) {
+					take(i, reasonTTL)
 				}
 			}
 		}
 	}
 
 	if maxBytes > 0 && size > maxBytes {
-		var h lruHeap
-		for d, e := range s.entries {
-			if evictable(d, e) {
-				h = append(h, lruItem{d: d, e: e})
+		h := lruHeap{less: older}
+		for i := range items {
+			if evictable(i) {
+				h.items = append(h.items, i)
 			}
 		}
 		heap.Init(&h)
+		var byDigest map[digest.Digest]int
 		for size > maxBytes && h.Len() > 0 {
-			it := heap.Pop(&h).(lruItem)
-			if !evictable(it.d, it.e) {
+			i := heap.Pop(&h).(int)
+			if !evictable(i) {
 				continue
 			}
-			take(it.d, it.e, reason)
-			if it.e.kind != kindManifest {
+			take(i, reason)
+			if items[i].kind != kindManifest {
 				continue
 			}
-			for _, r := range it.e.refs {
-				if re := s.entries[r]; re != nil && re.kind == kindBlob && refc[r] == 0 && evictable(r, re) {
-					heap.Push(&h, lruItem{d: r, e: re})
+			if byDigest == nil {
+				byDigest = make(map[digest.Digest]int, len(items))
+				for j := range items {
+					byDigest[items[j].d] = j
+				}
+			}
+			for _, r := range items[i].refs {
+				if j, ok := byDigest[r]; ok && items[j].kind == kindBlob && refc[r] == 0 && evictable(j) {
+					heap.Push(&h, j)
 				}
 			}
 		}
@@ -177,7 +263,9 @@ func (s *Store) evictOne(ctx context.Context, v victim, p *plan) (bool, error) {
 
 	s.mu.Lock()
 	e := s.entries[v.d]
-	if e == nil || e.kind != v.kind || !e.access.Equal(v.access) {
+	// Access times move in steps of accessGranularity: content read within that step
+	// of its planned access time may still go, as the least recently used does.
+	if e == nil || e.kind != v.kind || e.access.UnixNano() != v.access {
 		s.mu.Unlock()
 		return false, nil
 	}
@@ -232,8 +320,7 @@ func (s *Store) dropTags(ctx context.Context, gone map[digest.Digest]bool) int {
 			mu.Unlock()
 			continue
 		}
-		delete(s.tags, k)
-		s.dirty = true
+		s.deleteTagLocked(k)
 		s.mu.Unlock()
 		if err := s.drv.Delete(ctx, p); err != nil && !isNotFound(err) {
 			s.log.Warn("removing a tag failed", "path", p, "error", err)
@@ -244,27 +331,19 @@ func (s *Store) dropTags(ctx context.Context, gone map[digest.Digest]bool) int {
 	return n
 }
 
-type lruItem struct {
-	d digest.Digest
-	e *entry
+// lruHeap orders indexes of a snapshot's items, least recently used first.
+type lruHeap struct {
+	items []int
+	less  func(a, b int) int
 }
 
-func compareLRU(a, b lruItem) int {
-	if c := a.e.access.Compare(b.e.access); c != 0 {
-		return c
-	}
-	return cmp.Compare(a.d, b.d)
-}
-
-type lruHeap []lruItem
-
-func (h lruHeap) Len() int           { return len(h) }
-func (h lruHeap) Less(i, j int) bool { return compareLRU(h[i], h[j]) < 0 }
-func (h lruHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *lruHeap) Push(x any)        { *h = append(*h, x.(lruItem)) }
+func (h lruHeap) Len() int           { return len(h.items) }
+func (h lruHeap) Less(i, j int) bool { return h.less(h.items[i], h.items[j]) < 0 }
+func (h lruHeap) Swap(i, j int)      { h.items[i], h.items[j] = h.items[j], h.items[i] }
+func (h *lruHeap) Push(x any)        { h.items = append(h.items, x.(int)) }
 func (h *lruHeap) Pop() any {
-	old := *h
+	old := h.items
 	it := old[len(old)-1]
-	*h = old[:len(old)-1]
+	h.items = old[:len(old)-1]
 	return it
 }

@@ -3,6 +3,7 @@ package store
 import (
 	"io"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -234,9 +235,10 @@ func TestEvictSkipsContentUsedMeanwhile(t *testing.T) {
 	s := newBackend(t, "inmemory").open(t, WithClock(clk.Now))
 	d := commit(t, s, randomBytes(1, 100))
 	clk.Advance(2 * time.Hour)
-	s.mu.Lock()
-	p := s.planLocked(0, time.Hour, 0, reasonSize)
-	s.mu.Unlock()
+	p, err := s.plan(0, time.Hour, 0, reasonSize)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(p.victims) != 1 {
 		t.Fatalf("plan %+v", p.victims)
 	}
@@ -309,4 +311,89 @@ func TestConcurrentUse(t *testing.T) {
 			}
 		})
 	}
+}
+
+// makePlan plans from a snapshot alone: TTL first (manifests before the blobs they
+// release), then LRU down to the bound; never protected content, never a blob that a
+// manifest left in place references.
+func TestMakePlan(t *testing.T) {
+	t.Parallel()
+	d := func(name string) digest.Digest { return digest.FromString(name) }
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	at := func(ago time.Duration) int64 { return now.Add(-ago).UnixNano() }
+	blob := func(name string, size int64, ago time.Duration) indexItem {
+		return indexItem{d: d(name), size: size, access: at(ago), kind: kindBlob}
+	}
+	manifest := func(name string, ago time.Duration, refs ...string) indexItem {
+		it := indexItem{d: d(name), size: 1, access: at(ago), kind: kindManifest}
+		for _, r := range refs {
+			it.refs = append(it.refs, d(r))
+		}
+		return it
+	}
+	items := []indexItem{
+		manifest("old-image", 3*time.Hour, "old-layer", "shared-layer"),
+		blob("old-layer", 100, 3*time.Hour),
+		blob("shared-layer", 100, 4*time.Hour),
+		manifest("new-image", time.Minute, "shared-layer", "new-layer"),
+		blob("new-layer", 100, time.Minute),
+		blob("loose-old", 10, 5*time.Hour),
+		blob("loose-new", 10, 2*time.Minute),
+		manifest("pinned", 6*time.Hour, "pinned-layer"),
+		blob("pinned-layer", 100, 6*time.Hour),
+	}
+	var total int64
+	for _, it := range items {
+		total += it.size
+	}
+	protected := map[digest.Digest]bool{d("pinned"): true, d("pinned-layer"): true}
+	tests := []struct {
+		name     string
+		maxBytes int64
+		ttl      time.Duration
+		spool    int64
+		want     []string // victims, in order
+	}{
+		{"nothing to do", 0, 0, 0, nil},
+		{"under the bound", total, 0, 0, nil},
+		{"ttl: manifest first, then the blobs it released", 0, 2 * time.Hour, 0, []string{"old-image", "loose-old", "old-layer"}},
+		{"lru: the oldest free blob first", total - 10, 0, 0, []string{"loose-old"}},
+		{"lru: a manifest releases its blobs", total - 12, 0, 0, []string{"loose-old", "old-image", "old-layer"}},
+		{"lru: spool bytes count", total, 0, 5, []string{"loose-old"}},
+		{"lru: everything but pinned content", 1, 0, 0, []string{"loose-old", "old-image", "old-layer", "loose-new", "new-image", "shared-layer", "new-layer"}},
+		{"ttl then lru", total - 200, 2 * time.Hour, 0, []string{"old-image", "loose-old", "old-layer", "loose-new", "new-image", "shared-layer"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			v := indexView{items: slices.Clone(items), protected: protected, gen: 7, size: total, now: now}
+			p := makePlan(v, tt.maxBytes, tt.ttl, tt.spool, reasonSize)
+			var got []string
+			for _, vi := range p.victims {
+				for _, it := range items {
+					if it.d == vi.d {
+						got = append(got, nameOf(vi.d, d))
+						if vi.size != it.size || vi.access != it.access || vi.kind != it.kind {
+							t.Errorf("victim %+v does not match its item %+v", vi, it)
+						}
+					}
+				}
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("victims %v, want %v", got, tt.want)
+			}
+			if p.gen != 7 {
+				t.Errorf("plan gen %d, want the snapshot's", p.gen)
+			}
+		})
+	}
+}
+
+func nameOf(x digest.Digest, d func(string) digest.Digest) string {
+	for _, n := range []string{"old-image", "old-layer", "shared-layer", "new-image", "new-layer", "loose-old", "loose-new", "pinned", "pinned-layer"} {
+		if d(n) == x {
+			return n
+		}
+	}
+	return x.String()
 }

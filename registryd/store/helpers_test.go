@@ -2,7 +2,9 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -25,6 +28,9 @@ import (
 func (s *Store) kill() {
 	s.closeOnce.Do(func() {
 		close(s.stop)
+		if s.stopRebuild != nil {
+			s.stopRebuild()
+		}
 		s.wg.Wait()
 	})
 }
@@ -73,16 +79,35 @@ func newBackend(t *testing.T, name string) *backend {
 	return b
 }
 
-// open opens a store on the backend; it is closed (or killed) at cleanup.
+// open opens a store on the backend and waits for a rebuild of its index, if it needs
+// one; it is closed (or killed) at cleanup.
 func (b *backend) open(t *testing.T, opts ...Option) *Store {
+	t.Helper()
+	s := b.openRebuilding(t, nil, opts...)
+	<-s.RebuildDone()
+	return s
+}
+
+// openRebuilding opens a store on the backend, its driver wrapped by wrap unless
+// that is nil, and returns at once, while a rebuild may run.
+func (b *backend) openRebuilding(t *testing.T, wrap func(storagedriver.StorageDriver) storagedriver.StorageDriver, opts ...Option) *Store {
 	t.Helper()
 	var (
 		s   *Store
 		err error
 	)
-	if b.mem != nil {
+	switch {
+	case wrap != nil && b.mem != nil:
+		s, err = newStore(t.Context(), wrap(b.mem), "", conf.Storage{Driver: "inmemory", Spool: b.spl}, opts...)
+	case wrap != nil:
+		drv, derr := filesystem.FromParameters(map[string]any{"rootdirectory": b.root})
+		if derr != nil {
+			t.Fatal(derr)
+		}
+		s, err = newStore(t.Context(), wrap(drv), b.root, conf.Storage{Root: b.root, Spool: filepath.Join(b.root, conf.DefaultSpoolDir)}, opts...)
+	case b.mem != nil:
 		s, err = newStore(t.Context(), b.mem, "", conf.Storage{Driver: "inmemory", Spool: b.spl}, opts...)
-	} else {
+	default:
 		s, err = New(t.Context(), conf.Storage{Root: b.root}, opts...)
 	}
 	if err != nil {
@@ -240,4 +265,66 @@ func pin(t *testing.T, s *Store, source string, ds ...digest.Digest) {
 	if _, err := s.SetLease(t.Context(), Lease{Source: source, Manifests: ds, Reported: now, Expires: now.Add(1000 * time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// withFlushTicks drives the index writer from c instead of its ticker; a channel that
+// never fires leaves every write to the test (FlushIndex).
+func withFlushTicks(c <-chan time.Time) Option {
+	return func(s *Store) { s.flushTicks = c }
+}
+
+func withRebuildRetry(d time.Duration) Option {
+	return func(s *Store) { s.rebuildRetry = d }
+}
+
+// heldWalk wraps a driver: the first Walk of dir walks, then waits until release is
+// closed (or the walk's context ends) before returning, so that a test acts while a
+// rebuild has seen that directory and has not merged yet. fail makes the first fail
+// Walks of any directory return an error instead.
+type heldWalk struct {
+	storagedriver.StorageDriver
+	dir     string
+	entered chan struct{} // closed when the held Walk is waiting
+	release chan struct{}
+	once    sync.Once
+
+	mu   sync.Mutex
+	fail int
+}
+
+func holdWalk(dir string) *heldWalk {
+	return &heldWalk{dir: dir, entered: make(chan struct{}), release: make(chan struct{})}
+}
+
+func (h *heldWalk) wrap(d storagedriver.StorageDriver) storagedriver.StorageDriver {
+	h.StorageDriver = d
+	return h
+}
+
+func (h *heldWalk) Walk(ctx context.Context, p string, f storagedriver.WalkFn, opts ...func(*storagedriver.WalkOptions)) error {
+	h.mu.Lock()
+	failing := h.fail > 0
+	if failing {
+		h.fail--
+	}
+	h.mu.Unlock()
+	if failing {
+		return errors.New("walk failed (test)")
+	}
+	err := h.StorageDriver.Walk(ctx, p, f, opts...)
+	if p != h.dir {
+		return err
+	}
+	held := false
+	h.once.Do(func() { held = true })
+	if !held {
+		return err
+	}
+	close(h.entered)
+	select {
+	case <-h.release:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return err
 }

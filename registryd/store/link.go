@@ -98,7 +98,7 @@ func (s *Store) linkLocked(r linkRepo, d digest.Digest) {
 	}
 	if _, ok := set[r]; !ok {
 		set[r] = struct{}{}
-		s.dirty = true
+		s.contentDirty = true
 	}
 }
 
@@ -106,7 +106,7 @@ func (s *Store) linkLocked(r linkRepo, d digest.Digest) {
 func (s *Store) dropLinksLocked(d digest.Digest) {
 	if _, ok := s.links[d]; ok {
 		delete(s.links, d)
-		s.dirty = true
+		s.contentDirty = true
 	}
 }
 

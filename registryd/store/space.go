@@ -369,16 +369,20 @@ func (s *Store) setWritableLocked(ok bool, why string) {
 // returns the bytes removed.
 func (s *Store) evictForSpace(ctx context.Context, want int64) int64 {
 	spool := s.spoolBytes()
-	s.mu.Lock()
-	total := s.size + spool
+	p, err := s.plan(1, 0, spool, reasonSpace)
+	if err != nil {
+		return 0 // the index is rebuilt: nothing is evicted meanwhile
+	}
 	var can int64
-	for _, v := range s.planLocked(1, 0, spool, reasonSpace).victims {
+	for _, v := range p.victims {
 		can += v.size
 	}
-	s.mu.Unlock()
 	if can < want {
 		return 0
 	}
+	s.mu.Lock()
+	total := s.size + spool
+	s.mu.Unlock()
 	st, err := s.evict(ctx, max(total-want, 1), 0, reasonSpace)
 	if err != nil && ctx.Err() == nil {
 		s.log.Warn("eviction for space failed", "error", err)

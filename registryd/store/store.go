@@ -18,11 +18,19 @@
 // other characters; <repo> and <tag> are checked against the reference grammar, so no
 // name can leave the storage root.
 //
-// The index lives in memory and is written to index.json at most every few seconds,
-// and on Close with "clean" set. It is a cache of what the driver holds: when it is
-// missing, corrupt or was not closed cleanly (kill -9), New walks the blob, manifest
-// and tag directories again and keeps only the access times from the old index. A
-// crash thus loses recent access times, never content.
+// The index lives in memory. It is written to index.json within 5 s when its content
+// changed (entries, sizes, tags, links), every 5 minutes when only access times did,
+// and on Close with "clean" set. A read records an access only once the entry's
+// access time is a minute old, so that hot reads change nothing; eviction uses the
+// access times in memory. The index is a cache of what the driver holds: when it is
+// corrupt, was not closed cleanly (kill -9), or is missing while the driver holds
+// content, New loads what it can read of it as a provisional index and returns, and
+// the blob, manifest and tag directories are walked again in the background
+// (Rebuilding). The walk's result is merged in: what was stored, removed or tagged
+// meanwhile keeps its state, the rest becomes what the walk found, with the access
+// times of the old index. Meanwhile content is read and stored as usual (a digest the
+// index lacks is looked up on the driver) and eviction waits. A crash thus loses at
+// most 5 minutes of access times, never content.
 //
 // Every digest is checked before it becomes a path. Blobs are verified when read: the
 // reader hashes while it is read from offset 0 and holds back the last bytes until the
@@ -35,7 +43,10 @@
 // Eviction removes content unused for longer than a TTL, then least recently used
 // content while the cache is larger than its bound. It works manifest first: a
 // manifest that is evicted releases its config and layers, and a blob referenced by a
-// kept manifest, or anything reachable from a pinned manifest, is never removed.
+// kept manifest, or anything reachable from a pinned manifest, is never removed. It
+// plans from a compact snapshot of the index, taken under the store's lock, without
+// the lock; each planned removal is checked again under the lock (used, referenced or
+// pinned since) before it is made.
 package store
 
 import (
@@ -68,8 +79,20 @@ import (
 )
 
 const (
-	// flushInterval is how often a changed index is written.
+	// flushInterval is how often an index whose content changed is written.
 	flushInterval = 5 * time.Second
+	// accessFlushInterval is how often an index whose access times alone changed is
+	// written. Eviction reads access times in memory; a crash loses at most this much
+	// of them, never content.
+	accessFlushInterval = 5 * time.Minute
+	// accessGranularity is how far an access time must move before a read records it.
+	accessGranularity = time.Minute
+	// mergeBatch is how many digests a rebuild merges per hold of the store's lock.
+	mergeBatch = 4096
+	// defaultRebuildRetry is the first wait after a failed rebuild; it doubles up to
+	// maxRebuildRetry.
+	defaultRebuildRetry = 10 * time.Second
+	maxRebuildRetry     = 5 * time.Minute
 	// ioTimeout bounds storage writes that no request waits for (index, quarantine).
 	ioTimeout = 30 * time.Second
 	// holdback is how many final bytes of an unverified blob a reader keeps until the
@@ -141,7 +164,14 @@ type Store struct {
 	tags     map[tagKey]Tag
 	pins     map[string]Lease // by source
 	gen      uint64           // bumped when pins or manifests change what is reachable
-	dirty    bool
+	// contentDirty: entries, sizes, tags or links changed since the last index
+	// write; accessDirty: access times did. lastSave is the store clock's time of
+	// that write.
+	contentDirty bool
+	accessDirty  bool
+	lastSave     time.Time
+	// rb is set while the index is rebuilt in the background (index.go).
+	rb *rebuildState
 
 	// links are content's repository links; see link.go.
 	links map[digest.Digest]map[linkRepo]struct{}
@@ -166,6 +196,14 @@ type Store struct {
 	maxBytes int64
 	space    spaceState
 
+	// rebuildDone is closed when no rebuild runs; stopRebuild cancels one.
+	rebuildDone  chan struct{}
+	stopRebuild  context.CancelFunc
+	rebuildRetry time.Duration
+	// flushTicks drives the index writer; nil is a ticker of flushInterval (tests
+	// set their own).
+	flushTicks <-chan time.Time
+
 	stop      chan struct{}
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -174,8 +212,9 @@ type Store struct {
 
 // New opens the store described by cfg: it creates the driver through distribution's
 // factory (cfg.Driver, default filesystem at cfg.Root; other drivers get
-// cfg.Parameters), creates the spool directory and loads or rebuilds the index.
-// Close writes the index back.
+// cfg.Parameters), creates the spool directory and reads the index. When the index
+// was not closed cleanly, New returns with it loaded as it is and rebuilds it from
+// storage in the background (Rebuilding, RebuildDone). Close writes the index back.
 func New(ctx context.Context, cfg conf.Storage, opts ...Option) (*Store, error) {
 	if cfg.Driver == "" {
 		cfg.Driver = conf.DefaultStorageDriver
@@ -232,6 +271,8 @@ func newStore(ctx context.Context, drv storagedriver.StorageDriver, fsRoot strin
 		space:    newSpaceState(),
 
 		maxPinSources: DefaultMaxPinSources,
+		rebuildDone:   make(chan struct{}),
+		rebuildRetry:  defaultRebuildRetry,
 	}
 	s.checkedAt = make(map[digest.Digest]time.Time)
 	s.scrubLim = newScrubLimiter(cfg.ScrubRate)
@@ -256,20 +297,30 @@ func newStore(ctx context.Context, drv storagedriver.StorageDriver, fsRoot strin
 		}
 	}
 	s.initMaxBytes()
-	if err := s.load(ctx); err != nil {
+	job, err := s.load(ctx)
+	if err != nil {
 		return nil, err
 	}
 	s.cleanTmp(ctx)
 	_ = s.Writable() // the gauge, from the start
 	s.wg.Add(1)
 	go s.flushLoop()
+	if job != nil {
+		s.startRebuild(job)
+	} else {
+		close(s.rebuildDone)
+	}
 	return s, nil
 }
 
-// Close stops the background index writer and writes the index, marked clean.
+// Close stops the background index writer and a rebuild that still runs, and writes
+// the index, marked clean unless the rebuild was not done.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)
+		if s.stopRebuild != nil {
+			s.stopRebuild()
+		}
 		s.wg.Wait()
 		ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
 		defer cancel()
@@ -289,7 +340,7 @@ func (s *Store) Size() int64 {
 // until ctx is done, and at once when a write fails for lack of space or a filesystem
 // is found below storage.min_free. Each run first removes old spool files, then
 // evicts by TTL and size (spool files count), then evicts further while a filesystem
-// is below its floor.
+// is below its floor. Runs are skipped while the index is rebuilt.
 func (s *Store) RunEviction(ctx context.Context) {
 	interval := s.cfg.EvictInterval.Duration
 	if interval <= 0 {
@@ -309,7 +360,10 @@ func (s *Store) RunEviction(ctx context.Context) {
 		}
 		s.CollectSpool()
 		st, err := s.Evict(ctx, s.maxBytes, s.cfg.TTL.Duration)
-		if err != nil && ctx.Err() == nil {
+		switch {
+		case errdefs.IsUnavailable(err):
+			s.log.Debug("eviction skipped", "reason", err)
+		case err != nil && ctx.Err() == nil:
 			s.log.Warn("eviction failed", "error", err)
 		}
 		if st.Manifests+st.Blobs > 0 {

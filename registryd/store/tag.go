@@ -72,8 +72,7 @@ func (s *Store) GetTag(ctx context.Context, upstream, repo, tag string) (Tag, er
 	}
 	s.mu.Lock()
 	if _, ok := s.tags[k]; !ok {
-		s.tags[k] = t
-		s.dirty = true
+		s.setTagLocked(k, t)
 	}
 	s.mu.Unlock()
 	return t, nil
@@ -100,8 +99,7 @@ func (s *Store) PutTag(ctx context.Context, upstream, repo, tag string, t Tag) e
 		return fmt.Errorf("tag %s/%s:%s: %w", upstream, repo, tag, err)
 	}
 	s.mu.Lock()
-	s.tags[k] = t
-	s.dirty = true
+	s.setTagLocked(k, t)
 	s.mu.Unlock()
 	return nil
 }

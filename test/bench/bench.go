@@ -148,6 +148,7 @@ func All() []Bench {
 		{Name: "node-cpu", About: "node CPU (containerd, plus nginx in nginx mode) per GiB pulled: in-process vs. the NGINX stream hop and stock hosts.toml", Run: nodeCPU},
 		{Name: "frozen-master", About: "time that SIGSTOPped masters add to a pull (one frozen 3 s before a warm pull, one at its start, 2 of 3 before a cold pull): in-process vs. the NGINX stream hop and stock hosts.toml", Run: nodeFrozenMaster},
 		{Name: "upstream-fault", About: "pulls of cached images while another image's upstream answers 503 or hangs and that image is pulled in a loop: failed pulls and time, in-process vs. NGINX over distribution's proxy and stock hosts.toml", Run: upstreamFault},
+		{Name: "index-100k", About: "registryd's store index at 100,000 entries on the filesystem driver: index writes per hour of steady reads, eviction planning and the store lock it holds, start after an unclean stop, vs. the bookkeeping it replaced (write every 5 s, plan under the lock, rebuild before New returns)", Run: indexBench100k},
 		{Name: "hedge-load", About: "cold pulls while every master is slow to the first byte: backend requests per client request and hedges, in-process vs. the NGINX stream hop and stock hosts.toml", Run: hedgeLoad},
 	}
 }
