@@ -19,7 +19,7 @@ import (
 // serves).
 func Balanced(m *balance.Metrics) RoundTripperFactory {
 	return func(r conf.Registry) (http.RoundTripper, error) {
-		tc, err := tlsConfig(r.TLS, false)
+		tc, err := r.TLS.ClientConfig(false)
 		if err != nil {
 			return nil, err
 		}

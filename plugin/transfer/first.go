@@ -25,7 +25,7 @@ func FirstEndpoint(r conf.Registry) (http.RoundTripper, error) {
 	if err != nil {
 		return nil, fmt.Errorf("endpoint[0].url: %w", err)
 	}
-	tc, err := tlsConfig(r.TLS, false)
+	tc, err := r.TLS.ClientConfig(false)
 	if err != nil {
 		return nil, err
 	}

@@ -137,7 +137,7 @@ func newHost(name string, g *generation) *host {
 func (h *Hosts) build(r conf.Registry) (*generation, error) {
 	// Redirects (e.g. to object storage) and token realms on other hosts are not the
 	// endpoints' business: they go out directly, trusting the registry's CA too.
-	tc, err := tlsConfig(r.TLS, true)
+	tc, err := r.TLS.ClientConfig(true)
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package api_test
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	stdlog "log"
@@ -392,8 +393,12 @@ func TestClient(t *testing.T) {
 	}
 
 	bad := api.NewClient(f.srv.URL, "wrong", f.srv.Client().Transport.(*http.Transport).TLSClientConfig)
-	if _, err := bad.Prefetch(t.Context(), []string{"a:b"}); err == nil || !strings.Contains(err.Error(), "401") {
+	_, err = bad.Prefetch(t.Context(), []string{"a:b"})
+	if err == nil || !strings.Contains(err.Error(), "401") {
 		t.Errorf("Prefetch with a wrong token = %v, want a 401 error", err)
+	}
+	if se, ok := errors.AsType[*api.StatusError](err); !ok || se.StatusCode != http.StatusUnauthorized || !strings.Contains(se.Body, "UNAUTHORIZED") {
+		t.Errorf("Prefetch with a wrong token = %#v, want a StatusError of 401 UNAUTHORIZED", err)
 	}
 	if _, err := c.PrefetchStatus(t.Context(), "999"); err == nil || !strings.Contains(err.Error(), "404") {
 		t.Errorf("PrefetchStatus of an unknown job = %v, want a 404 error", err)

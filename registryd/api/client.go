@@ -26,6 +26,19 @@ func NewClient(base, token string, tlsConfig *tls.Config) *Client {
 	return &Client{base: strings.TrimSuffix(base, "/"), token: token, http: &http.Client{Transport: tr, Timeout: time.Minute}}
 }
 
+// StatusError is an answer with another status than the call expects. Body is the
+// answer's body, usually errcode's JSON.
+type StatusError struct {
+	Method, URL string
+	StatusCode  int
+	Status      string
+	Body        string
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("%s %s: %s: %s", e.Method, e.URL, e.Status, e.Body)
+}
+
 // Job is a prefetch job's state.
 type Job = job
 
@@ -76,7 +89,7 @@ func (c *Client) do(ctx context.Context, method, path string, in any, want int, 
 		return fmt.Errorf("%s %s: reading response: %w", method, c.base+Prefix+path, err)
 	}
 	if resp.StatusCode != want {
-		return fmt.Errorf("%s %s: %s: %s", method, c.base+Prefix+path, resp.Status, strings.TrimSpace(string(b)))
+		return &StatusError{Method: method, URL: c.base + Prefix + path, StatusCode: resp.StatusCode, Status: resp.Status, Body: strings.TrimSpace(string(b))}
 	}
 	if out != nil {
 		if err := json.Unmarshal(b, out); err != nil {

@@ -1,4 +1,4 @@
-package transfer
+package conf
 
 import (
 	"crypto/tls"
@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/hopless/hopless/conf"
+	"github.com/containerd/errdefs"
 )
 
-// tlsConfig is the client side of t. With a CA, only the CA verifies servers unless
+// ClientConfig is the client side of t. With a CA, only the CA verifies servers unless
 // systemRoots is set, which adds the CA to the system roots.
-func tlsConfig(t conf.TLS, systemRoots bool) (*tls.Config, error) {
+func (t TLS) ClientConfig(systemRoots bool) (*tls.Config, error) {
 	c := &tls.Config{MinVersion: tls.VersionTLS12}
 	if t.CA != "" {
 		pem, err := os.ReadFile(t.CA)
@@ -25,7 +25,7 @@ func tlsConfig(t conf.TLS, systemRoots bool) (*tls.Config, error) {
 			}
 		}
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("tls.ca: no PEM certificate in %s", t.CA)
+			return nil, fmt.Errorf("tls.ca: no PEM certificate in %s: %w", t.CA, errdefs.ErrInvalidArgument)
 		}
 		c.RootCAs = pool
 	}
