@@ -79,7 +79,7 @@ func (a *Agent) RunExternal(ctx context.Context, cfg *conf.NRI, socket string) e
 	backoff := reconnectMin
 	for ctx.Err() == nil {
 		began := time.Now()
-		err := a.connect(ctx, p, stub.WithSocketPath(socket))
+		err := a.connect(ctx, p, stub.WithSocketPath(socket), stub.WithPluginName(PluginName), stub.WithPluginIdx(PluginIndex))
 		if ctx.Err() != nil {
 			break
 		}
@@ -122,9 +122,9 @@ func (a *Agent) RunPreinstalled(ctx context.Context) error {
 	return a.connect(ctx, p)
 }
 
-// connect registers p with NRI and serves its requests until the connection ends.
+// connect registers p with NRI and serves its requests until the connection ends. A
+// pre-installed plugin gets its name and index from containerd, in the environment.
 func (a *Agent) connect(ctx context.Context, p *plugin.Plugin, opts ...stub.Option) error {
-	opts = append(opts, stub.WithPluginName(PluginName), stub.WithPluginIdx(PluginIndex))
 	s, err := stub.New(p, opts...)
 	if err != nil {
 		return fmt.Errorf("creating the NRI stub: %w", err)

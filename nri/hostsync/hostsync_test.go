@@ -3,8 +3,8 @@ package hostsync
 import (
 	"bytes"
 	"encoding/pem"
-	"log/slog"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"

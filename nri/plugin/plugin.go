@@ -6,13 +6,16 @@
 // than 2 s on a request, and an error returned from RunPodSandbox, CreateContainer or
 // StartContainer fails the pod. So the handlers touch no network and no disk; image
 // digests that containerd does not give are resolved later, in the reporter's own
-// goroutine, and the only handler that may return an error is Configure, when the
-// configuration containerd handed a pre-installed plugin does not parse (containerd
-// then logs it and runs on without the plugin).
+// goroutine. The only handler that returns an error is Synchronize, when the
+// configuration that containerd handed a pre-installed plugin did not parse:
+// containerd logs that error, names the plugin, stops it and runs on without it. An
+// error from Configure would not reach containerd's log: the NRI stub closes the
+// connection before the answer is sent.
 package plugin
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 
 	"github.com/containerd/nri/pkg/api"
@@ -45,6 +48,8 @@ type Plugin struct {
 	// configure, if set, receives the configuration text that containerd hands a
 	// pre-installed plugin; it must only parse it and hand it on.
 	configure func(text string) error
+	// configErr is what configure returned, for Synchronize to report.
+	configErr error
 }
 
 // New returns the handlers; configure may be nil (an external plugin loads its
@@ -59,9 +64,10 @@ func New(images Images, log *slog.Logger, configure func(text string) error) *Pl
 // Configure subscribes to the container events the plugin handles.
 func (p *Plugin) Configure(_ context.Context, config, runtime, version string) (api.EventMask, error) {
 	p.log.Info("connected to the runtime", "runtime", runtime, "version", version)
-	if p.configure != nil && config != "" {
+	if p.configure != nil {
 		if err := p.configure(config); err != nil {
-			return 0, err
+			p.configErr = fmt.Errorf("hopless-nri cannot start: %w", err)
+			p.log.Error("bad configuration", "error", err)
 		}
 	}
 	return api.MustParseEventMask("PostCreateContainer", "RemoveContainer"), nil
@@ -69,6 +75,9 @@ func (p *Plugin) Configure(_ context.Context, config, runtime, version string) (
 
 // Synchronize replaces the images in use with those of the running containers.
 func (p *Plugin) Synchronize(_ context.Context, _ []*api.PodSandbox, ctrs []*api.Container) ([]*api.ContainerUpdate, error) {
+	if p.configErr != nil {
+		return nil, p.configErr
+	}
 	set := make(map[string]Image, len(ctrs))
 	for _, c := range ctrs {
 		if img, ok := ImageOf(c); ok {

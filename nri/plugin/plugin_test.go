@@ -102,8 +102,11 @@ func TestConfigureError(t *testing.T) {
 	t.Parallel()
 	bad := errors.New("10-hopless.conf: hosts: must be one of auto, manage, off")
 	p := New(&recorder{set: map[string]Image{}}, nil, func(string) error { return bad })
-	if _, err := p.Configure(context.Background(), "hosts = 'x'", "containerd", "v2.4.2"); !errors.Is(err, bad) {
-		t.Errorf("Configure = %v, want the configuration's error", err)
+	if _, err := p.Configure(context.Background(), "hosts = 'x'", "containerd", "v2.4.2"); err != nil {
+		t.Errorf("Configure = %v, want nil: its error would not reach containerd's log", err)
+	}
+	if _, err := p.Synchronize(context.Background(), nil, nil); !errors.Is(err, bad) {
+		t.Errorf("Synchronize = %v, want the configuration's error", err)
 	}
 }
 

@@ -100,6 +100,9 @@ type Options struct {
 	NRIPlugin string
 	// NRIExtra is raw TOML lines added to the NRI plugin's configuration.
 	NRIExtra string
+	// CRIConfigPath replaces CRI's registry config_path (by default the node's
+	// certs.d); "{{dir}}" in it is the node's directory.
+	CRIConfigPath string
 }
 
 // RegistrydOptions tune the masters' registryd.toml.
@@ -168,6 +171,8 @@ type Lab struct {
 	// NRIPlugin and NRIExtra are the Options of the same names (ModeNRI).
 	NRIPlugin string `json:"nri_plugin,omitempty"`
 	NRIExtra  string `json:"nri_extra,omitempty"`
+	// CRIConfigPath is the Option of the same name.
+	CRIConfigPath string `json:"cri_config_path,omitempty"`
 }
 
 // FaultsFile is where the upstream reads the faults it injects (see WriteFaults).
@@ -238,6 +243,7 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 		NoCRIWait:      o.NoCRIWait,
 		NRIPlugin:      o.NRIPlugin,
 		NRIExtra:       o.NRIExtra,
+		CRIConfigPath:  o.CRIConfigPath,
 	}
 	if err := l.up(ctx, o); err != nil {
 		if derr := l.Down(); derr != nil {

@@ -64,7 +64,7 @@ disabled_plugins = [
 {{indent .}}
 {{- end}}
   [plugins.'io.containerd.cri.v1.images'.registry]
-    config_path = '{{.Dir}}/certs.d'
+    config_path = '{{.CRIConfigPath}}'
 
 [plugins.'io.containerd.transfer.v1.local']
   config_path = '{{.Dir}}/certs.d'
@@ -147,7 +147,11 @@ func render(t *template.Template, data any) ([]byte, error) {
 
 func (l *Lab) writeNodeConfig(n Node, i int) error {
 	data := map[string]any{"Name": n.Name, "Dir": n.Dir, "Sock": n.Sock, "Hopless": (*hopless)(nil), "NRI": (*Node)(nil),
-		"Section": HoplessSection, "CRIImagesExtra": l.CRIImagesExtra, "HoplessExtra": l.HoplessExtra}
+		"Section": HoplessSection, "CRIImagesExtra": l.CRIImagesExtra, "HoplessExtra": l.HoplessExtra,
+		"CRIConfigPath": filepath.Join(n.Dir, "certs.d")}
+	if l.CRIConfigPath != "" {
+		data["CRIConfigPath"] = strings.ReplaceAll(l.CRIConfigPath, "{{dir}}", n.Dir)
+	}
 	var masters []string
 	for _, m := range l.Masters {
 		masters = append(masters, m.Addr)

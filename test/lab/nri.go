@@ -54,7 +54,9 @@ func (n Node) NRIStateDir() string { return filepath.Join(n.Dir, "nri-state") }
 func (n Node) NRILog() string { return filepath.Join(n.Dir, "hopless", "nri.log") }
 
 // HostsToml is the path of node's hosts.toml for host.
-func (n Node) HostsToml(host string) string { return filepath.Join(n.Dir, "certs.d", host, "hosts.toml") }
+func (n Node) HostsToml(host string) string {
+	return filepath.Join(n.Dir, "certs.d", host, "hosts.toml")
+}
 
 // writeNRIConfig writes node i's node.toml and the plugin's configuration, its
 // pins token, and, for a pre-installed plugin, the binary and config in the NRI
