@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -66,9 +67,12 @@ func nodeFrozenMaster(ctx context.Context, c Config) ([]Result, error) {
 	for i := range rows {
 		first[i], all[i] = figures{}, figures{}
 	}
-	err := eachRound(ctx, c, name, 1, nodes, func(ctx context.Context, _ int, mode string, l *lab.Lab) error {
+	// NRI nodes (stock containerd, hosts.toml kept by hopless-nri) are ours too,
+	// measured beside the in-process plugin against the same baselines.
+	modes := append(slices.Clone(nodeModes), lab.ModeNRI)
+	err := eachRoundModes(ctx, c, name, 1, nodes, modes, nil, func(ctx context.Context, _ int, mode string, l *lab.Lab) error {
 		limit := bound
-		if mode == lab.ModeInprocess {
+		if mode == lab.ModeInprocess || mode == lab.ModeNRI {
 			limit = ourBound
 		}
 		warm, err := seedWarm(ctx, c, l, "frozen", 4, size)
@@ -108,6 +112,12 @@ func nodeFrozenMaster(ctx context.Context, c Config) ([]Result, error) {
 				if row.cold {
 					im, colds = colds[0], colds[1:]
 					healthy, healthyOK = coldS, coldOK
+				}
+				// A master frozen at a pull's start holds an NRI node's pull for
+				// containerd's 30 s response-header timeout: the quick run, which
+				// bounds ours at 30 s, measures NRI only with the freeze ahead.
+				if mode == lab.ModeNRI && c.Quick && row.before == 0 {
+					continue
 				}
 				frozen := masterNames(l, set)
 				took, ok, err := frozenPull(ctx, c, mode, l, frozen, row.before, node, im, limit)
@@ -155,13 +165,25 @@ func nodeFrozenMaster(ctx context.Context, c Config) ([]Result, error) {
 	var out []Result
 	for ri, row := range rows {
 		out = append(out, vsBaselineFigures(name, row.metric+"-s", "s", row.goal, baselineNginx, mean, first[ri])...)
+		if !c.Quick || row.before > 0 {
+			out = append(out, nriFigures(name, row.metric+"-nri-s", row.goal, first[ri])...)
+		}
 	}
 	if !c.Quick {
 		for ri, row := range rows {
 			out = append(out, vsBaselineFigures(name, row.metric+"-mean-s", "s", row.goal, baselineNginx, mean, all[ri])...)
+			out = append(out, nriFigures(name, row.metric+"-nri-mean-s", row.goal, all[ri])...)
 		}
 	}
 	return out, nil
+}
+
+// nriFigures compares the NRI nodes' figure with both baselines.
+func nriFigures(bench, metric, goal string, fs figures) []Result {
+	return []Result{
+		figureResult(bench, metric, "s", baselineNginx, goal, mean, *fs.of(lab.ModeNRI), *fs.of(lab.ModeNginx)),
+		figureResult(bench, metric, "s", baselineStock, goal, mean, *fs.of(lab.ModeNRI), *fs.of(lab.ModeStock)),
+	}
 }
 
 // masterNames names the masters of a set of 1-based indexes.
@@ -243,7 +265,8 @@ func settle(ctx context.Context, c Config, l *lab.Lab, frozen []string, fromNode
 			return fmt.Errorf("%s does not answer /readyz again after SIGCONT: %w", name, err)
 		}
 	}
-	if l.Mode != lab.ModeInprocess {
+	// hopless-nri runs plugin/balance's checks too, and exports the same gauge.
+	if l.Mode != lab.ModeInprocess && l.Mode != lab.ModeNRI {
 		return nil
 	}
 	for node := fromNode; node <= len(l.Nodes); node++ {

@@ -97,9 +97,14 @@ func eachRound(ctx context.Context, c Config, bench string, rounds, nodes int, f
 // eachRoundTuned is eachRound with tune, if not nil, adjusting each lab's
 // options before it comes up.
 func eachRoundTuned(ctx context.Context, c Config, bench string, rounds, nodes int, tune func(mode string, o *lab.Options), fn func(ctx context.Context, round int, mode string, l *lab.Lab) error) error {
+	return eachRoundModes(ctx, c, bench, rounds, nodes, nodeModes, tune, fn)
+}
+
+// eachRoundModes is eachRoundTuned over the given node modes.
+func eachRoundModes(ctx context.Context, c Config, bench string, rounds, nodes int, modes []string, tune func(mode string, o *lab.Options), fn func(ctx context.Context, round int, mode string, l *lab.Lab) error) error {
 	for r := range rounds {
-		for j := range nodeModes {
-			mode := nodeModes[(j+r)%len(nodeModes)]
+		for j := range modes {
+			mode := modes[(j+r)%len(modes)]
 			err := func() (err error) {
 				o := c.Lab
 				o.Dir = filepath.Join(c.Dir, fmt.Sprintf("%s-%s-%d", bench, mode, r+1))
