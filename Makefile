@@ -15,16 +15,17 @@ all: build
 
 # Our binaries. go's build cache makes this cheap when nothing changed.
 build:
-	$(GO) build -o bin/ ./registryd/cmd/registryd ./test/cmd/hopless-lab ./nri/cmd/hopless-nri
+	$(GO) build -o bin/ ./registryd/cmd/registryd ./test/cmd/hopless-lab ./test/cmd/lab-pause ./nri/cmd/hopless-nri
 	CGO_ENABLED=0 $(GO) build -ldflags "-X $(CONTAINERD_MODULE)/version.Version=$(CONTAINERD_VERSION)" -o bin/containerd ./plugin/cmd/containerd
 
 NGINX_DEBS := nginx libnginx-mod-stream
+RUNC_STAMP := .tools/runc.stamp
 NGINX_STAMP := .tools/nginx.stamp
 
 # Pinned tools, built from the module proxy once and reused: crictl at
 # CRICTL_VERSION, a stock containerd from the version that go.mod pins, and
 # Debian's nginx with its stream module (the NGINX stream hop baseline).
-tools: $(TOOLS)/crictl $(TOOLS)/containerd-stock $(NGINX_STAMP)
+tools: $(TOOLS)/crictl $(TOOLS)/containerd-stock $(TOOLS)/containerd-shim-runc-v2 $(NGINX_STAMP) $(RUNC_STAMP)
 
 $(TOOLS)/crictl: .tools/crictl-$(CRICTL_VERSION).stamp
 .tools/crictl-$(CRICTL_VERSION).stamp:
@@ -35,6 +36,21 @@ $(TOOLS)/crictl: .tools/crictl-$(CRICTL_VERSION).stamp
 $(TOOLS)/containerd-stock: go.mod go.sum
 	mkdir -p $(TOOLS)
 	CGO_ENABLED=0 $(GO) build -o $@ $(CONTAINERD_MODULE)/cmd/containerd
+
+# The runc shim of the same containerd, beside containerd-stock, where containerd
+# looks for it: the lab's nodes that run containers (Options.Containers) need it.
+$(TOOLS)/containerd-shim-runc-v2: go.mod go.sum
+	mkdir -p $(TOOLS)
+	CGO_ENABLED=0 $(GO) build -o $@ $(CONTAINERD_MODULE)/cmd/containerd-shim-runc-v2
+
+# Debian's runc, for those containers: fetched with apt-get download and unpacked
+# with dpkg-deb -x into .tools/runc, like nginx below; nothing is installed.
+$(RUNC_STAMP):
+	rm -rf .tools/debs-runc .tools/runc && mkdir -p .tools/debs-runc .tools/runc
+	cd .tools/debs-runc && { apt-get download -o APT::Sandbox::User=root runc || { apt-get update && apt-get download -o APT::Sandbox::User=root runc; }; }
+	for d in .tools/debs-runc/*.deb; do dpkg-deb -x "$$d" .tools/runc || exit 1; done
+	.tools/runc/usr/sbin/runc --version
+	touch $@
 
 # The NGINX stream hop that real clusters run on every node, for the lab's nginx
 # mode and the node benchmarks: Debian's own nginx and ngx_stream_module.so, as

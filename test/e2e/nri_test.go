@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -310,4 +311,138 @@ func TestNRIConfigPathReported(t *testing.T) {
 	if v, ok := s.Sum("hopless_nri_setup_problems", nil); !ok || v != 1 {
 		t.Errorf("hopless_nri_setup_problems = %g (found %v), want 1", v, ok)
 	}
+}
+
+// slotNRIPins is TestNRIPins's slot.
+const slotNRIPins = 93
+
+// TestNRIPins runs a pod and creates a container on an NRI node: the plugin learns
+// the container's image from containerd (its name, resolved to a digest through
+// CRI), reports it with node-1's token, and the master that served the node keeps
+// the image through an eviction that takes an unused one; once the container is
+// removed, the plugin reports the empty set and the image may go.
+func TestNRIPins(t *testing.T) {
+	t.Parallel()
+	l := nriLab(t, slotNRIPins, lab.NRIExternal, func(o *lab.Options) {
+		o.Containers = true
+		o.Registryd = lab.RegistrydOptions{MaxBytes: "24MiB", EvictInterval: "1s"}
+	})
+	repo := lab.UpstreamPath + "/nri-pins"
+	first := nriMasterName(t, l, nriMirrors(t, l)[0])
+	mi := masterIndex(t, l, first) + 1
+
+	img1 := seed(t, l, repo, "v1", 2, 8<<20)
+	pull(t, l, 1, l.PullRef(repo, "v1"), img1.Digest)
+	ctx := ctxFor(t, 2*time.Minute)
+	pod, podConfig, err := l.RunPod(ctx, 1, "pinned")
+	if err != nil {
+		t.Fatalf("running a pod: %v", err)
+	}
+	ctr, err := l.CreateContainer(ctx, 1, pod, podConfig, "app", l.PullRef(repo, "v1"))
+	if err != nil {
+		t.Fatalf("creating a container: %v", err)
+	}
+	// Every master holds node-1's lease: the one it reported to sent it on.
+	if msg := clPoll(60*time.Second, func() string {
+		for i := 1; i <= len(l.Masters); i++ {
+			if n := clMetric(t, l, i, "hopless_registryd_pin_sources"); n != 1 {
+				return fmt.Sprintf("master-%d counts %g pin sources, want 1", i, n)
+			}
+		}
+		return ""
+	}); msg != "" {
+		t.Fatalf("after creating container %s: %s; the plugin's log:\n%s", ctr, msg, nriLog(t, l))
+	}
+	if log := nriLog(t, l); !strings.Contains(log, `"msg":"pins reported"`) || !strings.Contains(log, `"images":1`) {
+		t.Errorf("the plugin's log has no report of one image:\n%s", log)
+	}
+
+	// Two more images through the same master: 48 MiB for 24, and the one in use stays.
+	var unused [][]string
+	for i := 2; i <= 3; i++ {
+		tag := fmt.Sprintf("v%d", i)
+		img := seed(t, l, repo, tag, 2, 8<<20)
+		pull(t, l, 1, l.PullRef(repo, tag), img.Digest)
+		unused = append(unused, img.Layers)
+	}
+	stored := nriWaitStore(t, l, first, "after two more images", func(b map[string]int64) string {
+		if in, _ := clPresent(b, unused[0]); len(in) > 0 {
+			return fmt.Sprintf("blobs %v of the unused image v2 are still stored", in)
+		}
+		return ""
+	})
+	if _, out := clPresent(stored, img1.Layers); len(out) > 0 {
+		t.Fatalf("layers %v of the image in use were evicted from %s (master %d)", out, first, mi)
+	}
+
+	// The container goes: the node reports no images, and v1 may be evicted.
+	if _, err := l.Crictl(ctx, 1, "rm", ctr); err != nil {
+		t.Fatal(err)
+	}
+	if msg := clPoll(60*time.Second, func() string {
+		if n := clMetric(t, l, mi, "hopless_registryd_pin_sources"); n != 0 {
+			return fmt.Sprintf("%s counts %g pin sources, want 0", first, n)
+		}
+		return ""
+	}); msg != "" {
+		t.Fatalf("after removing the container: %s", msg)
+	}
+	img4 := seed(t, l, repo, "v4", 2, 8<<20)
+	pull(t, l, 1, l.PullRef(repo, "v4"), img4.Digest)
+	nriWaitStore(t, l, first, "after the container was removed and v4 pulled", func(b map[string]int64) string {
+		if in, _ := clPresent(b, img1.Layers); len(in) > 0 {
+			return fmt.Sprintf("layers %v of v1 are still stored although nothing uses it", in)
+		}
+		return ""
+	})
+
+	// A plugin that hangs (SIGSTOP), then one that is gone (kill -9): pods still
+	// start, containers are still created, and pulls still work with hosts.toml as
+	// last written.
+	written, err := os.ReadFile(l.Nodes[0].HostsToml(l.ImageHost))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGSTOP, syscall.SIGKILL} {
+		if err := l.Signal("nri-1", sig); err != nil {
+			t.Fatal(err)
+		}
+		tag := "hung"
+		if sig == syscall.SIGKILL {
+			tag = "killed"
+		}
+		img := seed(t, l, repo, tag, 1, 1<<20)
+		pull(t, l, 1, l.PullRef(repo, tag), img.Digest)
+		pod, podConfig, err := l.RunPod(ctx, 1, "with-plugin-"+tag)
+		if err != nil {
+			t.Fatalf("running a pod with the plugin %s: %v", tag, err)
+		}
+		if _, err := l.CreateContainer(ctx, 1, pod, podConfig, "app-"+tag, l.PullRef(repo, tag)); err != nil {
+			t.Fatalf("creating a container with the plugin %s: %v", tag, err)
+		}
+		if now, _ := os.ReadFile(l.Nodes[0].HostsToml(l.ImageHost)); !bytes.Equal(now, written) {
+			t.Errorf("hosts.toml changed with the plugin %s:\n%s", tag, now)
+		}
+		if sig == syscall.SIGSTOP {
+			if err := l.Signal("nri-1", syscall.SIGCONT); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// nriWaitStore polls until master's blobs take at most 24 MiB and cond holds.
+func nriWaitStore(t *testing.T, l *lab.Lab, master, what string, cond func(map[string]int64) string) map[string]int64 {
+	t.Helper()
+	var blobs map[string]int64
+	if msg := clPoll(60*time.Second, func() string {
+		blobs = clStoreBlobs(t, l, master)
+		if n := clTotal(blobs); n > clTightMax {
+			return fmt.Sprintf("%s holds %d bytes of blobs, over %d", master, n, clTightMax)
+		}
+		return cond(blobs)
+	}); msg != "" {
+		t.Fatalf("%s: %s", what, msg)
+	}
+	return blobs
 }

@@ -103,6 +103,10 @@ type Options struct {
 	// CRIConfigPath replaces CRI's registry config_path (by default the node's
 	// certs.d); "{{dir}}" in it is the node's directory.
 	CRIConfigPath string
+	// Containers lets the nodes run pods and containers: Debian's runc, the shim
+	// beside containerd-stock, and a sandbox image of bin/lab-pause in the
+	// upstream (containers.go). Pods use the host network: there is no CNI.
+	Containers bool
 }
 
 // RegistrydOptions tune the masters' registryd.toml.
@@ -171,8 +175,9 @@ type Lab struct {
 	// NRIPlugin and NRIExtra are the Options of the same names (ModeNRI).
 	NRIPlugin string `json:"nri_plugin,omitempty"`
 	NRIExtra  string `json:"nri_extra,omitempty"`
-	// CRIConfigPath is the Option of the same name.
+	// CRIConfigPath and Containers are the Options of the same names.
 	CRIConfigPath string `json:"cri_config_path,omitempty"`
+	Containers    bool   `json:"containers,omitempty"`
 }
 
 // FaultsFile is where the upstream reads the faults it injects (see WriteFaults).
@@ -244,6 +249,7 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 		NRIPlugin:      o.NRIPlugin,
 		NRIExtra:       o.NRIExtra,
 		CRIConfigPath:  o.CRIConfigPath,
+		Containers:     o.Containers,
 	}
 	if err := l.up(ctx, o); err != nil {
 		if derr := l.Down(); derr != nil {
@@ -290,6 +296,11 @@ func (o *Options) check() error {
 	}
 	if o.HoplessExtra != "" && o.Mode != ModeInprocess {
 		return fmt.Errorf("lab: hopless extra config needs --mode %s, got %s", ModeInprocess, o.Mode)
+	}
+	if o.Containers {
+		if err := checkContainers(o); err != nil {
+			return err
+		}
 	}
 	if len(o.Weights) > 0 && len(o.Weights) != o.Masters {
 		return fmt.Errorf("lab: --weights lists %d weights for %d masters", len(o.Weights), o.Masters)
@@ -345,6 +356,11 @@ func (l *Lab) up(ctx context.Context, o Options) error {
 	}
 	if err := l.startUpstream(ctx, ca); err != nil {
 		return err
+	}
+	if l.Containers {
+		if err := l.pushPause(ctx); err != nil {
+			return err
+		}
 	}
 	for i := 1; i <= o.Masters; i++ {
 		l.Masters = append(l.Masters, Master{Name: fmt.Sprintf("master-%d", i), Addr: MasterAddr(l.Slot, i), Metrics: MasterMetricsAddr(l.Slot, i),
@@ -546,6 +562,9 @@ func shellQuote(s string) string {
 // logs and data stay for inspection.
 func (l *Lab) Down() error {
 	var errs []error
+	// Pods first, while their containerd runs: their shims and sandboxes are not
+	// children of any lab process.
+	l.removePods()
 	for i := len(l.Procs) - 1; i >= 0; i-- {
 		if err := l.Procs[i].Stop(stopGrace); err != nil {
 			errs = append(errs, err)

@@ -65,6 +65,18 @@ disabled_plugins = [
 {{- end}}
   [plugins.'io.containerd.cri.v1.images'.registry]
     config_path = '{{.CRIConfigPath}}'
+{{- with .Sandbox}}
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = '{{.}}'
+
+# Containers run with Debian's runc; the shim is beside containerd. The sandbox may
+# not lower its OOM score here (no CAP_SYS_RESOURCE): keep containerd's.
+[plugins.'io.containerd.cri.v1.runtime']
+  restrict_oom_score_adj = true
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+  BinaryName = '{{$.Runc}}'
+{{- end}}
 
 [plugins.'io.containerd.transfer.v1.local']
   config_path = '{{.Dir}}/certs.d'
@@ -148,7 +160,10 @@ func render(t *template.Template, data any) ([]byte, error) {
 func (l *Lab) writeNodeConfig(n Node, i int) error {
 	data := map[string]any{"Name": n.Name, "Dir": n.Dir, "Sock": n.Sock, "Hopless": (*hopless)(nil), "NRI": (*Node)(nil),
 		"Section": HoplessSection, "CRIImagesExtra": l.CRIImagesExtra, "HoplessExtra": l.HoplessExtra,
-		"CRIConfigPath": filepath.Join(n.Dir, "certs.d")}
+		"CRIConfigPath": filepath.Join(n.Dir, "certs.d"), "Sandbox": ""}
+	if l.Containers {
+		data["Sandbox"], data["Runc"] = l.SandboxImage(), runcPath(l.ToolsDir)
+	}
 	if l.CRIConfigPath != "" {
 		data["CRIConfigPath"] = strings.ReplaceAll(l.CRIConfigPath, "{{dir}}", n.Dir)
 	}

@@ -39,6 +39,7 @@ func newApp() *cli.App {
 					&cli.IntFlag{Name: "masters", Value: 3},
 					&cli.IntFlag{Name: "nodes", Value: 1},
 					&cli.StringFlag{Name: "mode", Value: lab.ModeInprocess, Usage: "node mode: inprocess (our containerd), stock (stock containerd, hosts.toml), nginx (stock containerd through a per-node NGINX stream hop) or nri (stock containerd, hosts.toml kept by hopless-nri)"},
+					&cli.BoolFlag{Name: "containers", Usage: "let the nodes run pods and containers (runc, host network, the lab's sandbox image); stock and nri modes"},
 					&cli.StringFlag{Name: "nri-plugin", Usage: "with --mode nri: external (its own process on the NRI socket, the default) or preinstalled (launched by containerd)"},
 					&cli.IntSliceFlag{Name: "weights", Usage: "masters' weights for inprocess and nri nodes, e.g. 3,1,1"},
 					&cli.BoolFlag{Name: "fallback", Usage: "inprocess nodes fall back to the upstream when every master is down"},
@@ -58,7 +59,7 @@ func newApp() *cli.App {
 					o.Registryd.TagTTL, o.Registryd.MaxBytes = c.String("tag-ttl"), c.String("max-bytes")
 					o.Weights, o.Fallback = c.IntSlice("weights"), c.Bool("fallback")
 					o.CRIImagesExtra, o.HoplessExtra, o.NoCRIWait = c.String("cri-images-extra"), c.String("hopless-extra"), c.Bool("no-cri-wait")
-					o.NRIPlugin = c.String("nri-plugin")
+					o.NRIPlugin, o.Containers = c.String("nri-plugin"), c.Bool("containers")
 					l, err := lab.Up(c.Context, o)
 					if err != nil {
 						return err
