@@ -304,7 +304,7 @@ func TestNRIConfigPathReported(t *testing.T) {
 	if log := nriLog(t, l); !strings.Contains(log, "2 directories") {
 		t.Errorf("the report does not say why:\n%s", log)
 	}
-	s, err := lab.GetMetrics(ctxFor(t, 30*time.Second), "http://"+lab.NodeMetricsAddr(l.Slot, 1)+"/metrics")
+	s, err := lab.GetMetrics(ctxFor(t, 30*time.Second), "http://"+lab.NRIMetricsAddr(l.Slot, 1)+"/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -445,4 +445,47 @@ func nriWaitStore(t *testing.T, l *lab.Lab, master, what string, cond func(map[s
 		t.Fatalf("%s: %s", what, msg)
 	}
 	return blobs
+}
+
+// slotNRIBesideInprocess is TestNRIBesideInprocess's slot.
+const slotNRIBesideInprocess = 94
+
+// TestNRIBesideInprocess runs hopless-nri (hosts = "auto") beside our containerd
+// build: it finds the hopless plugin, leaves hosts.toml alone, and still reports
+// pins; pulls go through the in-process plugin.
+func TestNRIBesideInprocess(t *testing.T) {
+	t.Parallel()
+	l := upLab(t, slotNRIBesideInprocess, 3, 1, inprocess(), func(o *lab.Options) { o.NRIPlugin = lab.NRIExternal })
+	before, err := os.ReadFile(l.Nodes[0].HostsToml(l.ImageHost))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg := clPoll(30*time.Second, func() string {
+		log := nriLog(t, l)
+		if !strings.Contains(log, "containerd is hopless's own build") {
+			return "the plugin did not notice hopless's own build"
+		}
+		if !strings.Contains(log, `"msg":"pins reported"`) {
+			return "the plugin reported no pins"
+		}
+		return ""
+	}); msg != "" {
+		t.Fatalf("%s:\n%s", msg, nriLog(t, l))
+	}
+	repo := lab.UpstreamPath + "/nri-inprocess"
+	img := seed(t, l, repo, "v1", 2, 1<<20)
+	pull(t, l, 1, l.PullRef(repo, "v1"), img.Digest)
+	after, err := os.ReadFile(l.Nodes[0].HostsToml(l.ImageHost))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(before, after) {
+		t.Errorf("hosts.toml changed beside the in-process plugin:\n%s", after)
+	}
+	if log := nriLog(t, l); strings.Contains(log, "hosts.toml written") {
+		t.Errorf("the plugin wrote hosts.toml beside the in-process plugin:\n%s", log)
+	}
+	if _, err := os.Stat(filepath.Join(l.Nodes[0].NRIStateDir(), "backups")); err == nil {
+		t.Errorf("the plugin took over hosts.toml files (%s exists)", l.Nodes[0].NRIStateDir())
+	}
 }

@@ -59,6 +59,9 @@ func MasterAddr(slot, i int) string { return fmt.Sprintf("127.%d.1.%d:5001", slo
 // NodeMetricsAddr is containerd's metrics address on node i (1-based) in slot.
 func NodeMetricsAddr(slot, i int) string { return fmt.Sprintf("127.%d.6.%d:1338", slot, i) }
 
+// NRIMetricsAddr is the metrics address of node i's hopless-nri in slot.
+func NRIMetricsAddr(slot, i int) string { return fmt.Sprintf("127.%d.6.%d:1339", slot, i) }
+
 // MasterMetricsAddr is the metrics address of master i (1-based) in slot.
 func MasterMetricsAddr(slot, i int) string { return fmt.Sprintf("127.%d.1.%d:9101", slot, i) }
 
@@ -286,8 +289,16 @@ func (o *Options) check() error {
 		if _, err := os.Stat(filepath.Join(o.BinDir, "hopless-nri")); err != nil {
 			return fmt.Errorf("lab: %s is missing (run make build): %w", filepath.Join(o.BinDir, "hopless-nri"), err)
 		}
-	} else if o.NRIPlugin != "" || o.NRIExtra != "" {
-		return fmt.Errorf("lab: --nri-plugin needs --mode %s, got %s", ModeNRI, o.Mode)
+	} else if o.NRIPlugin != "" && o.Mode != ModeInprocess {
+		return fmt.Errorf("lab: --nri-plugin needs --mode %s (or %s, beside the hopless plugin), got %s", ModeNRI, ModeInprocess, o.Mode)
+	}
+	if o.NRIPlugin != "" && o.NRIPlugin != NRIExternal && o.NRIPlugin != NRIPreinstalled {
+		return fmt.Errorf("lab: --nri-plugin %q is not supported; supported: %s, %s", o.NRIPlugin, NRIExternal, NRIPreinstalled)
+	}
+	if o.NRIPlugin != "" {
+		if _, err := os.Stat(filepath.Join(o.BinDir, "hopless-nri")); err != nil {
+			return fmt.Errorf("lab: %s is missing (run make build): %w", filepath.Join(o.BinDir, "hopless-nri"), err)
+		}
 	}
 	if o.Mode == ModeNginx {
 		if err := checkNginx(o.ToolsDir); err != nil {
@@ -452,7 +463,7 @@ func (l *Lab) startNode(ctx context.Context, i int) error {
 		return err
 	}
 	switch {
-	case l.Mode != ModeNRI:
+	case l.NRIPlugin == "":
 		return nil
 	case l.NRIPlugin == NRIPreinstalled:
 		return waitReady(ctx, l.proc(name), readyTimeout, l.nriReady(i))

@@ -107,9 +107,13 @@ next:
 	return total, found
 }
 
-// NodeMetrics reads node's containerd metrics: /v1/metrics on the node's metrics
-// address, which inprocess nodes serve.
+// NodeMetrics reads node's metrics: containerd's /v1/metrics on the node's metrics
+// address, which inprocess nodes serve, or in ModeNRI those of its hopless-nri,
+// which exports plugin/balance's gauges too.
 func (l *Lab) NodeMetrics(ctx context.Context, node int) (Scrape, error) {
+	if l.Mode == ModeNRI {
+		return GetMetrics(ctx, "http://"+NRIMetricsAddr(l.Slot, node)+"/metrics")
+	}
 	return GetMetrics(ctx, "http://"+NodeMetricsAddr(l.Slot, node)+"/v1/metrics")
 }
 

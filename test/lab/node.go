@@ -194,6 +194,12 @@ func (l *Lab) writeNodeConfig(n Node, i int) error {
 	if l.Mode == ModeNginx {
 		hostsData = l.nginxHostsData(i)
 	}
+	if l.Mode == ModeInprocess && l.NRIPlugin != "" {
+		data["NRI"] = &n
+		if err := l.writeNRIConfig(n, i); err != nil {
+			return err
+		}
+	}
 	if l.Mode == ModeNRI {
 		// What the node had before hopless: the image host alone, where nothing
 		// listens. hopless-nri backs it up before its first write.

@@ -85,10 +85,16 @@ func (l *Lab) writeNRIConfig(n Node, i int) error {
 	if err := writeFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
 		return err
 	}
+	// Beside our containerd build, the plugin is left to find out that it must
+	// leave hosts.toml alone.
+	hostsMode := "manage"
+	if l.Mode == ModeInprocess {
+		hostsMode = "auto"
+	}
 	cfg := fmt.Sprintf(`# hopless-nri of lab node %s
 node_config = %q
 node_name = %q
-hosts = "manage"
+hosts = %q
 config_path = %q
 state_dir = %q
 containerd_socket = %q
@@ -96,7 +102,7 @@ pins_token_file = %q
 metrics_listen = %q
 log_level = "debug"
 log_file = %q
-`, n.Name, nodeToml, n.Name, filepath.Join(n.Dir, "certs.d"), n.NRIStateDir(), n.Sock, tokenFile, NodeMetricsAddr(l.Slot, i), n.NRILog())
+`, n.Name, nodeToml, n.Name, hostsMode, filepath.Join(n.Dir, "certs.d"), n.NRIStateDir(), n.Sock, tokenFile, NRIMetricsAddr(l.Slot, i), n.NRILog())
 	if l.NRIExtra != "" {
 		cfg += "# Options.NRIExtra\n" + l.NRIExtra + "\n"
 	}
@@ -157,14 +163,14 @@ func (l *Lab) startNRI(ctx context.Context, i int) error {
 	return l.launch(ctx, name, args, filepath.Join(n.Dir, "nri.out"), l.nriReady(i))
 }
 
-// nriReady passes once node i's plugin serves its metrics and has written the image
-// host's hosts.toml.
+// nriReady passes once node i's plugin serves its metrics and, in ModeNRI, has
+// written the image host's hosts.toml.
 func (l *Lab) nriReady(i int) func(context.Context) error {
 	return func(ctx context.Context) error {
 		if i < 1 || i > len(l.Nodes) {
 			return fmt.Errorf("lab has no node %d", i)
 		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+NodeMetricsAddr(l.Slot, i)+"/metrics", nil)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+NRIMetricsAddr(l.Slot, i)+"/metrics", nil)
 		if err != nil {
 			return err
 		}
@@ -175,6 +181,9 @@ func (l *Lab) nriReady(i int) func(context.Context) error {
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
 			return fmt.Errorf("hopless-nri metrics: %s", resp.Status)
+		}
+		if l.Mode != ModeNRI {
+			return nil
 		}
 		b, err := os.ReadFile(l.Nodes[i-1].HostsToml(l.ImageHost))
 		if err != nil {
