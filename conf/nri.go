@@ -37,6 +37,10 @@ type NRI struct {
 	// MetricsListen is the address of the plugin's /metrics, e.g.
 	// "127.0.0.1:9761". Empty: no metrics listener.
 	MetricsListen string `toml:"metrics_listen"`
+	// Kubeconfig is a kubeconfig file for reporting setup problems as events on
+	// the node's Node object. Empty: in-cluster credentials when the plugin runs in
+	// a pod, else no events.
+	Kubeconfig string `toml:"kubeconfig"`
 	// LogLevel is one of debug, info, warn, error. Default info.
 	LogLevel string `toml:"log_level"`
 	// LogFile receives the log, appended (mode 0600). Default: standard error, which
@@ -92,6 +96,7 @@ func (n *NRI) applyDefaults(raw map[string]any, base string) {
 	n.NodeConfig = resolve(base, n.NodeConfig)
 	n.PinsTokenFile = resolve(base, n.PinsTokenFile)
 	n.LogFile = resolve(base, n.LogFile)
+	n.Kubeconfig = resolve(base, n.Kubeconfig)
 	if !present(raw, "hosts") {
 		n.Hosts = HostsAuto
 	}

@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -29,6 +30,7 @@ import (
 
 	"github.com/hopless/hopless/conf"
 	"github.com/hopless/hopless/nri/cri"
+	"github.com/hopless/hopless/nri/events"
 	"github.com/hopless/hopless/nri/hosts"
 	"github.com/hopless/hopless/nri/hostsync"
 	"github.com/hopless/hopless/nri/pins"
@@ -54,6 +56,10 @@ const (
 type Agent struct {
 	log    *slog.Logger
 	images *lazyImages
+	// events, if set, records setup problems on the node's Node object;
+	// lastProblems is what it recorded last, so that a problem is recorded once.
+	events       *events.Recorder
+	lastProblems string
 
 	startOnce sync.Once
 	startErr  error
@@ -156,6 +162,12 @@ func (a *Agent) startServices(ctx context.Context, cfg *conf.NRI) error {
 	name, err := NodeName(cfg)
 	if err != nil {
 		return err
+	}
+	// Events are a report, not a duty: without a working client they are left out.
+	if kc, err := events.Client(cfg.Kubeconfig); err != nil {
+		a.log.Warn("setup problems will not be recorded as Kubernetes events", "error", err)
+	} else if kc != nil {
+		a.events = events.New(kc, name)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -304,8 +316,17 @@ func (a *Agent) check(ctx context.Context, cfg *conf.NRI, m *metrics) (cri.Repor
 		problems = nil
 	}
 	m.problems.Set(float64(len(problems)))
+	var all []string
 	for _, p := range problems {
 		a.log.Error("containerd would ignore the hosts.toml that hopless-nri writes", "problem", p)
+		all = append(all, p.Error())
+	}
+	if msg := strings.Join(all, "; "); a.events != nil && msg != "" && msg != a.lastProblems {
+		if err := a.events.Warn(ctx, "containerd would ignore the hosts.toml that hopless-nri writes: "+msg); err != nil {
+			a.log.Warn("recording the problem as a Kubernetes event failed", "error", err)
+		} else {
+			a.lastProblems = msg
+		}
 	}
 	return rep, nil
 }
