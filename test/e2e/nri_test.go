@@ -357,6 +357,33 @@ func TestNRIPins(t *testing.T) {
 		t.Errorf("the plugin's log has no report of one image:\n%s", log)
 	}
 
+	// containerd restarts: the plugin resynchronizes, finds the same container, and
+	// the pins stay as they were.
+	syncs := strings.Count(nriLog(t, l), `"msg":"synchronized"`)
+	if err := l.Stop("node-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Start(ctx, "node-1"); err != nil {
+		t.Fatal(err)
+	}
+	if msg := clPoll(60*time.Second, func() string {
+		log := nriLog(t, l)
+		if strings.Count(log, `"msg":"synchronized"`) <= syncs {
+			return "no synchronization since containerd restarted"
+		}
+		if !strings.Contains(log[strings.LastIndex(log, `"msg":"synchronized"`):], `"with_images":1`) {
+			return "the last synchronization did not find the container's image"
+		}
+		return ""
+	}); msg != "" {
+		t.Fatalf("after containerd restarted: %s:\n%s", msg, nriLog(t, l))
+	}
+	for i := 1; i <= len(l.Masters); i++ {
+		if n := clMetric(t, l, i, "hopless_registryd_pin_sources"); n != 1 {
+			t.Errorf("after containerd restarted, master-%d counts %g pin sources, want 1", i, n)
+		}
+	}
+
 	// Two more images through the same master: 48 MiB for 24, and the one in use stays.
 	var unused [][]string
 	for i := 2; i <= 3; i++ {
