@@ -18,31 +18,47 @@ import (
 )
 
 // LoadNode reads, defaults and validates a node.toml.
-func LoadNode(path string) (*Node, error) {
-	var n Node
-	raw, err := decodeFile(path, &n)
-	if err != nil {
-		return nil, err
-	}
-	n.applyDefaults(raw, filepath.Dir(path))
-	if err := n.Validate(path); err != nil {
-		return nil, err
-	}
-	return &n, nil
-}
+func LoadNode(path string) (*Node, error) { return loadFile[Node](path) }
 
 // LoadRegistryd reads, defaults and validates a registryd.toml.
-func LoadRegistryd(path string) (*Registryd, error) {
-	var r Registryd
-	raw, err := decodeFile(path, &r)
+func LoadRegistryd(path string) (*Registryd, error) { return loadFile[Registryd](path) }
+
+// config is a configuration that defaults its unset keys, with relative paths taken
+// relative to base, and validates itself, naming file in errors.
+type config[T any] interface {
+	*T
+	applyDefaults(raw map[string]any, base string)
+	Validate(file string) error
+}
+
+// loadFile reads, defaults and validates the file at path.
+func loadFile[T any, P config[T]](path string) (*T, error) {
+	var v T
+	raw, err := decodeFile(path, &v)
 	if err != nil {
 		return nil, err
 	}
-	r.applyDefaults(raw, filepath.Dir(path))
-	if err := r.Validate(path); err != nil {
+	return finish[T, P](&v, raw, path, filepath.Dir(path))
+}
+
+// decodeText decodes, defaults and validates configuration text that came from
+// elsewhere; name is used in errors, relative paths are relative to baseDir.
+func decodeText[T any, P config[T]](name, text, baseDir string) (*T, error) {
+	var v T
+	raw, err := decode(name, text, &v)
+	if err != nil {
 		return nil, err
 	}
-	return &r, nil
+	return finish[T, P](&v, raw, name, baseDir)
+}
+
+func finish[T any, P config[T]](v *T, raw map[string]any, name, base string) (*T, error) {
+	p := P(v)
+	p.applyDefaults(raw, base)
+	if err := p.Validate(name); err != nil {
+		return nil, err
+	}
+	return v, nil
 }
 
 // LoadInstall reads, defaults and validates an install.toml.
@@ -63,16 +79,7 @@ func LoadInstall(path string) (*Install, error) {
 // another file (containerd's config.toml); name is used in error messages and relative
 // paths are taken relative to baseDir.
 func DecodeNode(name, text, baseDir string) (*Node, error) {
-	var n Node
-	raw, err := decode(name, text, &n)
-	if err != nil {
-		return nil, err
-	}
-	n.applyDefaults(raw, baseDir)
-	if err := n.Validate(name); err != nil {
-		return nil, err
-	}
-	return &n, nil
+	return decodeText[Node](name, text, baseDir)
 }
 
 func decodeFile(path string, v any) (map[string]any, error) {

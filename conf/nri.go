@@ -63,34 +63,12 @@ const (
 )
 
 // LoadNRI reads, defaults and validates an NRI plugin configuration file.
-func LoadNRI(path string) (*NRI, error) {
-	var n NRI
-	raw, err := decodeFile(path, &n)
-	if err != nil {
-		return nil, err
-	}
-	n.applyDefaults(raw, filepath.Dir(path))
-	if err := n.Validate(path); err != nil {
-		return nil, err
-	}
-	return &n, nil
-}
+func LoadNRI(path string) (*NRI, error) { return loadFile[NRI](path) }
 
 // DecodeNRI is LoadNRI for configuration text that containerd passes to a
 // pre-installed plugin; name is used in errors, and relative paths are taken
 // relative to baseDir.
-func DecodeNRI(name, text, baseDir string) (*NRI, error) {
-	var n NRI
-	raw, err := decode(name, text, &n)
-	if err != nil {
-		return nil, err
-	}
-	n.applyDefaults(raw, baseDir)
-	if err := n.Validate(name); err != nil {
-		return nil, err
-	}
-	return &n, nil
-}
+func DecodeNRI(name, text, baseDir string) (*NRI, error) { return decodeText[NRI](name, text, baseDir) }
 
 func (n *NRI) applyDefaults(raw map[string]any, base string) {
 	n.NodeConfig = resolve(base, n.NodeConfig)
