@@ -311,6 +311,8 @@ func (a *Agent) check(ctx context.Context, cfg *conf.NRI, m *metrics) (cri.Repor
 	if err != nil {
 		return cri.Report{}, err
 	}
+	a.log.Debug("containerd checked", "socket", cfg.ContainerdSocket, "config_path", rep.ConfigPath,
+		"pull_mode", rep.PullMode, "local_pull_because", rep.LocalPull, "nri", rep.NRI, "hopless_build", rep.HoplessBuild)
 	problems := rep.Problems(cfg.ConfigPath)
 	if cfg.Hosts == conf.HostsOff || (cfg.Hosts == conf.HostsAuto && rep.HoplessBuild) {
 		problems = nil
