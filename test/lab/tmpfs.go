@@ -37,6 +37,11 @@ func (l *Lab) mountStorage(masterDir string) error {
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", root).CombinedOutput(); err != nil {
 		return fmt.Errorf("lab: mounting a %s tmpfs on %s (needs root): %w: %s", size, root, err, strings.TrimSpace(string(out)))
 	}
+	// Private, so that the copies in containers' mount namespaces (other labs run
+	// pods) are no peers of it: unmounting it then never waits on them.
+	if out, err := exec.Command("mount", "--make-private", root).CombinedOutput(); err != nil {
+		return fmt.Errorf("lab: making the tmpfs on %s private: %w: %s", root, err, strings.TrimSpace(string(out)))
+	}
 	return nil
 }
 

@@ -14,6 +14,11 @@ func Tmpfs(t testing.TB, size string) string {
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
 		t.Skipf("this test needs a real full filesystem: mounting a %s tmpfs failed (run as root): %v: %s", size, err, out)
 	}
+	// Private, so that the copies in containers' mount namespaces (e2e labs run
+	// pods) are no peers of it and do not keep it busy.
+	if out, err := exec.Command("mount", "--make-private", dir).CombinedOutput(); err != nil {
+		t.Fatalf("making the tmpfs on %s private: %v: %s", dir, err, out)
+	}
 	t.Cleanup(func() {
 		if _, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
 			// Still open (a spool descriptor left to the collector): detach it.
