@@ -227,25 +227,28 @@ func (a *Agent) startServices(ctx context.Context, cfg *conf.NRI) error {
 // keepHosts checks containerd's setup, decides whether to write hosts.toml, and
 // runs the syncer if so.
 func (a *Agent) keepHosts(ctx context.Context, cfg *conf.NRI, node *conf.Node, name string, reg *prometheus.Registry, m *metrics) {
-	manage := cfg.Hosts == conf.HostsManage
 	if cfg.Hosts == conf.HostsOff {
 		a.log.Info("hosts.toml left alone (hosts = off)")
 		return
 	}
-	// The first check decides "auto"; later ones only report.
-	rep, err := a.waitCheck(ctx, cfg, m)
-	if err != nil {
-		return
-	}
 	if cfg.Hosts == conf.HostsAuto {
-		manage = !rep.HoplessBuild
+		// The first check decides; later ones only report.
+		rep, err := a.waitCheck(ctx, cfg, m)
+		if err != nil {
+			return
+		}
+		a.wg.Go(func() { a.recheck(ctx, cfg, m) })
 		if rep.HoplessBuild {
 			a.log.Info("containerd is hopless's own build, whose plugin balances pulls itself: hosts.toml left alone; only pins are reported")
+			return
 		}
-	}
-	a.wg.Go(func() { a.recheck(ctx, cfg, m) })
-	if !manage {
-		return
+	} else {
+		// hosts = manage does not wait for containerd to answer.
+		a.wg.Go(func() {
+			if _, err := a.waitCheck(ctx, cfg, m); err == nil {
+				a.recheck(ctx, cfg, m)
+			}
+		})
 	}
 	mgr, err := hosts.Open(cfg.ConfigPath, cfg.StateDir)
 	if err != nil {
