@@ -164,19 +164,26 @@ func integrationContext(t *testing.T) context.Context {
 	return ctx
 }
 
-func TestIntegrationStockDefault(t *testing.T) {
-	d := startContainerd(t, stockContainerd, "")
-	ctx := integrationContext(t)
+// dialCheck connects to d, closed when the test ends, and checks it.
+func dialCheck(t *testing.T, ctx context.Context, d daemon) (*Client, Report) {
+	t.Helper()
 	c, err := Dial(ctx, d.sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = c.Close() }()
+	t.Cleanup(func() { _ = c.Close() })
 	r, err := c.Check(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("report: %+v", r)
+	return c, r
+}
+
+func TestIntegrationStockDefault(t *testing.T) {
+	d := startContainerd(t, stockContainerd, "")
+	ctx := integrationContext(t)
+	c, r := dialCheck(t, ctx, d)
 	if !r.Images.Loaded() || r.ConfigPath != "/etc/containerd/certs.d:/etc/docker/certs.d" || !r.ConfigPathReported ||
 		r.PullMode != PullUnknown || r.NRI != NRIUnknown || r.HoplessBuild {
 		t.Fatalf("Check = %+v; want containerd's default config_path, pull mode and NRI unknown, not our build", r)
@@ -215,16 +222,7 @@ func TestIntegrationStockLocalPull(t *testing.T) {
 		"  [plugins.'io.containerd.cri.v1.images'.registry]\n    config_path = '{{dir}}/certs.d'",
 		"io.containerd.nri.v1.nri")
 	ctx := integrationContext(t)
-	c, err := Dial(ctx, d.sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = c.Close() }()
-	r, err := c.Check(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("report: %+v", r)
+	c, r := dialCheck(t, ctx, d)
 	if r.ConfigPath != d.dir+"/certs.d" || r.PullMode != PullLocal || r.NRI != NRIDisabled || r.HoplessBuild {
 		t.Fatalf("Check = %+v; want our config_path, local pull, NRI disabled, not our build", r)
 	}
@@ -245,16 +243,7 @@ func TestIntegrationStockLocalPull(t *testing.T) {
 func TestIntegrationHoplessBuild(t *testing.T) {
 	d := startContainerd(t, ourContainerd, "  [plugins.'io.containerd.cri.v1.images'.registry]\n    config_path = '{{dir}}/certs.d'")
 	ctx := integrationContext(t)
-	c, err := Dial(ctx, d.sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = c.Close() }()
-	r, err := c.Check(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("report: %+v", r)
+	_, r := dialCheck(t, ctx, d)
 	if !r.HoplessBuild || r.ConfigPath != d.dir+"/certs.d" {
 		t.Fatalf("Check = %+v; want our build with config_path %s/certs.d", r, d.dir)
 	}
