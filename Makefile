@@ -15,7 +15,7 @@ all: build
 
 # Our binaries. go's build cache makes this cheap when nothing changed.
 build:
-	$(GO) build -o bin/ ./registryd/cmd/registryd ./test/cmd/hopless-lab ./test/cmd/lab-pause ./nri/cmd/hopless-nri
+	$(GO) build -o bin/ ./registryd/cmd/registryd ./test/cmd/hopless-lab ./test/cmd/lab-pause ./nri/cmd/hopless-nri ./install/cmd/hopless-install
 	CGO_ENABLED=0 $(GO) build -ldflags "-X $(CONTAINERD_MODULE)/version.Version=$(CONTAINERD_VERSION)" -o bin/containerd ./plugin/cmd/containerd
 
 NGINX_DEBS := nginx libnginx-mod-stream

@@ -324,28 +324,3 @@ type Log struct {
 	Level string `toml:"level"`
 }
 
-// Install is the installer's own configuration (install.toml).
-type Install struct {
-	// Mode is "inprocess" (our containerd build) or "stock" (stock containerd plus the
-	// NRI plugin). Default "inprocess".
-	Mode string `toml:"mode"`
-	// HostRoot is where the node's root filesystem is mounted in the installer's
-	// container. Default "/host".
-	HostRoot string `toml:"host_root"`
-	// BinDir receives the binaries, relative to HostRoot. Default "/opt/hopless/bin".
-	BinDir string `toml:"bin_dir"`
-	// ConfDir receives node.toml and the CA, relative to HostRoot. Default "/etc/hopless".
-	ConfDir string `toml:"conf_dir"`
-	// ContainerdConfig is containerd's config.toml, relative to HostRoot. Default
-	// "/etc/containerd/config.toml".
-	ContainerdConfig string `toml:"containerd_config"`
-	// HostsDir is containerd's config_path for hosts.toml, relative to HostRoot. Default
-	// "/etc/containerd/registry.d".
-	HostsDir string `toml:"hosts_dir"`
-	// NRIPluginDir and NRIConfDir are where containerd looks for pre-installed NRI
-	// plugins and their configs. Defaults "/opt/nri/plugins" and "/etc/nri/conf.d".
-	NRIPluginDir string `toml:"nri_plugin_dir"`
-	NRIConfDir   string `toml:"nri_conf_dir"`
-	// NRIIndex is the two-digit launch order of the NRI plugin. Default "10".
-	NRIIndex string `toml:"nri_index"`
-}

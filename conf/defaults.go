@@ -226,19 +226,3 @@ func (r *Registryd) applyDefaults(raw map[string]any, base string) {
 	}
 }
 
-func (in *Install) applyDefaults(raw map[string]any) {
-	def := func(s *string, key, v string) {
-		if !present(raw, key) {
-			*s = v
-		}
-	}
-	def(&in.Mode, "mode", "inprocess")
-	def(&in.HostRoot, "host_root", "/host")
-	def(&in.BinDir, "bin_dir", "/opt/hopless/bin")
-	def(&in.ConfDir, "conf_dir", "/etc/hopless")
-	def(&in.ContainerdConfig, "containerd_config", "/etc/containerd/config.toml")
-	def(&in.HostsDir, "hosts_dir", "/etc/containerd/registry.d")
-	def(&in.NRIPluginDir, "nri_plugin_dir", "/opt/nri/plugins")
-	def(&in.NRIConfDir, "nri_conf_dir", "/etc/nri/conf.d")
-	def(&in.NRIIndex, "nri_index", "10")
-}

@@ -61,20 +61,6 @@ func finish[T any, P config[T]](v *T, raw map[string]any, name, base string) (*T
 	return v, nil
 }
 
-// LoadInstall reads, defaults and validates an install.toml.
-func LoadInstall(path string) (*Install, error) {
-	var in Install
-	raw, err := decodeFile(path, &in)
-	if err != nil {
-		return nil, err
-	}
-	in.applyDefaults(raw)
-	if err := in.Validate(path); err != nil {
-		return nil, err
-	}
-	return &in, nil
-}
-
 // DecodeNode decodes, defaults and validates node configuration that is embedded in
 // another file (containerd's config.toml); name is used in error messages and relative
 // paths are taken relative to baseDir.

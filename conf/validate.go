@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"path"
 	"regexp"
 	"strconv"
 	"strings"
@@ -552,29 +551,6 @@ func checkDNSName(s string) error {
 	}
 	return nil
 }
-
-// Validate checks an installer configuration.
-func (in *Install) Validate(file string) error {
-	var errs []error
-	if in.Mode != "inprocess" && in.Mode != "stock" {
-		errs = append(errs, fieldErr(file, "mode", "must be inprocess or stock, got %q", in.Mode))
-	}
-	for _, p := range []struct{ name, v string }{
-		{"host_root", in.HostRoot}, {"bin_dir", in.BinDir}, {"conf_dir", in.ConfDir},
-		{"containerd_config", in.ContainerdConfig}, {"hosts_dir", in.HostsDir},
-		{"nri_plugin_dir", in.NRIPluginDir}, {"nri_conf_dir", in.NRIConfDir},
-	} {
-		if !strings.HasPrefix(p.v, "/") || path.Clean(p.v) != p.v {
-			errs = append(errs, fieldErr(file, p.name, "must be a clean absolute path, got %q", p.v))
-		}
-	}
-	if !nriIndexRE.MatchString(in.NRIIndex) {
-		errs = append(errs, fieldErr(file, "nri_index", "must be two digits, got %q", in.NRIIndex))
-	}
-	return errors.Join(errs...)
-}
-
-var nriIndexRE = regexp.MustCompile(`^[0-9]{2}$`)
 
 func prefixed(file, field string, err error) error {
 	if err == nil {

@@ -9,10 +9,12 @@ import (
 
 	imagesapi "github.com/containerd/containerd/api/services/images/v1"
 	introspection "github.com/containerd/containerd/api/services/introspection/v1"
+	versionapi "github.com/containerd/containerd/api/services/version/v1"
 	"github.com/containerd/errdefs"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/emptypb"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -24,6 +26,8 @@ type Client struct {
 	images runtimeapi.ImageServiceClient
 	intro  introspection.IntrospectionClient
 	store  imagesapi.ImagesClient
+	rt     runtimeapi.RuntimeServiceClient
+	ver    versionapi.VersionClient
 }
 
 // Dial connects to containerd's socket (a unix socket path) and waits until the
@@ -66,6 +70,8 @@ func Dial(ctx context.Context, socket string) (*Client, error) {
 				images: runtimeapi.NewImageServiceClient(conn),
 				intro:  introspection.NewIntrospectionClient(conn),
 				store:  imagesapi.NewImagesClient(conn),
+				rt:     runtimeapi.NewRuntimeServiceClient(conn),
+				ver:    versionapi.NewVersionClient(conn),
 			}, nil
 		case connectivity.TransientFailure, connectivity.Shutdown:
 			_ = conn.Close()
@@ -83,6 +89,38 @@ func Dial(ctx context.Context, socket string) (*Client, error) {
 			return nil, fmt.Errorf("connecting to containerd socket %s (still %s): %w", socket, st, ctx.Err())
 		}
 	}
+}
+
+// RuntimeReady asks CRI for its status and fails unless the runtime is ready.
+func (c *Client) RuntimeReady(ctx context.Context) error {
+	if err := needDeadline(ctx, "asking CRI for its status"); err != nil {
+		return err
+	}
+	resp, err := c.rt.Status(ctx, &runtimeapi.StatusRequest{})
+	if err != nil {
+		return fmt.Errorf("asking CRI on %s for its status: %w", c.socket, err)
+	}
+	for _, cond := range resp.GetStatus().GetConditions() {
+		if cond.GetType() == runtimeapi.RuntimeReady {
+			if !cond.GetStatus() {
+				return fmt.Errorf("CRI on %s: runtime not ready: %s %s", c.socket, cond.GetReason(), cond.GetMessage())
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("CRI on %s reported no %s condition", c.socket, runtimeapi.RuntimeReady)
+}
+
+// Version is containerd's version, as it reports it.
+func (c *Client) Version(ctx context.Context) (string, error) {
+	if err := needDeadline(ctx, "asking containerd for its version"); err != nil {
+		return "", err
+	}
+	resp, err := c.ver.Version(ctx, &emptypb.Empty{})
+	if err != nil {
+		return "", fmt.Errorf("asking containerd on %s for its version: %w", c.socket, err)
+	}
+	return resp.GetVersion(), nil
 }
 
 // Socket is the path that the Client was dialled with.

@@ -18,6 +18,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/hopless/hopless/plugin/config"
+	"github.com/hopless/hopless/plugin/crilocal"
 )
 
 // criDefault is CRI's default images config as JSON, from the real registration: the
@@ -228,7 +229,7 @@ func TestCRICheck(t *testing.T) {
 		if c := in.criCheck(); !c.Checked || len(c.Settings) != 0 {
 			t.Errorf("check %+v", c)
 		}
-		for _, s := range criSettings() {
+		for _, s := range crilocal.Settings() {
 			if gauge(m, s) != 0 {
 				t.Errorf("gauge %s = %v, want 0", s, gauge(m, s))
 			}

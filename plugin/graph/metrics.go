@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
+	"github.com/hopless/hopless/plugin/crilocal"
 	"github.com/hopless/hopless/plugin/transfer"
 )
 
@@ -25,7 +26,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 
 // criLocalPull sets the gauge of every setting: 1 for those in present.
 func (m *metrics) criLocalPull(present []string) {
-	for _, s := range criSettings() {
+	for _, s := range crilocal.Settings() {
 		v := 0.0
 		for _, p := range present {
 			if p == s {
