@@ -546,14 +546,22 @@ func (in *Installer) rollback(ctx context.Context, st *state.State, store state.
 			}
 		}
 	}
-	if err := store.Save(st); err != nil {
+	if len(st.Files) == 0 {
+		// A first install: nothing of it stays.
+		if err := in.removeDirs(st, store, &Result{}); err != nil {
+			return err
+		}
+	} else if err := store.Save(st); err != nil {
 		return err
 	}
 	return in.restartAndCheck(ctx)
 }
 
 // Uninstall restores every file the installer replaced, removes those it
-// created and the directories it made, and then its state.
+// created and the directories it made, and then its state. With a restarter,
+// containerd restarts once the files are back, before the hosts.toml files that
+// hopless-nri wrote are handed back, so that a pre-installed plugin is gone by
+// then; without one, stop the plugin first.
 func (in *Installer) Uninstall(ctx context.Context) (*Result, error) {
 	st, store, err := in.loadState()
 	if err != nil {
@@ -567,7 +575,8 @@ func (in *Installer) Uninstall(ctx context.Context) (*Result, error) {
 	if !exists && len(st.Dirs) == 0 {
 		return res, nil
 	}
-	if st.HostsDir != "" && st.NRIStateDir != "" {
+	restartFirst := in.Restart != nil && len(st.Files) > 0
+	if !restartFirst {
 		if err := in.restoreHosts(st); err != nil {
 			return res, err
 		}
@@ -579,8 +588,23 @@ func (in *Installer) Uninstall(ctx context.Context) (*Result, error) {
 		}
 		res.Changed = append(res.Changed, f.Path)
 	}
-	// The directories of the state itself go last, after the state: a run killed
-	// in between leaves them holding nothing else, and loadState claims them.
+	if restartFirst {
+		if err := in.restartAndCheck(ctx); err != nil {
+			return res, err
+		}
+		res.Restarted = true
+		if err := in.restoreHosts(st); err != nil {
+			return res, err
+		}
+	}
+	return res, in.removeDirs(st, store, res)
+}
+
+// removeDirs removes the directories the installer made, hopless-nri's state
+// directory with its contents, and the state. The directories of the state itself
+// go last, after the state: a run killed in between leaves them holding nothing
+// else, and loadState claims them.
+func (in *Installer) removeDirs(st *state.State, store state.Store, res *Result) error {
 	var chain, others []string
 	for _, d := range st.Dirs {
 		if d == state.Dir || strings.HasPrefix(state.Dir, d+"/") {
@@ -589,7 +613,7 @@ func (in *Installer) Uninstall(ctx context.Context) (*Result, error) {
 			others = append(others, d)
 		}
 	}
-	removeDirs := func(dirs []string) error {
+	remove := func(dirs []string) error {
 		for i := len(dirs) - 1; i >= 0; i-- {
 			rp, err := in.Root.Path(dirs[i])
 			if err != nil {
@@ -612,23 +636,14 @@ func (in *Installer) Uninstall(ctx context.Context) (*Result, error) {
 		}
 		return nil
 	}
-	if err := removeDirs(others); err != nil {
-		return res, err
+	if err := remove(others); err != nil {
+		return err
 	}
 	if err := store.Remove(); err != nil {
-		return res, err
+		return err
 	}
 	in.step()
-	if err := removeDirs(slices.DeleteFunc(chain, func(d string) bool { return d == state.Dir })); err != nil {
-		return res, err
-	}
-	if in.Restart != nil && len(res.Changed) > 0 {
-		if err := in.restartAndCheck(ctx); err != nil {
-			return res, err
-		}
-		res.Restarted = true
-	}
-	return res, nil
+	return remove(slices.DeleteFunc(chain, func(d string) bool { return d == state.Dir }))
 }
 
 func decodeTOML(b []byte, v any) error {

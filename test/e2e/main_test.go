@@ -98,7 +98,13 @@ const (
 	// Slots 85..89 belong to the tests of registryd under faults (faults_test.go).
 	slotFaultScrubRot        = 85
 	slotFaultTwoFrozenOwners = 86
-	// 87..89 are spare.
+	// 87 is the host-root lab test's (hostroot_test.go); 88, 89 and 95..97 belong
+	// to the installer's tests (install_test.go).
+	slotInstallKilled    = 88
+	slotInstallInprocess = 89
+	slotInstallNRI       = 95
+	slotInstallRollback  = 96
+	slotInstallRefuses   = 97
 )
 
 // upLab starts a lab in slot that is brought down when the test ends; tune adjusts
