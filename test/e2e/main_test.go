@@ -98,7 +98,8 @@ const (
 	// Slots 85..89 belong to the tests of registryd under faults (faults_test.go).
 	slotFaultScrubRot        = 85
 	slotFaultTwoFrozenOwners = 86
-	// 87..89 are spare.
+	// 87 runs a node from a host root (hostroot_test.go); 88 and 89 are spare.
+	slotHostRoot = 87
 )
 
 // upLab starts a lab in slot that is brought down when the test ends; tune adjusts
