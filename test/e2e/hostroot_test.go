@@ -13,7 +13,8 @@ import (
 
 // hostRootDir is a new dir for a host root, removed when the test ends unless
 // something is still mounted below it (removing a bind-mounted /dev would remove the
-// machine's device nodes).
+// machine's device nodes) or a process runs in it. Call it before upLab, so that the
+// lab is down before this cleanup runs.
 func hostRootDir(t *testing.T) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "hopless-hostroot-")
@@ -26,6 +27,10 @@ func hostRootDir(t *testing.T) string {
 	t.Cleanup(func() {
 		if m, err := lab.MountsUnder(dir); err != nil || len(m) > 0 {
 			t.Errorf("leaving %s in place: mounts below it: %q, %v", dir, m, err)
+			return
+		}
+		if pids, err := lab.ProcsInHostRoot(dir); err != nil || len(pids) > 0 {
+			t.Errorf("leaving %s in place: processes run in it: %v, %v", dir, pids, err)
 			return
 		}
 		if err := os.RemoveAll(dir); err != nil {
@@ -107,8 +112,8 @@ func installInprocess(t *testing.T, l *lab.Lab, root string) {
 // pulling through the masters; a restart by the CLI; and no mounts left after stop.
 func TestHostRootNode(t *testing.T) {
 	t.Parallel()
-	l := upLab(t, slotHostRoot, 3, 0)
 	root := hostRootDir(t)
+	l := upLab(t, slotHostRoot, 3, 0)
 	if err := lab.NewHostRoot(root, lab.HostRootOptions{ToolsDir: l.ToolsDir}); err != nil {
 		t.Fatal(err)
 	}

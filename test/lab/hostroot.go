@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"text/template"
 )
@@ -179,6 +180,32 @@ func checkStatic(path string) error {
 // node stops (and while it runs) there should be none.
 func MountsUnder(dir string) ([]string, error) {
 	return mountsUnder("/proc/self/mountinfo", dir)
+}
+
+// ProcsInHostRoot lists the PIDs of the processes whose root is dir or below it,
+// such as a host-root node that still runs: dir must not be removed under them.
+func ProcsInHostRoot(dir string) ([]int, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, fmt.Errorf("listing processes: %w", err)
+	}
+	dir = filepath.Clean(dir)
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		root, err := os.Readlink("/proc/" + e.Name() + "/root")
+		if err != nil {
+			continue
+		}
+		root = strings.TrimSuffix(root, " (deleted)")
+		if root == dir || strings.HasPrefix(root, dir+"/") {
+			out = append(out, pid)
+		}
+	}
+	return out, nil
 }
 
 // mountsUnder reads a mountinfo file: the fifth field is the mount point, relative to

@@ -17,8 +17,9 @@ import (
 )
 
 // hostRootDir is a new dir for a host root that is removed when the test ends, but
-// only if nothing is mounted below it: removing a tree with /dev bind-mounted in it
-// would remove the machine's device nodes.
+// only if nothing is mounted below it (removing a tree with /dev bind-mounted in it
+// would remove the machine's device nodes) and no process runs in it. Call it before
+// the lab that runs processes there is made, so that the lab is down first.
 func hostRootDir(t *testing.T) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "hopless-hostroot-")
@@ -28,6 +29,10 @@ func hostRootDir(t *testing.T) string {
 	t.Cleanup(func() {
 		if m, err := MountsUnder(dir); err != nil || len(m) > 0 {
 			t.Errorf("leaving %s in place: mounts below it: %q, %v", dir, m, err)
+			return
+		}
+		if pids, err := ProcsInHostRoot(dir); err != nil || len(pids) > 0 {
+			t.Errorf("leaving %s in place: processes run in it: %v, %v", dir, pids, err)
 			return
 		}
 		if err := os.RemoveAll(dir); err != nil {
@@ -178,14 +183,6 @@ func TestHostRootExec(t *testing.T) {
 	if _, err := os.Stat(pause); err != nil {
 		t.Skipf("%s is not built (make build): %v", pause, err)
 	}
-	l := &Lab{Dir: t.TempDir(), BinDir: bin}
-	t.Cleanup(func() {
-		if err := l.Down(); err != nil {
-			t.Errorf("down: %v", err)
-		}
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
 	// A host root of the mountpoints and one static program.
 	newRoot := func(skip string) string {
 		root := hostRootDir(t)
@@ -206,7 +203,15 @@ func TestHostRootExec(t *testing.T) {
 		return root
 	}
 
-	root := newRoot("")
+	root, noSys, dynamic := newRoot(""), newRoot("sys"), newRoot("")
+	l := &Lab{Dir: t.TempDir(), BinDir: bin}
+	t.Cleanup(func() {
+		if err := l.Down(); err != nil {
+			t.Errorf("down: %v", err)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 	before := tree(t, root)
 	if err := l.StartHostRootProc(ctx, "pause", root, []string{"/bin/pause"}, nil); err != nil {
 		t.Fatal(err)
@@ -266,13 +271,12 @@ func TestHostRootExec(t *testing.T) {
 	}
 
 	t.Run("a missing mountpoint", func(t *testing.T) {
-		root := newRoot("sys")
-		before := tree(t, root)
-		err := l.StartHostRootProc(ctx, "no-sys", root, []string{"/bin/pause"}, nil)
+		before := tree(t, noSys)
+		err := l.StartHostRootProc(ctx, "no-sys", noSys, []string{"/bin/pause"}, nil)
 		if err == nil || !strings.Contains(err.Error(), "no mountpoint dir /sys") {
 			t.Errorf("got %v, want an error naming /sys", err)
 		}
-		if after := tree(t, root); !slices.Equal(before, after) {
+		if after := tree(t, noSys); !slices.Equal(before, after) {
 			t.Errorf("the failed start changed the host root:\nbefore %q\nafter  %q", before, after)
 		}
 	})
@@ -281,11 +285,10 @@ func TestHostRootExec(t *testing.T) {
 		if checkStatic("/bin/true") == nil {
 			t.Skip("/bin/true is static here")
 		}
-		root := newRoot("")
-		if err := CopyFile("/bin/true", filepath.Join(root, "bin", "true"), 0o755); err != nil {
+		if err := CopyFile("/bin/true", filepath.Join(dynamic, "bin", "true"), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		err := l.StartHostRootProc(ctx, "dynamic", root, []string{"/bin/true"}, nil)
+		err := l.StartHostRootProc(ctx, "dynamic", dynamic, []string{"/bin/true"}, nil)
 		if err == nil || !strings.Contains(err.Error(), "dynamically linked") {
 			t.Errorf("got %v, want a dynamically linked error", err)
 		}

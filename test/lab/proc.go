@@ -88,8 +88,9 @@ func (p *Proc) Alive() bool {
 	if p.HostRoot == "" {
 		return false
 	}
+	// A root removed from under the process reads as "DIR (deleted)".
 	root, err := os.Readlink("/proc/" + strconv.Itoa(p.PID) + "/root")
-	return err == nil && root == p.HostRoot
+	return err == nil && (root == p.HostRoot || root == p.HostRoot+" (deleted)")
 }
 
 // checkExeced fails while a host-root process is still hostroot-exec, before its
