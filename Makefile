@@ -13,9 +13,11 @@ TEST_TIMEOUT ?= 14m
 
 all: build
 
-# Our binaries. go's build cache makes this cheap when nothing changed.
+# Our binaries, all static (CGO_ENABLED=0): the lab runs them chrooted into node
+# root filesystems that have no libc. go's build cache makes this cheap when nothing
+# changed.
 build:
-	$(GO) build -o bin/ ./registryd/cmd/registryd ./test/cmd/hopless-lab ./test/cmd/lab-pause ./nri/cmd/hopless-nri ./install/cmd/hopless-install
+	CGO_ENABLED=0 $(GO) build -o bin/ ./registryd/cmd/registryd ./test/cmd/hopless-lab ./test/cmd/lab-pause ./nri/cmd/hopless-nri ./install/cmd/hopless-install
 	CGO_ENABLED=0 $(GO) build -ldflags "-X $(CONTAINERD_MODULE)/version.Version=$(CONTAINERD_VERSION)" -o bin/containerd ./plugin/cmd/containerd
 
 NGINX_DEBS := nginx libnginx-mod-stream

@@ -340,8 +340,9 @@ func TestInstallRefuses(t *testing.T) {
 // host root as a fresh node: the distro's containerd, config and unit.
 func hostRootLab(t *testing.T, slot int) (*lab.Lab, string) {
 	t.Helper()
+	// Made before the lab, so that the lab is down before it goes.
+	host := hostRootDir(t)
 	l := upLab(t, slot, 3, 0)
-	host := filepath.Join(t.TempDir(), "host")
 	if err := lab.NewHostRoot(host, lab.HostRootOptions{ToolsDir: l.ToolsDir}); err != nil {
 		t.Fatal(err)
 	}

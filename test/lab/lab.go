@@ -149,6 +149,9 @@ type Node struct {
 	Sock   string `json:"sock"`
 	Crictl string `json:"crictl"`
 	Dir    string `json:"dir"`
+	// HostRoot is, for a node started by StartHostRootNode, the host root it runs
+	// chrooted into; Dir then holds only its crictl.yaml and log.
+	HostRoot string `json:"host_root,omitempty"`
 }
 
 // Lab is a running (or recorded) lab.
@@ -499,7 +502,17 @@ func (l *Lab) launch(ctx context.Context, name string, args []string, logPath st
 	if err != nil {
 		return err
 	}
-	if old := l.proc(name); old != nil {
+	return l.run(ctx, p, ready)
+}
+
+// run records a started process, replacing the record of the same name, and waits
+// until ready passes. A nil ready passes at once, or, for a host-root process, once
+// hostroot-exec has exec'd its program.
+func (l *Lab) run(ctx context.Context, p *Proc, ready func(context.Context) error) error {
+	if ready == nil {
+		ready = func(context.Context) error { return p.checkExeced() }
+	}
+	if old := l.proc(p.Name); old != nil {
 		*old = *p
 	} else {
 		l.Procs = append(l.Procs, p)
@@ -573,6 +586,7 @@ func shellQuote(s string) string {
 // logs and data stay for inspection.
 func (l *Lab) Down() error {
 	var errs []error
+	l.syncProcs()
 	// Pods first, while their containerd runs: their shims and sandboxes are not
 	// children of any lab process.
 	l.removePods()
@@ -632,6 +646,7 @@ type Status struct {
 
 // Status lists every process and whether it runs.
 func (l *Lab) Status() []Status {
+	l.syncProcs()
 	addr := map[string]string{"upstream": l.Upstream}
 	for _, m := range l.Masters {
 		addr[m.Name] = m.Addr
@@ -651,6 +666,7 @@ func (l *Lab) Status() []Status {
 
 // Signal sends sig to the named process ("upstream", "master-2", "node-1").
 func (l *Lab) Signal(name string, sig syscall.Signal) error {
+	l.syncProcs()
 	p := l.proc(name)
 	if p == nil {
 		return fmt.Errorf("lab has no process %q", name)
@@ -660,6 +676,7 @@ func (l *Lab) Signal(name string, sig syscall.Signal) error {
 
 // Stop stops the named process gracefully.
 func (l *Lab) Stop(name string) error {
+	l.syncProcs()
 	p := l.proc(name)
 	if p == nil {
 		return fmt.Errorf("lab has no process %q", name)
@@ -668,14 +685,26 @@ func (l *Lab) Stop(name string) error {
 }
 
 // Start starts the named process again with its original command line and waits
-// until it answers.
+// until it answers. A host-root node runs what its unit and drop-ins say now; another
+// host-root process runs its command again and is waited for only until it starts.
 func (l *Lab) Start(ctx context.Context, name string) error {
+	l.syncProcs()
 	p := l.proc(name)
 	if p == nil {
 		return fmt.Errorf("lab has no process %q", name)
 	}
 	if p.Alive() {
 		return fmt.Errorf("%s is already running (pid %d)", name, p.PID)
+	}
+	if i, err := l.NodeIndex(name); err == nil && l.Nodes[i-1].HostRoot != "" {
+		return l.startHostRootNode(ctx, i)
+	}
+	if p.HostRoot != "" {
+		np, err := startHostRoot(name, p.HostRoot, p.Args, p.Log)
+		if err != nil {
+			return err
+		}
+		return l.run(ctx, np, nil)
 	}
 	pool, err := LoadPool(l.CA)
 	if err != nil {

@@ -29,16 +29,9 @@ disabled_plugins = [
 {{- if not .NRI}}
   'io.containerd.nri.v1.nri',
 {{- end}}
-  'io.containerd.snapshotter.v1.overlayfs',
-  'io.containerd.snapshotter.v1.btrfs',
-  'io.containerd.snapshotter.v1.zfs',
-  'io.containerd.snapshotter.v1.devmapper',
-  'io.containerd.snapshotter.v1.blockfile',
-  'io.containerd.snapshotter.v1.erofs',
-  'io.containerd.differ.v1.erofs',
-  'io.containerd.mount-handler.v1.erofs',
-  'io.containerd.internal.v1.tracing',
-  'io.containerd.tracing.processor.v1.otlp',
+{{- range .Disabled}}
+  '{{.}}',
+{{- end}}
 ]
 
 [plugins.'io.containerd.server.v1.grpc']
@@ -111,6 +104,24 @@ disabled_plugins = [
 {{- end}}
 {{end}}`))
 
+// disabledPlugins are the plugins that the lab's containerd nodes (and host roots'
+// distro configs) disable: snapshotters that do not work on this machine, and
+// tracing.
+func disabledPlugins() []string {
+	return []string{
+		"io.containerd.snapshotter.v1.overlayfs",
+		"io.containerd.snapshotter.v1.btrfs",
+		"io.containerd.snapshotter.v1.zfs",
+		"io.containerd.snapshotter.v1.devmapper",
+		"io.containerd.snapshotter.v1.blockfile",
+		"io.containerd.snapshotter.v1.erofs",
+		"io.containerd.differ.v1.erofs",
+		"io.containerd.mount-handler.v1.erofs",
+		"io.containerd.internal.v1.tracing",
+		"io.containerd.tracing.processor.v1.otlp",
+	}
+}
+
 // indent indents each line of raw TOML by two spaces, as the table it is in.
 func indent(s string) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
@@ -160,7 +171,7 @@ func render(t *template.Template, data any) ([]byte, error) {
 func (l *Lab) writeNodeConfig(n Node, i int) error {
 	data := map[string]any{"Name": n.Name, "Dir": n.Dir, "Sock": n.Sock, "Hopless": (*hopless)(nil), "NRI": (*Node)(nil),
 		"Section": HoplessSection, "CRIImagesExtra": l.CRIImagesExtra, "HoplessExtra": l.HoplessExtra,
-		"CRIConfigPath": filepath.Join(n.Dir, "certs.d"), "Sandbox": ""}
+		"CRIConfigPath": filepath.Join(n.Dir, "certs.d"), "Sandbox": "", "Disabled": disabledPlugins()}
 	if l.Containers {
 		data["Sandbox"], data["Runc"] = l.SandboxImage(), runcPath(l.ToolsDir)
 	}

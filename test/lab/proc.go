@@ -22,24 +22,42 @@ type Proc struct {
 	// Tag is a string that the process's command line must contain; it guards
 	// against signalling an unrelated process that reused the PID.
 	Tag string `json:"tag"`
+	// HostRoot is the host root that the process runs chrooted into through
+	// hostroot-exec (hostnode.go), or "". Its Tag is the host root too: once the
+	// process has exec'd the host's program, its root shows that it is ours.
+	HostRoot string `json:"host_root,omitempty"`
 }
 
 // start launches args in its own session with output appended to logPath. The
 // process outlives the caller; it is stopped only through its PID.
 func start(name string, args []string, logPath, tag string) (*Proc, error) {
-	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	return spawn(&Proc{Name: name, Args: args, Log: logPath, Tag: tag})
+}
+
+// startHostRoot launches args, a hostroot-exec command line for hostRoot, like
+// start, in a mount namespace of its own.
+func startHostRoot(name, hostRoot string, args []string, logPath string) (*Proc, error) {
+	return spawn(&Proc{Name: name, Args: args, Log: logPath, Tag: hostRoot, HostRoot: hostRoot})
+}
+
+// spawn starts p.Args and sets p.PID.
+func spawn(p *Proc) (*Proc, error) {
+	lf, err := os.OpenFile(p.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("opening log of %s: %w", name, err)
+		return nil, fmt.Errorf("opening log of %s: %w", p.Name, err)
 	}
 	defer lf.Close()
-	cmd := exec.Command(args[0], args[1:]...)
+	cmd := exec.Command(p.Args[0], p.Args[1:]...)
 	cmd.Stdout = lf
 	cmd.Stderr = lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting %s (%s): %w", name, args[0], err)
+	if p.HostRoot != "" {
+		cmd.SysProcAttr.Unshareflags = syscall.CLONE_NEWNS
 	}
-	p := &Proc{Name: name, PID: cmd.Process.Pid, Args: args, Log: logPath, Tag: tag}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s (%s): %w", p.Name, p.Args[0], err)
+	}
+	p.PID = cmd.Process.Pid
 	// Reap the child if it exits while this process still runs, so that Alive does
 	// not see a zombie as running.
 	go func() { _ = cmd.Wait() }()
@@ -64,7 +82,31 @@ func (p *Proc) Alive() bool {
 		return false
 	}
 	// An empty command line is a process between fork and exec: ours.
-	return p.Tag == "" || len(cmdline) == 0 || strings.Contains(string(cmdline), p.Tag)
+	if p.Tag == "" || len(cmdline) == 0 || strings.Contains(string(cmdline), p.Tag) {
+		return true
+	}
+	if p.HostRoot == "" {
+		return false
+	}
+	// A root removed from under the process reads as "DIR (deleted)".
+	root, err := os.Readlink("/proc/" + strconv.Itoa(p.PID) + "/root")
+	return err == nil && (root == p.HostRoot || root == p.HostRoot+" (deleted)")
+}
+
+// checkExeced fails while a host-root process is still hostroot-exec, before its
+// program replaced it; for other processes it passes.
+func (p *Proc) checkExeced() error {
+	if p.HostRoot == "" {
+		return nil
+	}
+	cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(p.PID) + "/cmdline")
+	if err != nil {
+		return fmt.Errorf("reading the command line of %s: %w", p.Name, err)
+	}
+	if len(cmdline) == 0 || bytes.Contains(cmdline, []byte("\x00hostroot-exec\x00")) {
+		return fmt.Errorf("%s is still setting up its host root %s", p.Name, p.HostRoot)
+	}
+	return nil
 }
 
 // Signal sends sig to the process if it is alive and ours.

@@ -147,6 +147,26 @@ func newApp() *cli.App {
 				},
 			},
 			{
+				Name:      "restart",
+				Usage:     "stop one lab process by its PID and start it again (a host-root node from its systemd unit as it is now), waiting until it answers",
+				ArgsUsage: "NAME",
+				Flags:     []cli.Flag{dirFlag},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return fmt.Errorf("usage: hopless-lab restart --dir DIR NAME")
+					}
+					l, err := lab.Open(c.String("dir"))
+					if err != nil {
+						return err
+					}
+					name := c.Args().First()
+					if err := l.Stop(name); err != nil {
+						return err
+					}
+					return l.Start(c.Context, name)
+				},
+			},
+			{
 				Name:      "flap",
 				Usage:     "SIGSTOP and SIGCONT one lab process over and over, by its PID, until interrupted (or --for passes); it is left running",
 				ArgsUsage: "NAME",
@@ -286,6 +306,16 @@ func newApp() *cli.App {
 						StorageDir: c.String("storage"), AccessLog: c.String("access-log"),
 						FaultsFile: c.String("faults"),
 					})
+				},
+			},
+			{
+				Name:      "hostroot-exec",
+				Usage:     "run ARGV chrooted into a host root with /proc, /sys, /dev and a private /tmp mounted (started by the lab in a mount namespace of its own)",
+				ArgsUsage: "-- ARGV...",
+				Hidden:    true,
+				Flags:     []cli.Flag{&cli.StringFlag{Name: "root", Usage: "the host root", Required: true}},
+				Action: func(c *cli.Context) error {
+					return lab.HostRootExec(c.String("root"), c.Args().Slice())
 				},
 			},
 			{
