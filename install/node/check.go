@@ -133,6 +133,9 @@ func minor(v string) string {
 // restoreHosts hands back the hosts.toml files hopless-nri wrote or replaced, as
 // `hopless-nri uninstall` would on the node.
 func (in *Installer) restoreHosts(st *state.State) error {
+	if st.HostsDir == "" || st.NRIStateDir == "" {
+		return nil
+	}
 	sd, err := in.Root.Path(st.NRIStateDir)
 	if err != nil {
 		return err
@@ -148,7 +151,7 @@ func (in *Installer) restoreHosts(st *state.State) error {
 		// No config_path: hopless-nri wrote nothing there.
 		return nil
 	}
-	m, err := hosts.Open(hd, sd)
+	m, err := hosts.OpenAs(hd, sd, st.HostsDir)
 	if err != nil {
 		return fmt.Errorf("opening hopless-nri's state in %s: %w", st.NRIStateDir, err)
 	}

@@ -89,10 +89,13 @@ func (in *Installer) Install(ctx context.Context) (*Result, error) {
 	if err := in.check(ctx, p); err != nil {
 		return nil, err
 	}
-	// Everything has been checked; from here on, the node changes.
+	// Everything has been checked; from here on, the node changes. What the state
+	// needs to undo this run goes with its first save.
 	if err := in.sweep(p, store); err != nil {
 		return nil, err
 	}
+	st.Mode, st.Node, st.HostsDir, st.NRIStateDir = in.Mode, in.NodeName, p.hostsDir, p.nriState
+	st.Socket, st.Unit = in.Config.Containerd.Socket, in.Config.Containerd.Unit
 	prev := map[string]snapshot{}
 	res := &Result{}
 	for _, w := range p.files {
@@ -119,8 +122,7 @@ func (in *Installer) Install(ctx context.Context) (*Result, error) {
 		}
 	}
 	if !st.Complete || len(res.Changed) > 0 || st.Release != version.Version {
-		st.Mode, st.Release, st.Node, st.HostsDir, st.NRIStateDir = in.Mode, version.Version, in.NodeName, p.hostsDir, p.nriState
-		st.Socket, st.Unit = in.Config.Containerd.Socket, in.Config.Containerd.Unit
+		st.Release = version.Version
 		st.Complete, st.Updated = true, time.Now().UTC()
 		if err := store.Save(st); err != nil {
 			return res, err
@@ -173,7 +175,9 @@ func (in *Installer) loadState() (*state.State, state.Store, error) {
 			continue
 		case err != nil:
 			return nil, store, fmt.Errorf("reading %s: %w", d, err)
-		case ownOnly(ents, d):
+		case (d == hoplessVarLib || strings.HasPrefix(d, hoplessVarLib+"/")) && ownOnly(ents, d):
+			// Only hopless's own directory can be told apart: a /var/lib that
+			// holds nothing but it may be the node's own.
 			st.Dirs = append([]string{d}, st.Dirs...)
 			continue
 		}
@@ -181,6 +185,9 @@ func (in *Installer) loadState() (*state.State, state.Store, error) {
 	}
 	return st, store, nil
 }
+
+// hoplessVarLib is hopless's directory under /var/lib, which only hopless makes.
+const hoplessVarLib = "/var/lib/hopless"
 
 // ownOnly reports whether the entries of dir d are only the state's own path:
 // nothing, the next directory on the way to the state, or, in the state directory,

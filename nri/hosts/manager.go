@@ -88,6 +88,9 @@ func shadowDir(host string) string {
 type Manager struct {
 	root     string
 	stateDir string
+	// id is the hosts directory as the state records it: root, or, for a Manager
+	// opened from outside the node (OpenUnder), the node's own path.
+	id string
 
 	// rename and sync are os.Rename and (*os.File).Sync, but for tests.
 	rename func(oldpath, newpath string) error
@@ -128,6 +131,22 @@ func Open(configPath, stateDir string) (*Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hosts directory %s: %w", configPath, err)
 	}
+	return open(root, stateDir, root)
+}
+
+// OpenAs is Open for a node whose root filesystem the caller sees elsewhere, as an
+// installer does: configPath and stateDir are where the caller finds them, and
+// nodeConfigPath is the node's own path of configPath, which the plugin on the node
+// recorded in its state.
+func OpenAs(configPath, stateDir, nodeConfigPath string) (*Manager, error) {
+	root, err := filepath.Abs(configPath)
+	if err != nil {
+		return nil, fmt.Errorf("hosts directory %s: %w", configPath, err)
+	}
+	return open(root, stateDir, filepath.Clean(nodeConfigPath))
+}
+
+func open(root, stateDir, id string) (*Manager, error) {
 	fi, err := os.Stat(root)
 	if err != nil {
 		return nil, fmt.Errorf("hosts directory: %w", err)
@@ -142,7 +161,7 @@ func Open(configPath, stateDir string) (*Manager, error) {
 	if err := os.MkdirAll(sd, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
-	m := &Manager{root: root, stateDir: sd, rename: os.Rename, sync: (*os.File).Sync}
+	m := &Manager{root: root, stateDir: sd, id: id, rename: os.Rename, sync: (*os.File).Sync}
 	if err := m.load(); err != nil {
 		return nil, err
 	}
@@ -151,7 +170,7 @@ func Open(configPath, stateDir string) (*Manager, error) {
 
 func (m *Manager) load() error {
 	p := filepath.Join(m.stateDir, StateFile)
-	m.st = state{Version: stateVersion, ConfigPath: m.root, Hosts: map[string]*entry{}}
+	m.st = state{Version: stateVersion, ConfigPath: m.id, Hosts: map[string]*entry{}}
 	b, err := os.ReadFile(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -166,8 +185,8 @@ func (m *Manager) load() error {
 	if st.Version != stateVersion {
 		return fmt.Errorf("hosts state %s: version %d, want %d", p, st.Version, stateVersion)
 	}
-	if st.ConfigPath != m.root {
-		return fmt.Errorf("hosts state %s: belongs to hosts directory %s, not %s", p, st.ConfigPath, m.root)
+	if st.ConfigPath != m.id {
+		return fmt.Errorf("hosts state %s: belongs to hosts directory %s, not %s", p, st.ConfigPath, m.id)
 	}
 	for h, e := range st.Hosts {
 		if _, err := Dir(h); err != nil || e == nil {

@@ -692,3 +692,34 @@ func TestRestoreOwner(t *testing.T) {
 	}
 	fileIs(t, p, []byte("theirs\n"), 0o644)
 }
+
+// TestOpenAs opens, from outside the node, the state a plugin on the node wrote
+// under its own config_path, and hands its hosts.toml back.
+func TestOpenAs(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	cp, sd := filepath.Join(root, "etc", "certs.d"), filepath.Join(root, "var", "state")
+	if err := os.MkdirAll(cp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	onNode, err := OpenAs(cp, sd, "/etc/certs.d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := onNode.Write("reg.example:5001", []byte("# managed by hopless-nri: do not edit; reg.example:5001\nserver = \"https://reg.example:5001\"\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(cp, sd); err == nil || !strings.Contains(err.Error(), "belongs to hosts directory /etc/certs.d") {
+		t.Fatalf("Open by the outside path: %v, want the state refused as the node's", err)
+	}
+	m, err := OpenAs(cp, sd, "/etc/certs.d/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Uninstall(); err != nil {
+		t.Fatal(err)
+	}
+	if ents, err := os.ReadDir(cp); err != nil || len(ents) != 0 {
+		t.Fatalf("after Uninstall %s holds %v (%v)", cp, ents, err)
+	}
+}

@@ -166,6 +166,13 @@ func installStatus(t *testing.T, hostRoot string) node.Status {
 func TestInstallKilledAnywhere(t *testing.T) {
 	t.Parallel()
 	l := upLab(t, slotInstallKilled, 1, 0)
+	// Small stand-ins for the binaries keep the many runs cheap; the containerd one
+	// says it is our build's release, for the downgrade check.
+	src := t.TempDir()
+	buildVersioned(t, filepath.Join(src, "containerd"), "2.4.2")
+	if err := os.WriteFile(filepath.Join(src, "hopless-nri"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct{ mode, example string }{{node.ModeNRI, "nri.toml"}, {node.ModeInprocess, "inprocess.toml"}} {
 		t.Run(tc.mode, func(t *testing.T) {
 			host := filepath.Join(t.TempDir(), "host")
@@ -173,7 +180,7 @@ func TestInstallKilledAnywhere(t *testing.T) {
 				t.Fatal(err)
 			}
 			cfg := installFiles(t, l, tc.example)
-			args := []string{"node", "--host-root", host, "--mode", tc.mode, "--config", cfg, "--node-name", "node-1"}
+			args := []string{"node", "--host-root", host, "--mode", tc.mode, "--config", cfg, "--node-name", "node-1", "--source-dir", src}
 			before := tree(t, host)
 			mustInstall(t, args...)
 			// The state holds times; every other file is the clean install's.
@@ -229,6 +236,24 @@ func TestInstallKilledAnywhere(t *testing.T) {
 	}
 }
 
+// buildVersioned builds, at out, a small static Go binary whose build info says it
+// is containerd ver, as containerd's own builds do (-X on its version package).
+func buildVersioned(t *testing.T, out, ver string) {
+	t.Helper()
+	src := t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "go.mod"), []byte("module fakecontainerd\ngo 1.26\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "main.go"), []byte("package main\n\nfunc main() {}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("go", "build", "-o", out, "-ldflags", "-X github.com/containerd/containerd/v2/version.Version="+ver, ".")
+	cmd.Dir, cmd.Env = src, append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building a containerd that says %s: %v\n%s", ver, err, b)
+	}
+}
+
 func killed(err error) bool {
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) {
@@ -243,21 +268,6 @@ func killed(err error) bool {
 func TestInstallRefuses(t *testing.T) {
 	t.Parallel()
 	l := upLab(t, slotInstallRefuses, 1, 0)
-	fakeContainerd := func(t *testing.T, host, ver string) {
-		src := t.TempDir()
-		if err := os.WriteFile(filepath.Join(src, "go.mod"), []byte("module fakecontainerd\ngo 1.26\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(src, "main.go"), []byte("package main\n\nfunc main() {}\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command("go", "build", "-o", filepath.Join(host, "usr", "local", "bin", "containerd"),
-			"-ldflags", "-X github.com/containerd/containerd/v2/version.Version="+ver, ".")
-		cmd.Dir, cmd.Env = src, append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("building a containerd that says %s: %v\n%s", ver, err, out)
-		}
-	}
 	editConfig := func(old, new string) func(*testing.T, string) {
 		return func(t *testing.T, host string) {
 			p := filepath.Join(host, "etc", "containerd", "config.toml")
@@ -289,7 +299,7 @@ func TestInstallRefuses(t *testing.T) {
 			node: editConfig("version = 3", "version = 2"),
 			want: []string{"config version 2", "containerd config migrate"}},
 		{name: "containerd downgrade", mode: node.ModeInprocess, example: "inprocess.toml",
-			node: func(t *testing.T, host string) { fakeContainerd(t, host, "2.99.0") },
+			node: func(t *testing.T, host string) { buildVersioned(t, filepath.Join(host, "usr", "local", "bin", "containerd"), "2.99.0") },
 			want: []string{"containerd 2.99.0", "/usr/local/bin/containerd", "containerd 2.4.2", "downgrade"}},
 		{name: "bad weight", mode: node.ModeNRI, example: "nri.toml",
 			config: func(s string) string { return strings.Replace(s, "weight = 1", "weight = 0", 1) },
