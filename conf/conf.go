@@ -323,4 +323,3 @@ type Log struct {
 	// Level is one of debug, info, warn, error. Default info.
 	Level string `toml:"level"`
 }
-

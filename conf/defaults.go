@@ -225,4 +225,3 @@ func (r *Registryd) applyDefaults(raw map[string]any, base string) {
 		r.Log.Level = DefaultLogLevel
 	}
 }
-

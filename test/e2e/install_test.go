@@ -299,7 +299,9 @@ func TestInstallRefuses(t *testing.T) {
 			node: editConfig("version = 3", "version = 2"),
 			want: []string{"config version 2", "containerd config migrate"}},
 		{name: "containerd downgrade", mode: node.ModeInprocess, example: "inprocess.toml",
-			node: func(t *testing.T, host string) { buildVersioned(t, filepath.Join(host, "usr", "local", "bin", "containerd"), "2.99.0") },
+			node: func(t *testing.T, host string) {
+				buildVersioned(t, filepath.Join(host, "usr", "local", "bin", "containerd"), "2.99.0")
+			},
 			want: []string{"containerd 2.99.0", "/usr/local/bin/containerd", "containerd 2.4.2", "downgrade"}},
 		{name: "bad weight", mode: node.ModeNRI, example: "nri.toml",
 			config: func(s string) string { return strings.Replace(s, "weight = 1", "weight = 0", 1) },

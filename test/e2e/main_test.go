@@ -98,7 +98,7 @@ const (
 	// Slots 85..89 belong to the tests of registryd under faults (faults_test.go).
 	slotFaultScrubRot        = 85
 	slotFaultTwoFrozenOwners = 86
-	slotHostRoot = 87
+	slotHostRoot             = 87
 	// 88, 89 and 95..97 belong to the installer's tests (install_test.go).
 	slotInstallKilled    = 88
 	slotInstallInprocess = 89
