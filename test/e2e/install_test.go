@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -455,6 +457,8 @@ func checkUninstall(t *testing.T, l *lab.Lab, host string, before map[string]str
 	if s := installStatus(t, host); s.Drift != 0 || !s.Complete || s.Release == "" {
 		t.Fatalf("status after the install: %+v", s)
 	}
+	metrics := startWatch(t, l, host)
+	waitMetric(t, metrics, "hopless_install_drift_files 0")
 	p := filepath.Join(host, drifted)
 	f, err := os.OpenFile(p, os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
@@ -474,6 +478,7 @@ func checkUninstall(t *testing.T, l *lab.Lab, host string, before map[string]str
 	if s.Drift != 1 || len(drift) != 1 || drift[0] != drifted+" "+node.FileChanged {
 		t.Fatalf("after editing %s, status shows drift %d: %q", drifted, s.Drift, drift)
 	}
+	waitMetric(t, metrics, "hopless_install_drift_files 1")
 	out := mustInstall(t, "uninstall", "--host-root", host, "--restart-command", restartCommand(t, l))
 	if !strings.Contains(out, "containerd restarted; CRI answers") {
 		t.Fatalf("uninstall did not restart containerd:\n%s", out)
@@ -487,6 +492,47 @@ func checkUninstall(t *testing.T, l *lab.Lab, host string, before map[string]str
 	if d := treeDiff(before, tree(t, host, nodeData...)); d != "" {
 		t.Fatalf("uninstall left the node's tree changed:\n%s", d)
 	}
+}
+
+// startWatch runs hopless-install watch on the host root, checking every second,
+// and returns its metrics URL. It is stopped by its PID when the test ends.
+func startWatch(t *testing.T, l *lab.Lab, host string) string {
+	t.Helper()
+	addr := fmt.Sprintf("127.%d.6.9:9103", l.Slot)
+	cmd := exec.Command(filepath.Join(root(t), "bin", "hopless-install"), "watch", "--host-root", host, "--interval", "1s", "--metrics-listen", addr)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("hopless-install watch:\n%s", out.String())
+		}
+	})
+	return "http://" + addr + "/metrics"
+}
+
+// waitMetric waits until the metrics at url have the line want.
+func waitMetric(t *testing.T, url, want string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var last string
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(url)
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			last = string(b)
+			if slices.Contains(strings.Split(last, "\n"), want) {
+				return
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("%s never had %q; last:\n%s", url, want, last)
 }
 
 // TestInstallInprocess installs inprocess mode into a running node's host root: the
