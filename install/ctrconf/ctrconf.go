@@ -84,7 +84,10 @@ func resolve(configPath, imp string) string {
 }
 
 var (
-	importsLine = regexp.MustCompile(`^(\s*imports\s*=\s*)\[(.*)\](\s*(#.*)?)$`)
+	// The items are matched lazily: the array ends at the first ']' that only
+	// blanks and a comment follow, so a comment holding a ']' is not taken for
+	// part of the array.
+	importsLine = regexp.MustCompile(`^(\s*imports\s*=\s*)\[(.*?)\](\s*(#.*)?)$`)
 	tableLine   = regexp.MustCompile(`^\s*\[`)
 	importsKey  = regexp.MustCompile(`^\s*imports\s*=`)
 )

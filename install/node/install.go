@@ -79,6 +79,12 @@ func (in *Installer) Install(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A rollback puts the state back as it was before this run.
+	storeExisted, err := store.Exists()
+	if err != nil {
+		return nil, err
+	}
+	before := cloneState(st)
 	if st.Installed() && st.Mode != "" && st.Mode != in.Mode {
 		return nil, fmt.Errorf("the node has hopless installed in %s mode; run hopless-install uninstall before installing %s mode", st.Mode, in.Mode)
 	}
@@ -115,9 +121,14 @@ func (in *Installer) Install(ctx context.Context) (*Result, error) {
 	// A file of an earlier install that this plan no longer has goes back too.
 	for _, f := range slices.Clone(st.Files) {
 		if p.lookup(f.Path) == nil {
+			snap, err := in.snapshot(f.Path)
+			if err != nil {
+				return res, err
+			}
 			if err := in.undo(st, store, f); err != nil {
 				return res, err
 			}
+			prev[f.Path] = snap
 			res.Changed = append(res.Changed, f.Path)
 		}
 	}
@@ -133,9 +144,11 @@ func (in *Installer) Install(ctx context.Context) (*Result, error) {
 		return res, nil
 	}
 	if err := in.restartAndCheck(ctx); err != nil {
-		rbErr := in.rollback(ctx, st, store, prev)
-		if rbErr != nil {
+		if rbErr := in.rollback(st, store, before, storeExisted, res.Changed, prev); rbErr != nil {
 			return res, fmt.Errorf("%w; rolling back failed too: %v", err, rbErr)
+		}
+		if err2 := in.restartAndCheck(ctx); err2 != nil {
+			return res, fmt.Errorf("%w; rolled back to the files from before this run, but containerd does not answer after that either: %v", err, err2)
 		}
 		return res, fmt.Errorf("%w; rolled back to the files from before this run, and containerd answers again", err)
 	}
@@ -323,8 +336,30 @@ type snapshot struct {
 	existed bool
 	data    []byte
 	mode    fs.FileMode
-	// recorded says the state had an entry for the file before the run.
-	recorded bool
+}
+
+// snapshot reads the node file p as it is now.
+func (in *Installer) snapshot(p string) (snapshot, error) {
+	rp, err := in.Root.Path(p)
+	if err != nil {
+		return snapshot{}, err
+	}
+	b, fi, err := hostfs.ReadFile(rp)
+	if err != nil {
+		return snapshot{}, err
+	}
+	if fi == nil {
+		return snapshot{}, nil
+	}
+	return snapshot{existed: true, data: b, mode: fi.Mode().Perm()}, nil
+}
+
+// cloneState copies s, so that a run can put it back.
+func cloneState(s *state.State) *state.State {
+	c := *s
+	c.Files = slices.Clone(s.Files)
+	c.Dirs = slices.Clone(s.Dirs)
+	return &c
 }
 
 // apply lands one planned file: the state records the file's original (and keeps
@@ -340,7 +375,7 @@ func (in *Installer) apply(st *state.State, store state.Store, w want) (bool, sn
 	}
 	sum := hostfs.Sum(w.Data)
 	e := st.Lookup(w.Path)
-	before := snapshot{existed: fi != nil, data: cur, recorded: e != nil}
+	before := snapshot{existed: fi != nil, data: cur}
 	if fi != nil {
 		before.mode = fi.Mode().Perm()
 	}
@@ -462,11 +497,9 @@ func (in *Installer) undo(st *state.State, store state.Store, f state.File) erro
 		if err != nil {
 			return err
 		}
-		stage := ""
-		if strings.HasPrefix(f.Role, "hopless-nri (pre-installed)") {
-			if stage, err = in.Root.Path(filepath.Dir(filepath.Dir(f.Path))); err != nil {
-				return err
-			}
+		stage, err := in.stageDir(f.Path, f.Role)
+		if err != nil {
+			return err
 		}
 		if err := hostfs.WriteFile(rp, b, fs.FileMode(f.OriginalMode), stage); err != nil {
 			return fmt.Errorf("restoring %s: %w", f.Path, err)
@@ -522,46 +555,92 @@ func criReady(ctx context.Context, sock string) error {
 	return c.RuntimeReady(cctx)
 }
 
-// rollback restores the files a run changed to what they were before it, then
-// restarts containerd again and checks it.
-func (in *Installer) rollback(ctx context.Context, st *state.State, store state.Store, prev map[string]snapshot) error {
+// stageDir is where the file at the node path p, of role, is staged before its
+// rename: beside it ("") but never inside containerd's NRI plugin directory.
+func (in *Installer) stageDir(p, role string) (string, error) {
+	if strings.HasPrefix(role, "hopless-nri (pre-installed)") {
+		return in.Root.Path(filepath.Dir(filepath.Dir(p)))
+	}
+	return "", nil
+}
+
+// rollback puts the node back as it was before this run: the files the run
+// changed (newest first) as they were, the directories it made removed, and the
+// state as it was, or none when the run found none. The caller restarts
+// containerd again.
+func (in *Installer) rollback(st *state.State, store state.Store, before *state.State, storeExisted bool, changed []string, prev map[string]snapshot) error {
 	in.Log.Error("containerd did not come back; rolling back this run's changes")
-	for i := len(st.Files) - 1; i >= 0; i-- {
-		f := st.Files[i]
-		s, ok := prev[f.Path]
-		if !ok {
-			continue
-		}
-		rp, err := in.Root.Path(f.Path)
+	for i := len(changed) - 1; i >= 0; i-- {
+		p := changed[i]
+		s := prev[p]
+		rp, err := in.Root.Path(p)
 		if err != nil {
 			return err
 		}
-		switch {
-		case !s.recorded:
-			if err := in.undo(st, store, f); err != nil {
-				return err
+		if s.existed {
+			e := st.Lookup(p)
+			if e == nil {
+				e = before.Lookup(p)
 			}
-			continue
-		case s.existed:
-			if err := hostfs.WriteFile(rp, s.data, s.mode, ""); err != nil {
-				return fmt.Errorf("rolling back %s: %w", f.Path, err)
+			stage := ""
+			if e != nil {
+				if stage, err = in.stageDir(p, e.Role); err != nil {
+					return err
+				}
 			}
-			st.Files[i].SHA256, st.Files[i].Mode = hostfs.Sum(s.data), uint32(s.mode)
-		default:
-			if err := os.Remove(rp); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("rolling back %s: %w", f.Path, err)
+			if err := hostfs.WriteFile(rp, s.data, s.mode, stage); err != nil {
+				return fmt.Errorf("rolling back %s: %w", p, err)
 			}
+		} else if err := os.Remove(rp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("rolling back %s: %w", p, err)
 		}
+		in.Log.Info("rolled back", "path", p, "existed", s.existed)
 	}
-	if len(st.Files) == 0 {
-		// A first install: nothing of it stays.
-		if err := in.removeDirs(st, store, &Result{}); err != nil {
+	// The directories this run made, deepest first; one that something else has
+	// written into since stays, and stays recorded for uninstall.
+	restored := cloneState(before)
+	left := map[string]bool{}
+	for i := len(st.Dirs) - 1; i >= 0; i-- {
+		d := st.Dirs[i]
+		if slices.Contains(before.Dirs, d) {
+			continue
+		}
+		rp, err := in.Root.Path(d)
+		if err != nil {
 			return err
 		}
-	} else if err := store.Save(st); err != nil {
-		return err
+		if err := os.Remove(rp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			in.Log.Warn("left a directory the installer created, as it is not empty", "dir", d, "err", err)
+			left[d] = true
+		}
 	}
-	return in.restartAndCheck(ctx)
+	for _, d := range st.Dirs {
+		if left[d] {
+			restored.Dirs = append(restored.Dirs, d)
+		}
+	}
+	if !storeExisted && len(left) == 0 && slices.Contains(before.Dirs, state.Dir) {
+		// The run found no state: it leaves none, nor the directories it made
+		// for it.
+		if err := store.Remove(); err != nil {
+			return err
+		}
+		for i := len(before.Dirs) - 1; i >= 0; i-- {
+			if before.Dirs[i] == state.Dir {
+				continue
+			}
+			rp, err := in.Root.Path(before.Dirs[i])
+			if err != nil {
+				return err
+			}
+			if err := os.Remove(rp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				in.Log.Warn("left a directory the installer created, as it is not empty", "dir", before.Dirs[i], "err", err)
+			}
+		}
+		return nil
+	}
+	*st = *restored
+	return store.Save(st)
 }
 
 // Uninstall restores every file the installer replaced, removes those it

@@ -24,8 +24,9 @@ import (
 )
 
 // UnitDirs are where unit files live, the first found winning, as systemd orders them.
+// /usr/local/lib/systemd/system is where containerd's release tarball puts its unit.
 func UnitDirs() []string {
-	return []string{"/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"}
+	return []string{"/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"}
 }
 
 // DropInDir is where the installer's drop-in for unit goes.
@@ -89,10 +90,9 @@ func ExecStart(root hostfs.Root, unit, skip string) ([]string, error) {
 // applyExecStart applies the ExecStart lines of one unit file's [Service] section
 // to execs: an empty one resets the list.
 func applyExecStart(execs []string, b []byte) []string {
-	sc := bufio.NewScanner(bytes.NewReader(b))
 	section := ""
-	for sc.Scan() {
-		l := strings.TrimSpace(sc.Text())
+	for _, l := range unitLines(b) {
+		l = strings.TrimSpace(l)
 		switch {
 		case l == "" || strings.HasPrefix(l, "#") || strings.HasPrefix(l, ";"):
 			continue
@@ -114,22 +114,65 @@ func applyExecStart(execs []string, b []byte) []string {
 	return execs
 }
 
-// SplitCommand splits an ExecStart value into words: spaces separate them, double
-// quotes group them. systemd's prefixes (-, @, +, !) are refused, as the installer
-// would have to carry their meaning over.
+// unitLines are the logical lines of a unit file, as systemd reads them: a line
+// that ends in an unescaped backslash goes on with the next one, the backslash
+// turned into a space, and comment lines inside such a continuation are dropped.
+func unitLines(b []byte) []string {
+	var out []string
+	var cont strings.Builder
+	continued := false
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		l := sc.Text()
+		t := strings.TrimSpace(l)
+		comment := strings.HasPrefix(t, "#") || strings.HasPrefix(t, ";")
+		if comment && continued {
+			continue
+		}
+		if n := len(t) - len(strings.TrimRight(t, `\`)); !comment && n%2 == 1 {
+			cont.WriteString(t[:len(t)-1] + " ")
+			continued = true
+			continue
+		}
+		out = append(out, cont.String()+l)
+		cont.Reset()
+		continued = false
+	}
+	if continued {
+		out = append(out, cont.String())
+	}
+	return out
+}
+
+// SplitCommand splits an ExecStart value into words as systemd does: spaces
+// separate them, double or single quotes group them, and a backslash escapes the
+// next character (C-style: \t, \n, \s for a space, \\, \", \'). systemd's prefixes
+// (-, @, +, !, :) are refused, as the installer would have to carry their meaning
+// over, and so is an escape it does not read.
 func SplitCommand(s string) ([]string, error) {
-	if strings.ContainsAny(s[:1], "-@+!:") {
+	if s != "" && strings.ContainsAny(s[:1], "-@+!:") {
 		return nil, fmt.Errorf("ExecStart %q has a prefix the installer does not carry over", s)
 	}
 	var out []string
 	var cur strings.Builder
-	inWord, quoted := false, false
+	inWord, escaped := false, false
+	var quote rune
 	for _, r := range s {
 		switch {
-		case r == '"':
-			quoted = !quoted
-			inWord = true
-		case (r == ' ' || r == '\t') && !quoted:
+		case escaped:
+			u, ok := unescape[r]
+			if !ok {
+				return nil, fmt.Errorf("ExecStart %q has an escape \\%c the installer does not read", s, r)
+			}
+			cur.WriteRune(u)
+			escaped = false
+		case r == '\\':
+			escaped, inWord = true, true
+		case quote != 0 && r == quote:
+			quote = 0
+		case quote == 0 && (r == '"' || r == '\''):
+			quote, inWord = r, true
+		case quote == 0 && (r == ' ' || r == '\t'):
 			if inWord {
 				out = append(out, cur.String())
 				cur.Reset()
@@ -140,8 +183,11 @@ func SplitCommand(s string) ([]string, error) {
 			inWord = true
 		}
 	}
-	if quoted {
+	if quote != 0 {
 		return nil, fmt.Errorf("ExecStart %q has an unclosed quote", s)
+	}
+	if escaped {
+		return nil, fmt.Errorf("ExecStart %q ends in a backslash", s)
 	}
 	if inWord {
 		out = append(out, cur.String())
@@ -152,11 +198,17 @@ func SplitCommand(s string) ([]string, error) {
 	return out, nil
 }
 
+// unescape maps the character after a backslash to what it stands for.
+var unescape = map[rune]rune{
+	'a': '\a', 'b': '\b', 'f': '\f', 'n': '\n', 'r': '\r', 't': '\t', 'v': '\v', 's': ' ',
+	'\\': '\\', '"': '"', '\'': '\'',
+}
+
 // DropIn is a drop-in that resets ExecStart to argv.
 func DropIn(argv []string) []byte {
 	words := make([]string, len(argv))
 	for i, w := range argv {
-		if strings.ContainsAny(w, " \t\"\\") {
+		if w == "" || strings.ContainsAny(w, " \t\"'\\") {
 			w = strconv.Quote(w)
 		}
 		words[i] = w
