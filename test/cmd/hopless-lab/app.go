@@ -167,6 +167,49 @@ func newApp() *cli.App {
 				},
 			},
 			{
+				Name:      "host-root",
+				Usage:     "write a fresh node's root filesystem (a distro's containerd, config.toml and systemd unit) into an empty directory, for hopless-install --host-root",
+				ArgsUsage: "HOSTDIR",
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return fmt.Errorf("usage: hopless-lab host-root HOSTDIR")
+					}
+					o, err := options(c)
+					if err != nil {
+						return err
+					}
+					return lab.NewHostRoot(c.Args().First(), lab.HostRootOptions{ToolsDir: o.ToolsDir})
+				},
+			},
+			{
+				Name:      "host-node",
+				Usage:     "start a node from a host root, chrooted in a mount namespace of its own, running what its containerd.service and drop-ins say",
+				ArgsUsage: "NAME",
+				Flags:     []cli.Flag{dirFlag, &cli.StringFlag{Name: "root", Usage: "the host root (hopless-lab host-root)", Required: true}},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return fmt.Errorf("usage: hopless-lab host-node --dir DIR --root HOSTDIR NAME")
+					}
+					l, err := lab.Open(c.String("dir"))
+					if err != nil {
+						return err
+					}
+					root, err := filepath.Abs(c.String("root"))
+					if err != nil {
+						return err
+					}
+					if err := l.StartHostRootNode(c.Context, c.Args().First(), root); err != nil {
+						return err
+					}
+					i, err := l.NodeIndex(c.Args().First())
+					if err != nil {
+						return err
+					}
+					_, err = fmt.Fprintf(c.App.Writer, "%s runs; crictl --config %s\n", c.Args().First(), l.Nodes[i-1].Crictl)
+					return err
+				},
+			},
+			{
 				Name:      "flap",
 				Usage:     "SIGSTOP and SIGCONT one lab process over and over, by its PID, until interrupted (or --for passes); it is left running",
 				ArgsUsage: "NAME",
