@@ -1,4 +1,4 @@
-# hopless: make build | tools | lint | test | demo | bench
+# hopless: make build | tools | lint | test | demo | bench | image | manifests
 SHELL := /bin/bash
 GO ?= go
 CRICTL_VERSION := v1.37.0
@@ -94,6 +94,25 @@ demo: build tools
 # Long benchmark runs; results go to BENCHMARKS.md by hand, with this command.
 bench: build tools
 	@for b in $$(bin/hopless-lab bench --list | awk '{print $$1}'); do bin/hopless-lab bench $$b --json || exit 1; done
+
+# The image every hopless container runs (ko-style: the static binaries in one
+# layer, no base image), as an OCI layout in bin/image; bin/image.digest holds its
+# digest. hopless-install is built once its package exists; hopless-image names
+# any binary that is missing.
+REGISTRY ?= registry.example.com/hopless
+IMAGE_DIR := bin/image
+
+.PHONY: image manifests
+
+image:
+	CGO_ENABLED=0 $(GO) build -o bin/ ./registryd/cmd/registryd ./nri/cmd/hopless-nri $(wildcard ./install/cmd/hopless-install)
+	CGO_ENABLED=0 $(GO) build -ldflags "-X $(CONTAINERD_MODULE)/version.Version=$(CONTAINERD_VERSION)" -o bin/containerd ./plugin/cmd/containerd
+	$(GO) run ./install/cmd/hopless-image --bin-dir bin --out $(IMAGE_DIR) --digest-file bin/image.digest
+
+# Both overlays of install/deploy with that image, by digest, pushed as
+# $(REGISTRY)/hopless: bin/manifests/inprocess.yaml and nri.yaml.
+manifests: image
+	$(GO) run ./install/cmd/hopless-manifests --image $(REGISTRY)/hopless@$$(cat bin/image.digest) --out bin/manifests
 
 clean:
 	rm -rf bin .lab

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"os/signal"
 	"syscall"
@@ -51,9 +53,13 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 						Usage:    "registryd.toml `FILE`",
 						Required: true,
 					},
+					&cli.StringFlag{
+						Name:  "peers-self",
+						Usage: "this master's `URL` as its peers list it, in place of the file's peers.self (e.g. https://$(POD_IP):5001 in a DaemonSet, where one file serves every master)",
+					},
 				},
 				Action: func(c *cli.Context) error {
-					return serve(c.Context, c.String("config"), stderr)
+					return serve(c.Context, c.String("config"), c.String("peers-self"), stderr)
 				},
 			},
 			{
@@ -99,6 +105,29 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	}
 }
 
+// loadConfig loads path and, when self is set, makes it peers.self and validates
+// the result again.
+func loadConfig(path, self string) (*conf.Registryd, error) {
+	cfg, err := conf.LoadRegistryd(path)
+	if err != nil {
+		// conf's message already names the file and the field.
+		return nil, err
+	}
+	if self == "" {
+		return cfg, nil
+	}
+	cfg.Peers.Self = self
+	if err := cfg.Validate(path + " with --peers-self"); err != nil {
+		return nil, err
+	}
+	// The DNS peers are the Service's addresses, and self must be one of them; this
+	// also catches a $(POD_IP) that the kubelet left unexpanded.
+	if u, err := url.Parse(self); cfg.Peers.DNS != "" && (err != nil || net.ParseIP(u.Hostname()) == nil) {
+		return nil, fmt.Errorf("--peers-self %q: with peers.dns its host must be an IP address, as the records of %s are", self, cfg.Peers.DNS)
+	}
+	return cfg, nil
+}
+
 func nodeToken(keyFile, node string, stdout io.Writer) error {
 	key, err := conf.ReadToken(keyFile)
 	if err != nil {
@@ -112,10 +141,9 @@ func nodeToken(keyFile, node string, stdout io.Writer) error {
 	return err
 }
 
-func serve(ctx context.Context, path string, stderr io.Writer) error {
-	cfg, err := conf.LoadRegistryd(path)
+func serve(ctx context.Context, path, self string, stderr io.Writer) error {
+	cfg, err := loadConfig(path, self)
 	if err != nil {
-		// conf's message already names the file and the field.
 		return err
 	}
 	var level slog.Level
