@@ -105,7 +105,7 @@ IMAGE_DIR := bin/image
 .PHONY: image manifests
 
 image:
-	CGO_ENABLED=0 $(GO) build -o bin/ ./registryd/cmd/registryd ./nri/cmd/hopless-nri $(wildcard ./install/cmd/hopless-install)
+	CGO_ENABLED=0 $(GO) build -o bin/ ./registryd/cmd/registryd ./nri/cmd/hopless-nri ./install/cmd/hopless-install
 	CGO_ENABLED=0 $(GO) build -ldflags "-X $(CONTAINERD_MODULE)/version.Version=$(CONTAINERD_VERSION)" -o bin/containerd ./plugin/cmd/containerd
 	$(GO) run ./install/cmd/hopless-image --bin-dir bin --out $(IMAGE_DIR) --digest-file bin/image.digest
 

@@ -44,6 +44,10 @@ type InstallContainerd struct {
 	Socket string `toml:"socket"`
 	// Unit is containerd's systemd unit. Default containerd.service.
 	Unit string `toml:"unit"`
+	// MetricsAddress, when set, is where containerd serves /v1/metrics (the
+	// hopless plugin's balancer metrics in inprocess mode), e.g. ":1338". Empty
+	// leaves the node's setting alone.
+	MetricsAddress string `toml:"metrics_address"`
 	// RestartTimeout bounds the wait for CRI to answer after a restart; past it the
 	// installer rolls back. Default 60s; at least 1s.
 	RestartTimeout Duration `toml:"restart_timeout"`
@@ -159,6 +163,11 @@ func (in *Install) Validate(file string) error {
 	absPath("containerd.config", c.Config)
 	absPath("containerd.imports_dir", c.ImportsDir)
 	absPath("containerd.socket", c.Socket)
+	if c.MetricsAddress != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddress); err != nil {
+			add(fieldErr(file, "containerd.metrics_address", "must be host:port, got %q", c.MetricsAddress))
+		}
+	}
 	if !unitRE.MatchString(c.Unit) {
 		add(fieldErr(file, "containerd.unit", "must be a systemd service name such as containerd.service, got %q", c.Unit))
 	}

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/BurntSushi/toml"
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
@@ -22,6 +21,7 @@ import (
 	psaapi "k8s.io/pod-security-admission/api"
 	"k8s.io/utils/ptr"
 
+	"github.com/hopless/hopless/conf"
 	"github.com/hopless/hopless/internal/version"
 )
 
@@ -685,26 +685,24 @@ func TestInstallConfig(t *testing.T) {
 	if cm == nil || cm.Data["install.toml"] != string(src) {
 		t.Fatal("the ConfigMap hopless-install-config does not hold base/install.toml")
 	}
-	var in struct {
-		Registry []struct {
-			Host string
-			TLS  struct{ CA string }
+	in, err := conf.LoadInstall(filepath.Join("..", "deploy", "base", "install.toml"))
+	if err != nil {
+		t.Fatalf("hopless-install would not load the ConfigMap's install.toml: %v", err)
+	}
+	if len(in.Registries) != 1 || in.Registries[0].Host != "registry."+namespace+".svc:5001" {
+		t.Errorf("registries %+v, want the one image host registry.%s.svc:5001", in.Registries, namespace)
+	}
+	if !slices.ContainsFunc(in.Files, func(f conf.InstallFile) bool { return f.Dest == in.Registries[0].TLS.CA }) {
+		t.Errorf("registry.tls.ca %s is not among the files installed", in.Registries[0].TLS.CA)
+	}
+	var metricsPort int32
+	for _, p := range ds(objs, "hopless-install").Spec.Template.Spec.Containers[0].Ports {
+		if p.ContainerPort == 1338 {
+			metricsPort = p.ContainerPort
 		}
-		File []struct{ Source, Dest string }
-		NRI  struct {
-			Plugin        string
-			MetricsListen string `toml:"metrics_listen"`
-			NodeKeyFile   string `toml:"node_key_file"`
-		}
 	}
-	if _, err := toml.Decode(string(src), &in); err != nil {
-		t.Fatal(err)
-	}
-	if len(in.Registry) != 1 || in.Registry[0].Host != "registry."+namespace+".svc:5001" {
-		t.Errorf("registries %+v, want the one image host registry.%s.svc:5001", in.Registry, namespace)
-	}
-	if !slices.ContainsFunc(in.File, func(f struct{ Source, Dest string }) bool { return f.Dest == in.Registry[0].TLS.CA }) {
-		t.Errorf("registry.tls.ca %s is not among the files installed", in.Registry[0].TLS.CA)
+	if metricsPort == 0 || in.Containerd.MetricsAddress != ":1338" {
+		t.Errorf("containerd.metrics_address %q, want :1338, the port the hopless-node PodMonitor scrapes", in.Containerd.MetricsAddress)
 	}
 	var nriPort int32
 	for _, p := range ds(objs, "hopless-nri").Spec.Template.Spec.Containers[0].Ports {

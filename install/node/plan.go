@@ -210,6 +210,14 @@ func (in *Installer) makePlan(ctx context.Context, st *state.State) (*plan, erro
 		fmt.Fprintf(&d, "\n# hopless's plugin in hopless's containerd build: pulls of the registries in\n# node.toml go straight to their masters.\n[plugins.'%s']\n  node_config = '%s'\n", ctrconf.Hopless, NodeConfig)
 	}
 	fmt.Fprintf(&d, "\n[plugins.'%s']\n  disable = false\n  plugin_path = '%s'\n  plugin_config_path = '%s'\n", ctrconf.NRI, pluginDir, confDir)
+	if a := c.Containerd.MetricsAddress; a != "" {
+		// Version 4 moved the server's settings into plugins.
+		if main.Version >= 4 {
+			fmt.Fprintf(&d, "\n[plugins.'io.containerd.server.v1.metrics']\n  address = '%s'\n", a)
+		} else {
+			fmt.Fprintf(&d, "\n[metrics]\n  address = '%s'\n", a)
+		}
+	}
 	if setConfigPath {
 		fmt.Fprintf(&d, "\n# hopless-nri keeps <config_path>/<host>/hosts.toml.\n[plugins.'%s'.registry]\n  config_path = '%s'\n", ctrconf.CRIImages, p.hostsDir)
 	}

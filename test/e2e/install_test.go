@@ -35,6 +35,8 @@ func installFiles(t *testing.T, l *lab.Lab, example string) string {
 	}
 	// The examples name the lab of slot 0.
 	text := strings.NewReplacer("127.0.1.", fmt.Sprintf("127.%d.1.", l.Slot), "127.0.2.1:", fmt.Sprintf("127.%d.2.1:", l.Slot)).Replace(string(b))
+	// containerd's metrics, where the tests read the plugin's.
+	text = strings.Replace(text, "[containerd]\n", fmt.Sprintf("[containerd]\nmetrics_address = %q\n", lab.NodeMetricsAddr(l.Slot, 1)), 1)
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "install.toml")
 	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
@@ -515,7 +517,7 @@ func startWatch(t *testing.T, l *lab.Lab, host string) string {
 	return "http://" + addr + "/metrics"
 }
 
-// waitMetric waits until the metrics at url have the line want.
+// waitMetric waits until the metrics at url have a line that starts with want.
 func waitMetric(t *testing.T, url, want string) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
@@ -526,7 +528,7 @@ func waitMetric(t *testing.T, url, want string) {
 			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			last = string(b)
-			if slices.Contains(strings.Split(last, "\n"), want) {
+			if slices.ContainsFunc(strings.Split(last, "\n"), func(l string) bool { return strings.HasPrefix(l, want) }) {
 				return
 			}
 		}
@@ -545,6 +547,8 @@ func TestInstallInprocess(t *testing.T) {
 	if args := nodeCommand(t, l); !slices.Contains(args, node.BinDir+"/containerd") {
 		t.Fatalf("after the install node-1 runs %q, want %s/containerd", args, node.BinDir)
 	}
+	// The balancer in containerd served the pull: its metrics say so.
+	waitMetric(t, "http://"+lab.NodeMetricsAddr(l.Slot, 1)+"/v1/metrics", `hopless_plugin_bytes_total{`)
 	s := installStatus(t, host)
 	if s.Containerd != "2.4.2" || s.Running != "2.4.2" || s.Mode != node.ModeInprocess {
 		t.Fatalf("status: containerd %q, running %q, mode %q; want 2.4.2, 2.4.2, inprocess", s.Containerd, s.Running, s.Mode)
