@@ -187,9 +187,13 @@ func (in *Installer) makePlan(ctx context.Context, st *state.State) (*plan, erro
 			hosts = conf.HostsAuto
 		}
 	}
+	logFile := ""
+	if c.NRI.Plugin == conf.NRIPluginPreinstalled {
+		// containerd discards a pre-installed plugin's standard error.
+		logFile = p.nriState + "/plugin.log"
+	}
 	nri := nriText(nriSettings{NodeName: in.NodeName, Hosts: hosts, ConfigPath: p.hostsDir, StateDir: p.nriState,
-		Socket: socket, TokenFile: tokenFile, Metrics: c.NRI.MetricsListen, LogLevel: c.NRI.LogLevel,
-		LogFile: map[bool]string{true: p.nriState + "/plugin.log"}[c.NRI.Plugin == conf.NRIPluginPreinstalled]})
+		Socket: socket, TokenFile: tokenFile, Metrics: c.NRI.MetricsListen, LogLevel: c.NRI.LogLevel, LogFile: logFile})
 	if c.NRI.Plugin == conf.NRIPluginPreinstalled {
 		name := c.NRI.Index + nriPluginSuffix
 		b, err := readBin("hopless-nri")
