@@ -15,6 +15,8 @@ import (
 	"strings"
 
 	"github.com/distribution/reference"
+	batchv1 "k8s.io/api/batch/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/api/resmap"
@@ -145,8 +147,67 @@ func RenderJob(dir string, image Image, node string) ([]byte, error) {
 
 // JobName is the name of node's install Job: hopless-install-<node> as a DNS label
 // (dots become dashes), shortened with a hash of the node's name when too long.
-func JobName(node string) string {
-	n := "hopless-install-" + strings.ReplaceAll(node, ".", "-")
+func JobName(node string) string { return jobName("hopless-install-", node) }
+
+// UninstallJobName is the name of node's uninstall Job: hopless-uninstall-<node>,
+// made a DNS label as JobName makes its name.
+func UninstallJobName(node string) string { return jobName("hopless-uninstall-", node) }
+
+// UninstallComponent is the app.kubernetes.io/component label of the uninstall Job
+// (the install Job's is node-job).
+const UninstallComponent = "node-uninstall"
+
+// componentLabel is the label that tells the install Job from the uninstall Job.
+const componentLabel = "app.kubernetes.io/component"
+
+// UninstallArgs are the arguments of the uninstall Job's container: the installer
+// takes hopless off the node and restarts containerd.
+func UninstallArgs() []string { return []string{"uninstall", "--host-root=/host", "--restart"} }
+
+// RenderUninstallJob renders node's install Job as RenderJob does and turns it into
+// the Job that takes hopless off node: named UninstallJobName(node), labelled
+// app.kubernetes.io/component: node-uninstall, its container run with
+// UninstallArgs. Everything else (mounts, security context, node, tolerations) is
+// the install Job's.
+func RenderUninstallJob(dir string, image Image, node string) ([]byte, error) {
+	b, err := RenderJob(dir, image, node)
+	if err != nil {
+		return nil, err
+	}
+	var job batchv1.Job
+	if err := yaml.UnmarshalStrict(b, &job); err != nil {
+		return nil, fmt.Errorf("rendering the uninstall Job of %s: decoding the install Job: %w", dir, err)
+	}
+	if n := len(job.Spec.Template.Spec.Containers); n != 1 {
+		return nil, fmt.Errorf("rendering the uninstall Job of %s: the install Job has %d containers, want 1", dir, n)
+	}
+	job.Name = UninstallJobName(node)
+	for _, m := range []*metav1.ObjectMeta{&job.ObjectMeta, &job.Spec.Template.ObjectMeta} {
+		if m.Labels == nil {
+			m.Labels = map[string]string{}
+		}
+		m.Labels[componentLabel] = UninstallComponent
+	}
+	job.Spec.Template.Spec.Containers[0].Args = UninstallArgs()
+	// Through a map, to leave out the empty status that batchv1.Job writes.
+	jb, err := yaml.Marshal(&job)
+	if err != nil {
+		return nil, fmt.Errorf("writing the uninstall Job of %s as YAML: %w", dir, err)
+	}
+	var m map[string]any
+	if err := yaml.Unmarshal(jb, &m); err != nil {
+		return nil, fmt.Errorf("writing the uninstall Job of %s as YAML: %w", dir, err)
+	}
+	delete(m, "status")
+	out, err := yaml.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("writing the uninstall Job of %s as YAML: %w", dir, err)
+	}
+	return out, nil
+}
+
+func jobName(prefix, node string) string {
+	n := prefix + strings.ReplaceAll(node, ".", "-")
 	if len(n) <= validation.DNS1123LabelMaxLength {
 		return n
 	}

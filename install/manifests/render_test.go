@@ -10,6 +10,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	batchv1 "k8s.io/api/batch/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/util/validation"
 )
 
@@ -91,6 +92,21 @@ func TestJobName(t *testing.T) {
 	if JobName(long) == JobName(long+"x") {
 		t.Error("two long node names that share their start got one Job name")
 	}
+	for _, tc := range []struct {
+		node, want string
+	}{
+		{"worker-1", "hopless-uninstall-worker-1"},
+		{"worker-1.example.com", "hopless-uninstall-worker-1-example-com"},
+		{long, "hopless-uninstall-" + strings.Repeat("n", 36) + "-" + hex.EncodeToString(sum[:])[:8]},
+	} {
+		got := UninstallJobName(tc.node)
+		if got != tc.want {
+			t.Errorf("UninstallJobName(%q) = %q, want %q", tc.node, got, tc.want)
+		}
+		if errs := validation.IsDNS1123Label(got); len(errs) > 0 {
+			t.Errorf("UninstallJobName(%q) = %q, not a DNS label: %v", tc.node, got, errs)
+		}
+	}
 }
 
 // TestRenderJob renders the per-node Job of both modes for a sample node and checks
@@ -130,5 +146,88 @@ func TestRenderJob(t *testing.T) {
 		if _, err := RenderJob(jobDir("nri"), testImage, bad); err == nil {
 			t.Errorf("RenderJob accepted the node name %q", bad)
 		}
+	}
+}
+
+// TestRenderUninstallJob renders the per-node uninstall Job of both modes, decodes it
+// strictly, checks it by the rules beside its overlay (whose ConfigMap and
+// ServiceAccount it uses), and checks that it is the install Job but for its name,
+// component label and arguments.
+func TestRenderUninstallJob(t *testing.T) {
+	t.Parallel()
+	const node = "worker-7.example.com"
+	for _, tc := range []struct {
+		mode, name string
+	}{
+		{"inprocess", "hopless-uninstall-worker-7-example-com"},
+		{"nri", "hopless-uninstall-worker-7-example-com"},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			t.Parallel()
+			b, err := RenderUninstallJob(jobDir(tc.mode), testImage, node)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(string(b), NodePlaceholder) {
+				t.Fatalf("the rendered Job still has %s:\n%s", NodePlaceholder, b)
+			}
+			objs := decode(t, b)
+			if len(objs) != 1 {
+				t.Fatalf("RenderUninstallJob gave %d objects, want the Job", len(objs))
+			}
+			job, ok := objs[0].(*batchv1.Job)
+			if !ok {
+				t.Fatalf("RenderUninstallJob gave a %T, want a Job", objs[0])
+			}
+			overlay, err := Render(overlayDir(tc.mode), testImage)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := Check(append(decode(t, overlay), job)); err != nil {
+				t.Errorf("the overlay with the uninstall Job breaks the rules:\n%v", err)
+			}
+
+			spec := job.Spec.Template.Spec
+			if job.Name != tc.name || spec.NodeName != node {
+				t.Errorf("Job %s on node %q, want %s on %s", job.Name, spec.NodeName, tc.name, node)
+			}
+			for _, l := range []map[string]string{job.Labels, job.Spec.Template.Labels} {
+				if got := l[componentLabel]; got != UninstallComponent {
+					t.Errorf("label %s = %q, want %s", componentLabel, got, UninstallComponent)
+				}
+			}
+			c := spec.Containers[0]
+			if want := []string{"uninstall", "--host-root=/host", "--restart"}; !slices.Equal(c.Args, want) {
+				t.Errorf("args %q, want %q", c.Args, want)
+			}
+			if c.Image != testImage.String() {
+				t.Errorf("image %q, want %q", c.Image, testImage.String())
+			}
+
+			// The rest is the install Job's.
+			ib, err := RenderJob(jobDir(tc.mode), testImage, node)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var install batchv1.Job
+			if err := yaml.UnmarshalStrict(ib, &install); err != nil {
+				t.Fatal(err)
+			}
+			if l := install.Labels[componentLabel]; l != "node-job" {
+				t.Errorf("the install Job's %s is %q, want node-job", componentLabel, l)
+			}
+			install.Name = job.Name
+			install.Labels[componentLabel] = UninstallComponent
+			install.Spec.Template.Labels[componentLabel] = UninstallComponent
+			install.Spec.Template.Spec.Containers[0].Args = c.Args
+			job.TypeMeta = install.TypeMeta
+			if !equality.Semantic.DeepEqual(&install, job) {
+				ij, _ := yaml.Marshal(&install)
+				t.Errorf("the uninstall Job differs from the install Job beyond name, label and args:\n%s\nwant:\n%s", b, ij)
+			}
+		})
+	}
+	if _, err := RenderUninstallJob(jobDir("nri"), testImage, "Worker_1"); err == nil {
+		t.Error("RenderUninstallJob accepted the node name Worker_1")
 	}
 }
