@@ -23,18 +23,8 @@ const containerdModule = "github.com/containerd/containerd/v2"
 
 // checkVersion refuses to replace the node's containerd (the binary the unit
 // runs, and the one running now) with an older minor release.
-func (in *Installer) checkVersion(ctx context.Context, nodeBin string, ours []byte) error {
-	tmp, err := os.CreateTemp("", "hopless-containerd-")
-	if err != nil {
-		return fmt.Errorf("reading our containerd's version: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(ours); err != nil {
-		tmp.Close()
-		return fmt.Errorf("reading our containerd's version: %w", err)
-	}
-	tmp.Close()
-	ourVer, err := BinaryVersion(tmp.Name())
+func (in *Installer) checkVersion(ctx context.Context, nodeBin string) error {
+	ourVer, err := BinaryVersion(filepath.Join(in.SourceDir, "containerd"))
 	if err != nil {
 		return fmt.Errorf("reading the version of %s/containerd to install: %w", in.SourceDir, err)
 	}

@@ -253,7 +253,7 @@ func (in *Installer) makePlan(ctx context.Context, st *state.State) (*plan, erro
 		if err != nil {
 			return nil, err
 		}
-		if err := in.checkVersion(ctx, argv[0], p.lookup(BinDir+"/containerd").Data); err != nil {
+		if err := in.checkVersion(ctx, argv[0]); err != nil {
 			return nil, err
 		}
 		argv[0] = BinDir + "/containerd"

@@ -60,7 +60,7 @@ func (in *Installer) Status(ctx context.Context) (*Status, error) {
 	}
 	s := &Status{Installed: st.Installed(), Mode: st.Mode, Release: st.Release, Node: st.Node, Complete: st.Complete, Updated: st.Updated}
 	for _, f := range st.Files {
-		fs := FileStatus{Path: f.Path, Role: f.Role, State: FileOK}
+		fst := FileStatus{Path: f.Path, Role: f.Role, State: FileOK}
 		rp, err := in.Root.Path(f.Path)
 		if err != nil {
 			return nil, err
@@ -68,25 +68,25 @@ func (in *Installer) Status(ctx context.Context) (*Status, error) {
 		b, fi, err := hostfs.ReadFile(rp)
 		switch {
 		case f.SHA256 == "":
-			fs.State = FilePending
+			fst.State = FilePending
 		case err != nil:
-			fs.State = FileChanged
+			fst.State = FileChanged
 		case fi == nil:
-			fs.State = FileMissing
+			fst.State = FileMissing
 		case hostfs.Sum(b) != f.SHA256:
-			fs.State = FileChanged
-		case fi.Mode().Perm() != fsMode(f.Mode):
-			fs.State = FileMode
+			fst.State = FileChanged
+		case fi.Mode().Perm() != fs.FileMode(f.Mode):
+			fst.State = FileMode
 		}
-		if fs.State != FileOK {
+		if fst.State != FileOK {
 			s.Drift++
 		}
-		if f.Path == BinDir+"/containerd" && fs.State == FileOK {
+		if f.Path == BinDir+"/containerd" && fst.State == FileOK {
 			if v, err := BinaryVersion(rp); err == nil {
 				s.Containerd = v
 			}
 		}
-		s.Files = append(s.Files, fs)
+		s.Files = append(s.Files, fst)
 	}
 	if sock, err := in.Root.Path(in.Socket); err == nil {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -98,8 +98,6 @@ func (in *Installer) Status(ctx context.Context) (*Status, error) {
 	}
 	return s, nil
 }
-
-func fsMode(m uint32) fs.FileMode { return fs.FileMode(m) }
 
 // WriteText prints s for people.
 func (s *Status) WriteText(w io.Writer) error {

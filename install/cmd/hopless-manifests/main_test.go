@@ -18,7 +18,9 @@ const (
 	deployDir = "../../deploy"
 )
 
-// run runs the command with args, as the shell would after its name.
+// run runs the command with args, as the shell would after its name. The tests do
+// not run in parallel: urfave/cli's help flag is a package variable that every run
+// of an app writes.
 func run(args ...string) (string, error) {
 	var stdout bytes.Buffer
 	err := newApp(&stdout, io.Discard).Run(append([]string{"hopless-manifests"}, args...))
@@ -26,7 +28,6 @@ func run(args ...string) (string, error) {
 }
 
 func TestFlagErrors(t *testing.T) {
-	t.Parallel()
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -54,7 +55,6 @@ func TestFlagErrors(t *testing.T) {
 
 // TestJob prints a node's install and uninstall Jobs of both modes.
 func TestJob(t *testing.T) {
-	t.Parallel()
 	for _, tc := range []struct {
 		mode      string
 		uninstall bool
@@ -67,8 +67,7 @@ func TestJob(t *testing.T) {
 		{"nri", true, "hopless-uninstall-worker-1", "uninstall"},
 	} {
 		t.Run(tc.name+"/"+tc.mode, func(t *testing.T) {
-			t.Parallel()
-			args := []string{"--image", testImage, "--deploy-dir", deployDir, "--job", "worker-1", "--mode", tc.mode}
+					args := []string{"--image", testImage, "--deploy-dir", deployDir, "--job", "worker-1", "--mode", tc.mode}
 			if tc.uninstall {
 				args = append(args, "--uninstall")
 			}
@@ -99,7 +98,6 @@ func TestJob(t *testing.T) {
 
 // TestOut writes both overlays and prints their paths.
 func TestOut(t *testing.T) {
-	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "manifests")
 	out, err := run("--image", testImage, "--deploy-dir", deployDir, "--out", dir)
 	if err != nil {
