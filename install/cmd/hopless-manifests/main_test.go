@@ -67,7 +67,7 @@ func TestJob(t *testing.T) {
 		{"nri", true, "hopless-uninstall-worker-1", "uninstall"},
 	} {
 		t.Run(tc.name+"/"+tc.mode, func(t *testing.T) {
-					args := []string{"--image", testImage, "--deploy-dir", deployDir, "--job", "worker-1", "--mode", tc.mode}
+			args := []string{"--image", testImage, "--deploy-dir", deployDir, "--job", "worker-1", "--mode", tc.mode}
 			if tc.uninstall {
 				args = append(args, "--uninstall")
 			}
