@@ -287,7 +287,7 @@ func (in *Installer) check(ctx context.Context, p *plan) error {
 		return fmt.Errorf("refusing to install: %w", err)
 	}
 	for _, w := range p.files {
-		if w.Role != "hopless-nri config" && w.Role != "hopless-nri config (pre-installed)" {
+		if !w.nriConfig {
 			continue
 		}
 		// The token lands with mode 0600; it is checked from its scratch copy.
@@ -383,7 +383,7 @@ func (in *Installer) apply(st *state.State, store state.Store, w want) (bool, sn
 		return false, before, nil
 	}
 	if e == nil {
-		f := state.File{Path: w.Path, Role: w.Role, Existed: fi != nil}
+		f := state.File{Path: w.Path, Role: w.Role, Existed: fi != nil, StageDir: w.StageDir}
 		if fi != nil {
 			if f.Original, err = store.SaveBackup(cur); err != nil {
 				return false, before, fmt.Errorf("backing up %s: %w", w.Path, err)
@@ -497,7 +497,7 @@ func (in *Installer) undo(st *state.State, store state.Store, f state.File) erro
 		if err != nil {
 			return err
 		}
-		stage, err := in.stageDir(f.Path, f.Role)
+		stage, err := in.stageDir(&f)
 		if err != nil {
 			return err
 		}
@@ -555,13 +555,13 @@ func criReady(ctx context.Context, sock string) error {
 	return c.RuntimeReady(cctx)
 }
 
-// stageDir is where the file at the node path p, of role, is staged before its
-// rename: beside it ("") but never inside containerd's NRI plugin directory.
-func (in *Installer) stageDir(p, role string) (string, error) {
-	if strings.HasPrefix(role, "hopless-nri (pre-installed)") {
-		return in.Root.Path(filepath.Dir(filepath.Dir(p)))
+// stageDir is where the recorded file f is staged before its rename: beside it
+// (""), or its own StageDir.
+func (in *Installer) stageDir(f *state.File) (string, error) {
+	if f == nil || f.StageDir == "" {
+		return "", nil
 	}
-	return "", nil
+	return in.Root.Path(f.StageDir)
 }
 
 // rollback puts the node back as it was before this run: the files the run
@@ -582,11 +582,9 @@ func (in *Installer) rollback(st *state.State, store state.Store, before *state.
 			if e == nil {
 				e = before.Lookup(p)
 			}
-			stage := ""
-			if e != nil {
-				if stage, err = in.stageDir(p, e.Role); err != nil {
-					return err
-				}
+			stage, err := in.stageDir(e)
+			if err != nil {
+				return err
 			}
 			if err := hostfs.WriteFile(rp, s.data, s.mode, stage); err != nil {
 				return fmt.Errorf("rolling back %s: %w", p, err)

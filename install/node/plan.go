@@ -54,6 +54,8 @@ type want struct {
 	// StageDir is where the file is staged before its rename, when not beside it:
 	// never inside containerd's NRI plugin directory.
 	StageDir string
+	// nriConfig marks hopless-nri's configuration, which check loads with conf.
+	nriConfig bool
 }
 
 // plan is everything a run writes, in the order it writes it: what containerd
@@ -202,10 +204,10 @@ func (in *Installer) makePlan(ctx context.Context, st *state.State) (*plan, erro
 		}
 		// containerd refuses to start NRI, and CRI with it, over a file in its
 		// plugin directory that is not named NN-name: stage beside the directory.
-		p.add(want{Path: filepath.Join(confDir, name+".conf"), Role: "hopless-nri config (pre-installed)", Data: nri, Mode: 0o644})
+		p.add(want{Path: filepath.Join(confDir, name+".conf"), Role: "hopless-nri config (pre-installed)", Data: nri, Mode: 0o644, nriConfig: true})
 		p.add(want{Path: filepath.Join(pluginDir, name), Role: "hopless-nri (pre-installed)", Data: b, Mode: 0o755, StageDir: filepath.Dir(pluginDir)})
 	} else {
-		p.add(want{Path: NRIConfig, Role: "hopless-nri config", Data: nri, Mode: 0o644})
+		p.add(want{Path: NRIConfig, Role: "hopless-nri config", Data: nri, Mode: 0o644, nriConfig: true})
 	}
 
 	var d strings.Builder

@@ -64,6 +64,9 @@ type File struct {
 	Existed      bool   `json:"existed"`
 	Original     string `json:"original,omitempty"`
 	OriginalMode uint32 `json:"original_mode,omitempty"`
+	// StageDir is where the file is staged before its rename when that is not
+	// beside it: a file in containerd's NRI plugin directory.
+	StageDir string `json:"stage_dir,omitempty"`
 	// SHA256 and Mode are what the installer wrote; empty until it has.
 	SHA256 string `json:"sha256,omitempty"`
 	Mode   uint32 `json:"mode,omitempty"`
