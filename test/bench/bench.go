@@ -40,6 +40,13 @@ const (
 	unitPulls = "pulls"
 )
 
+// Units of results that are not counts but for which 0 is a figure too: a
+// deviation that may vanish, a request rate that may be nil.
+const (
+	unitPoints = "points"
+	unitRate   = "req/s"
+)
+
 // baselineNone names the baseline of a figure that has none (a counter of ours
 // alone, such as hedges); Baseline and Ratio are then 0.
 const baselineNone = "none"
@@ -48,8 +55,11 @@ const baselineNone = "none"
 // is the goal, and a Ratio <= 1 meets it.
 const baselineGoal = "goal"
 
-// IsCount reports whether the result counts things, so that 0 is a valid figure.
-func (r Result) IsCount() bool { return r.Unit == unitCount || r.Unit == unitPulls }
+// IsCount reports whether the result counts things, or is otherwise a figure for
+// which 0 is valid.
+func (r Result) IsCount() bool {
+	return r.Unit == unitCount || r.Unit == unitPulls || r.Unit == unitPoints || r.Unit == unitRate
+}
 
 func (r Result) String() string {
 	ratio := "n/a"
@@ -149,6 +159,7 @@ func All() []Bench {
 		{Name: "frozen-master", About: "time that SIGSTOPped masters add to a pull (one frozen 3 s before a warm pull, one at its start, 2 of 3 before a cold pull): in-process vs. the NGINX stream hop and stock hosts.toml", Run: nodeFrozenMaster},
 		{Name: "upstream-fault", About: "pulls of cached images while another image's upstream answers 503 or hangs and that image is pulled in a loop: failed pulls and time, in-process vs. NGINX over distribution's proxy and stock hosts.toml", Run: upstreamFault},
 		{Name: "index-100k", About: "registryd's store index at 100,000 entries on the filesystem driver: index writes per hour of steady reads, eviction planning and the store lock it holds, start after an unclean stop, vs. the bookkeeping it replaced (write every 5 s, plan under the lock, rebuild before New returns)", Run: indexBench100k},
+		{Name: "fleet", About: "1000 simulated nodes (in-process balancers; 100 with --quick) against 3 masters weighted 3:1:1: each master's share of the requests and its active-check load, then master-1 frozen and thawed: time until 95 % of the nodes stop and resume using it, and its load after the thaw", Run: fleet},
 		{Name: "hedge-load", About: "cold pulls while every master is slow to the first byte: backend requests per client request and hedges, in-process vs. the NGINX stream hop and stock hosts.toml", Run: hedgeLoad},
 	}
 }

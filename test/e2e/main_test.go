@@ -105,6 +105,8 @@ const (
 	slotInstallNRI       = 95
 	slotInstallRollback  = 96
 	slotInstallRefuses   = 97
+	// slotFleet is the simulated fleet's (fleet_test.go).
+	slotFleet = 99
 )
 
 // upLab starts a lab in slot that is brought down when the test ends; tune adjusts

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 )
 
 // Request is one request that a master served, read from its access log.
@@ -16,6 +17,10 @@ type Request struct {
 	Status int
 	Bytes  int64
 	Range  string
+	// Time is when registryd logged the request, at its end; Duration is how long
+	// it took, so Time-Duration is when its handler began.
+	Time     time.Time
+	Duration time.Duration
 }
 
 // IsBlobGET reports whether r fetched a blob's content.
@@ -48,16 +53,18 @@ func readRequests(master, path string) ([]Request, error) {
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
 	for sc.Scan() {
 		var e struct {
-			Method string `json:"method"`
-			Path   string `json:"path"`
-			Status int    `json:"status"`
-			Bytes  int64  `json:"bytes"`
-			Range  string `json:"range"`
+			Method string        `json:"method"`
+			Path   string        `json:"path"`
+			Status int           `json:"status"`
+			Bytes  int64         `json:"bytes"`
+			Range  string        `json:"range"`
+			Time   time.Time     `json:"time"`
+			Dur    time.Duration `json:"duration"`
 		}
 		if json.Unmarshal(sc.Bytes(), &e) != nil || e.Method == "" || e.Path == "" || e.Status == 0 {
 			continue
 		}
-		out = append(out, Request{Master: master, Method: e.Method, Path: e.Path, Status: e.Status, Bytes: e.Bytes, Range: e.Range})
+		out = append(out, Request{Master: master, Method: e.Method, Path: e.Path, Status: e.Status, Bytes: e.Bytes, Range: e.Range, Time: e.Time, Duration: e.Dur})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("reading %s's log: %w", master, err)
