@@ -19,22 +19,11 @@ import (
 // serves).
 func Balanced(m *balance.Metrics) RoundTripperFactory {
 	return func(r conf.Registry) (http.RoundTripper, error) {
-		tc, err := r.TLS.ClientConfig(false)
+		tr, err := Transport(r)
 		if err != nil {
 			return nil, err
 		}
-		dial := r.Timeouts.Dial.Duration
-		// The balancer owns response-header deadlines and hedging; this transport
-		// only bounds the handshake.
-		tr := &http.Transport{
-			DialContext:         (&net.Dialer{Timeout: dial}).DialContext,
-			TLSClientConfig:     tc,
-			TLSHandshakeTimeout: dial,
-			MaxIdleConnsPerHost: 16,
-			ForceAttemptHTTP2:   true,
-			DisableCompression:  true,
-		}
-		cfg, err := balanceConfig(r, tr, m)
+		cfg, err := BalanceConfig(r, tr, m)
 		if err != nil {
 			return nil, err
 		}
@@ -52,9 +41,27 @@ func Balanced(m *balance.Metrics) RoundTripperFactory {
 	}
 }
 
-// balanceConfig maps one [[registry]] to the balancer's Config. A new conf.Registry
+// Transport is the HTTP transport to one [[registry]]'s masters. The balancer owns
+// response-header deadlines and hedging; this transport only bounds the handshake.
+func Transport(r conf.Registry) (*http.Transport, error) {
+	tc, err := r.TLS.ClientConfig(false)
+	if err != nil {
+		return nil, err
+	}
+	dial := r.Timeouts.Dial.Duration
+	return &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: dial}).DialContext,
+		TLSClientConfig:     tc,
+		TLSHandshakeTimeout: dial,
+		MaxIdleConnsPerHost: 16,
+		ForceAttemptHTTP2:   true,
+		DisableCompression:  true,
+	}, nil
+}
+
+// BalanceConfig maps one [[registry]] to the balancer's Config. A new conf.Registry
 // key that the balancer takes is passed through here, one field per line.
-func balanceConfig(r conf.Registry, tr http.RoundTripper, m *balance.Metrics) (balance.Config, error) {
+func BalanceConfig(r conf.Registry, tr http.RoundTripper, m *balance.Metrics) (balance.Config, error) {
 	var eps []balance.Endpoint
 	preferLocal := false
 	for i, e := range r.Endpoints {

@@ -2,14 +2,11 @@ package bench
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"io"
 	"math"
 	"math/rand/v2"
-	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +17,7 @@ import (
 
 	"github.com/hopless/hopless/conf"
 	"github.com/hopless/hopless/plugin/balance"
+	"github.com/hopless/hopless/plugin/transfer"
 	"github.com/hopless/hopless/test/lab"
 )
 
@@ -377,8 +375,10 @@ func fleetGet(ctx context.Context, client *http.Client, u string) error {
 	return nil
 }
 
-// fleetConfig is node i's balancer config, from a node.toml as a node's would be:
-// the image host, the masters with their weights, the lab's CA, and extra.
+// fleetConfig is node i's balancer config, from a node.toml as a node's would be
+// (the image host, the masters with their weights, the lab's CA, and extra), mapped
+// exactly as plugin/transfer maps it in containerd, but quiet: 1000 nodes would
+// flood the log.
 func fleetConfig(l *lab.Lab, i int, extra string) (balance.Config, *http.Transport, error) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# node-%d\n[[registry]]\nhost = %q\n", i, l.ImageHost)
@@ -391,61 +391,16 @@ func fleetConfig(l *lab.Lab, i int, extra string) (balance.Config, *http.Transpo
 	if err != nil {
 		return balance.Config{}, nil, err
 	}
-	r := node.Registries[0]
-	tc, err := r.TLS.ClientConfig(false)
+	tr, err := transfer.Transport(node.Registries[0])
 	if err != nil {
-		return balance.Config{}, nil, err
+		return balance.Config{}, nil, fmt.Errorf("node-%d: %w", i, err)
 	}
-	tr := fleetTransport(tc, r.Timeouts.Dial.Duration)
-	var eps []balance.Endpoint
-	for j, e := range r.Endpoints {
-		u, err := url.Parse(e.URL)
-		if err != nil {
-			return balance.Config{}, nil, fmt.Errorf("node-%d: endpoint[%d]: %w", i, j, err)
-		}
-		eps = append(eps, balance.Endpoint{URL: u, Weight: e.Weight})
+	cfg, err := transfer.BalanceConfig(node.Registries[0], tr, nil)
+	if err != nil {
+		return balance.Config{}, nil, fmt.Errorf("node-%d: %w", i, err)
 	}
-	t := r.Timeouts
-	// As plugin/transfer's balanceConfig, for the settings the fleet exercises.
-	return balance.Config{
-		Endpoints:           eps,
-		Host:                r.Host,
-		Transport:           tr,
-		Dial:                t.Dial.Duration,
-		ResponseHeader:      t.ResponseHeader.Duration,
-		Stall:               t.Stall.Duration,
-		HealthInterval:      t.HealthInterval.Duration,
-		HealthTimeout:       t.HealthTimeout.Duration,
-		HedgeMin:            t.HedgeMin.Duration,
-		HedgeMax:            t.HedgeMax.Duration,
-		ConsecutiveFailures: r.Outlier.ConsecutiveFailures,
-		Consecutive5xx:      r.Outlier.Consecutive5xx,
-		// conf has applied the defaults: a 0 left is "off", which the
-		// balancer takes as a negative value.
-		MaxEjectionPercent: off(r.Outlier.MaxEjectionPercent),
-		HedgeBudgetPercent: off(r.Hedge.BudgetPercent),
-		HedgeBurst:         off(r.Hedge.Burst),
-		ResumeAttempts:     off(r.Body.ResumeAttempts),
-	}, tr, nil
-}
-
-func off(v int) int {
-	if v == 0 {
-		return -1
-	}
-	return v
-}
-
-// fleetTransport is plugin/transfer's transport for a node's masters.
-func fleetTransport(tc *tls.Config, dial time.Duration) *http.Transport {
-	return &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: dial}).DialContext,
-		TLSClientConfig:     tc,
-		TLSHandshakeTimeout: dial,
-		MaxIdleConnsPerHost: 16,
-		ForceAttemptHTTP2:   true,
-		DisableCompression:  true,
-	}
+	cfg.Logger = nil
+	return cfg, tr, nil
 }
 
 // seedFleet pushes a small image and warms every master with it.
