@@ -118,10 +118,20 @@ func (l *Lab) startS3(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Join(d, "data"), 0o700); err != nil {
 		return fmt.Errorf("creating the S3 data dir: %w", err)
 	}
+	sockets, err := l.s3SocketDir()
+	if err != nil {
+		return err
+	}
 	ip := S3IP(l.Slot)
 	args := []string{filepath.Join(l.ToolsDir, "weed"), "server", "-ip=" + ip, "-ip.bind=" + ip,
 		"-dir=" + filepath.Join(d, "data"), "-s3", "-s3.config=" + cfgPath,
-		"-master.volumeSizeLimitMB=64", "-volume.max=100"}
+		"-master.volumeSizeLimitMB=64", "-volume.max=100",
+		// weed's Iceberg and Lance catalogs are not needed (and Lance's default port
+		// is the masters' metrics port).
+		"-s3.port.iceberg=0", "-s3.port.lance=0",
+		// weed's local sockets default to /tmp/seaweedfs-*-<port>.sock, which labs
+		// in different slots would share.
+		"-filer.localSocket=" + sockets + "/filer.sock", "-s3.localSocket=" + sockets + "/s3.sock"}
 	for flag, port := range weedPorts() {
 		args = append(args, "-"+flag+"="+strconv.Itoa(port))
 	}
@@ -133,6 +143,20 @@ func (l *Lab) startS3(ctx context.Context) error {
 		return err
 	}
 	return waitReady(ctx, p, s3ReadyTimeout, l.s3Ready())
+}
+
+// s3SocketDir is where weed's local sockets go: DIR/s3, or, when that is too
+// long for a unix socket path, the lab's short socket dir.
+func (l *Lab) s3SocketDir() (string, error) {
+	d := filepath.Join(l.Dir, S3Name)
+	if len(d)+len("/filer.sock") <= maxSocketPath {
+		return d, nil
+	}
+	d = l.shortSocketDir()
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		return "", fmt.Errorf("creating socket dir: %w", err)
+	}
+	return d, nil
 }
 
 // s3Ready creates the bucket; an S3 server that has it already is ready too.
