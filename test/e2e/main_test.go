@@ -105,6 +105,8 @@ const (
 	slotInstallNRI       = 95
 	slotInstallRollback  = 96
 	slotInstallRefuses   = 97
+	// 98 is the masters' shared S3 bucket (s3_test.go).
+	slotS3Pull = 98
 )
 
 // upLab starts a lab in slot that is brought down when the test ends; tune adjusts
