@@ -3,6 +3,9 @@ SHELL := /bin/bash
 GO ?= go
 CRICTL_VERSION := v1.37.0
 STATICCHECK_VERSION := v0.8.2
+# SeaweedFS (weed version 4.53), the lab's S3 server (Options.Storage "s3").
+SEAWEEDFS_MODULE := github.com/seaweedfs/seaweedfs
+SEAWEEDFS_VERSION := v0.0.0-20261109003541-7506e5f91cd6
 CONTAINERD_MODULE := github.com/containerd/containerd/v2
 CONTAINERD_VERSION := $(shell $(GO) list -m -f '{{.Version}}' $(CONTAINERD_MODULE) | sed 's/^v//')
 TOOLS := $(CURDIR)/.tools/bin
@@ -26,8 +29,9 @@ NGINX_STAMP := .tools/nginx.stamp
 
 # Pinned tools, built from the module proxy once and reused: crictl at
 # CRICTL_VERSION, a stock containerd from the version that go.mod pins, and
-# Debian's nginx with its stream module (the NGINX stream hop baseline).
-tools: $(TOOLS)/crictl $(TOOLS)/containerd-stock $(TOOLS)/containerd-shim-runc-v2 $(NGINX_STAMP) $(RUNC_STAMP)
+# Debian's nginx with its stream module (the NGINX stream hop baseline), and
+# SeaweedFS's weed at SEAWEEDFS_VERSION (the lab's S3 server).
+tools: $(TOOLS)/crictl $(TOOLS)/containerd-stock $(TOOLS)/containerd-shim-runc-v2 $(NGINX_STAMP) $(RUNC_STAMP) $(TOOLS)/weed
 
 $(TOOLS)/crictl: .tools/crictl-$(CRICTL_VERSION).stamp
 .tools/crictl-$(CRICTL_VERSION).stamp:
@@ -71,6 +75,20 @@ $(NGINX_STAMP):
 	  '  server { listen 127.0.0.1:5001; proxy_pass m; proxy_connect_timeout 1s; proxy_timeout 1h; } }' \
 	  > .tools/nginx/check/nginx.conf
 	.tools/nginx/usr/sbin/nginx -p $(CURDIR)/.tools/nginx/check -e stderr -c $(CURDIR)/.tools/nginx/check/nginx.conf -t
+	touch $@
+
+# SeaweedFS's go.mod has replace directives, so go install refuses it: its module
+# source is downloaded, copied to .tools/src/seaweedfs (the module cache is
+# read-only) and built there as the main module. Slow cold (minutes) and large;
+# the stamp makes it run once per version.
+$(TOOLS)/weed: .tools/weed-$(SEAWEEDFS_VERSION).stamp
+.tools/weed-$(SEAWEEDFS_VERSION).stamp:
+	mkdir -p $(TOOLS)
+	dir=$$($(GO) mod download -json $(SEAWEEDFS_MODULE)@$(SEAWEEDFS_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p') && \
+	  test -n "$$dir" && rm -rf .tools/src/seaweedfs && mkdir -p .tools/src && \
+	  cp -r "$$dir" .tools/src/seaweedfs && chmod -R u+w .tools/src/seaweedfs
+	cd .tools/src/seaweedfs && CGO_ENABLED=0 $(GO) build -o $(TOOLS)/weed ./weed
+	$(TOOLS)/weed version
 	touch $@
 
 $(TOOLS)/staticcheck: .tools/staticcheck-$(STATICCHECK_VERSION).stamp

@@ -151,6 +151,7 @@ func (r *Registryd) applyDefaults(raw map[string]any, base string) {
 	}
 	s.Root = resolve(base, s.Root)
 	s.Spool = resolve(base, s.Spool)
+	s.resolveSecretParameters(base)
 	if !present(raw, "storage", "spool") && s.Driver == DefaultStorageDriver && s.Root != "" {
 		s.Spool = filepath.Join(s.Root, DefaultSpoolDir)
 	}

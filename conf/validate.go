@@ -307,6 +307,7 @@ func (s Storage) validate(file string) []error {
 	} else if s.Spool == "" {
 		add("spool", "is required when driver is not %s, got driver %q", DefaultStorageDriver, s.Driver)
 	}
+	errs = append(errs, s.validateSecretParameters(file)...)
 	if s.MaxBytes < 0 {
 		add("max_bytes", "must be >= 0 (0 is unbounded), got %d", s.MaxBytes)
 	}

@@ -212,7 +212,7 @@ type Store struct {
 
 // New opens the store described by cfg: it creates the driver through distribution's
 // factory (cfg.Driver, default filesystem at cfg.Root; other drivers get
-// cfg.Parameters), creates the spool directory and reads the index. When the index
+// cfg.DriverParameters()), creates the spool directory and reads the index. When the index
 // was not closed cleanly, New returns with it loaded as it is and rebuilds it from
 // storage in the background (Rebuilding, RebuildDone). Close writes the index back.
 func New(ctx context.Context, cfg conf.Storage, opts ...Option) (*Store, error) {
@@ -237,7 +237,10 @@ func New(ctx context.Context, cfg conf.Storage, opts ...Option) (*Store, error) 
 			cfg.Spool = filepath.Join(root, conf.DefaultSpoolDir)
 		}
 	} else {
-		params = cfg.Parameters
+		var err error
+		if params, err = cfg.DriverParameters(); err != nil {
+			return nil, fmt.Errorf("storage: %w", err)
+		}
 		if cfg.Spool == "" {
 			return nil, fmt.Errorf("storage: spool is required for the %s driver: %w", cfg.Driver, errdefs.ErrInvalidArgument)
 		}

@@ -107,6 +107,8 @@ const (
 	slotInstallRefuses   = 97
 	// slotFleet is the simulated fleet's (fleet_test.go).
 	slotFleet = 99
+	// 98 is the masters' shared S3 bucket (s3_test.go).
+	slotS3Pull = 98
 )
 
 // upLab starts a lab in slot that is brought down when the test ends; tune adjusts

@@ -110,6 +110,9 @@ type Options struct {
 	// beside containerd-stock, and a sandbox image of bin/lab-pause in the
 	// upstream (containers.go). Pods use the host network: there is no CNI.
 	Containers bool
+	// Storage is the masters' storage: StorageFilesystem (default) or StorageS3,
+	// one bucket for all of them on a SeaweedFS server (s3.go).
+	Storage string
 }
 
 // RegistrydOptions tune the masters' registryd.toml.
@@ -184,6 +187,8 @@ type Lab struct {
 	// CRIConfigPath and Containers are the Options of the same names.
 	CRIConfigPath string `json:"cri_config_path,omitempty"`
 	Containers    bool   `json:"containers,omitempty"`
+	// Storage is the Option of the same name.
+	Storage string `json:"storage,omitempty"`
 }
 
 // FaultsFile is where the upstream reads the faults it injects (see WriteFaults).
@@ -229,6 +234,9 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 		return nil, err
 	}
 	addrs := []string{UpstreamAddr(o.Slot)}
+	if o.Storage == StorageS3 {
+		addrs = append(addrs, s3Addrs(o.Slot)...)
+	}
 	for i := 1; i <= o.Masters; i++ {
 		addrs = append(addrs, MasterAddr(o.Slot, i), MasterMetricsAddr(o.Slot, i))
 	}
@@ -256,6 +264,7 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 		NRIExtra:       o.NRIExtra,
 		CRIConfigPath:  o.CRIConfigPath,
 		Containers:     o.Containers,
+		Storage:        o.Storage,
 	}
 	if err := l.up(ctx, o); err != nil {
 		if derr := l.Down(); derr != nil {
@@ -316,6 +325,18 @@ func (o *Options) check() error {
 			return err
 		}
 	}
+	switch o.Storage {
+	case StorageFilesystem:
+	case StorageS3:
+		if o.Registryd.MaxBytes != "" || o.Registryd.StorageTmpfs != "" {
+			return errors.New("lab: --storage s3 takes no max_bytes or storage tmpfs: the masters share one bucket, where eviction is not safe yet")
+		}
+		if _, err := os.Stat(filepath.Join(o.ToolsDir, "weed")); err != nil {
+			return fmt.Errorf("lab: %s is missing (run make tools): %w", filepath.Join(o.ToolsDir, "weed"), err)
+		}
+	default:
+		return fmt.Errorf("lab: --storage %q is not supported; supported: filesystem (the default), %s", o.Storage, StorageS3)
+	}
 	if len(o.Weights) > 0 && len(o.Weights) != o.Masters {
 		return fmt.Errorf("lab: --weights lists %d weights for %d masters", len(o.Weights), o.Masters)
 	}
@@ -370,6 +391,11 @@ func (l *Lab) up(ctx context.Context, o Options) error {
 	}
 	if err := l.startUpstream(ctx, ca); err != nil {
 		return err
+	}
+	if l.Storage == StorageS3 {
+		if err := l.startS3(ctx); err != nil {
+			return err
+		}
 	}
 	if l.Containers {
 		if err := l.pushPause(ctx); err != nil {
@@ -591,7 +617,7 @@ func (l *Lab) Down() error {
 	// children of any lab process.
 	l.removePods()
 	for i := len(l.Procs) - 1; i >= 0; i-- {
-		if err := l.Procs[i].Stop(stopGrace); err != nil {
+		if err := l.Procs[i].Stop(stopGraceFor(l.Procs[i].Name)); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -647,7 +673,7 @@ type Status struct {
 // Status lists every process and whether it runs.
 func (l *Lab) Status() []Status {
 	l.syncProcs()
-	addr := map[string]string{"upstream": l.Upstream}
+	addr := map[string]string{"upstream": l.Upstream, S3Name: S3Endpoint(l.Slot)}
 	for _, m := range l.Masters {
 		addr[m.Name] = m.Addr
 	}
@@ -681,7 +707,7 @@ func (l *Lab) Stop(name string) error {
 	if p == nil {
 		return fmt.Errorf("lab has no process %q", name)
 	}
-	return p.Stop(stopGrace)
+	return p.Stop(stopGraceFor(name))
 }
 
 // Start starts the named process again with its original command line and waits
@@ -714,6 +740,15 @@ func (l *Lab) Start(ctx context.Context, name string) error {
 	switch {
 	case name == "upstream":
 		ready = httpsReady(pool, "https://"+l.Upstream+"/v2/")
+	case name == S3Name:
+		np, err := start(name, p.Args, p.Log, l.Dir)
+		if err != nil {
+			return err
+		}
+		if err := l.run(ctx, np, func(context.Context) error { return nil }); err != nil {
+			return err
+		}
+		return waitReady(ctx, np, s3ReadyTimeout, l.s3Ready())
 	case strings.HasPrefix(name, "master-"):
 		for _, m := range l.Masters {
 			if m.Name == name {

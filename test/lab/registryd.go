@@ -34,7 +34,11 @@ func (l *Lab) registrydConfig(name string, i int) ([]byte, error) {
 	fmt.Fprintf(&b, "# registryd of lab %s\n", name)
 	fmt.Fprintf(&b, "[server]\nlisten = %q\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n\n", MasterAddr(l.Slot, i))
 	fmt.Fprintf(&b, "[metrics]\nlisten = %q\n\n", MasterMetricsAddr(l.Slot, i))
-	fmt.Fprintf(&b, "[storage]\nroot = \"data\"\n")
+	if l.Storage == StorageS3 {
+		fmt.Fprintf(&b, "[storage]\n%s", s3StorageKeys())
+	} else {
+		fmt.Fprintf(&b, "[storage]\nroot = \"data\"\n")
+	}
 	if o := l.Registryd; o.MaxBytes != "" {
 		fmt.Fprintf(&b, "max_bytes = %q\n", o.MaxBytes)
 	}
@@ -43,6 +47,9 @@ func (l *Lab) registrydConfig(name string, i int) ([]byte, error) {
 	}
 	if o := l.Registryd; o.ScrubInterval != "" {
 		fmt.Fprintf(&b, "scrub_interval = %q\n", o.ScrubInterval)
+	}
+	if l.Storage == StorageS3 {
+		b.WriteString(l.s3Parameters())
 	}
 	b.WriteString("\n")
 	if l.Registryd.TagTTL != "" {

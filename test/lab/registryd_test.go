@@ -65,3 +65,53 @@ func TestRegistrydConfigTuning(t *testing.T) {
 		t.Errorf("without options: scrub_interval %s, peers.health_interval %s; want the defaults", r.Storage.ScrubInterval.Duration, r.Peers.HealthInterval.Duration)
 	}
 }
+
+// TestRegistrydConfigS3: with Storage s3 a master's registryd.toml loads, names the
+// lab's bucket and endpoint, and takes its keys from the 0600 files, not inline.
+func TestRegistrydConfigS3(t *testing.T) {
+	dir := t.TempDir()
+	l := &Lab{
+		Dir: dir, Slot: 7, Upstream: UpstreamAddr(7), ImageHost: ImageHost(7), Storage: StorageS3,
+		CA: filepath.Join(dir, "ca.pem"), APIToken: filepath.Join(dir, "secrets", "api.token"),
+		Masters: []Master{{Name: "master-1", Addr: MasterAddr(7, 1)}},
+	}
+	if err := l.writeSecrets(); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"cert.pem", "key.pem", "ca.pem"} {
+		if err := os.WriteFile(filepath.Join(dir, f), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{l.s3AccessKeyFile(), l.s3SecretKeyFile()} {
+		if err := os.WriteFile(f, []byte("k3y\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := l.registrydConfig("test", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "registryd.toml")
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := conf.LoadRegistryd(path)
+	if err != nil {
+		t.Fatalf("registryd does not load the lab's config: %v\n%s", err, b)
+	}
+	s := r.Storage
+	if s.Driver != "s3" || s.Spool != filepath.Join(dir, "spool") || s.MaxBytes != 0 {
+		t.Errorf("storage = %+v, want driver s3, spool %s, no max_bytes", s, filepath.Join(dir, "spool"))
+	}
+	p, err := s.DriverParameters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p["bucket"] != S3Bucket || p["regionendpoint"] != S3Endpoint(7) || p["forcepathstyle"] != true || p["accesskey"] != "k3y" || p["secretkey"] != "k3y" {
+		t.Errorf("driver parameters = %v", p)
+	}
+	if _, inline := s.Parameters["secretkey"]; inline {
+		t.Errorf("registryd.toml holds the secret key inline:\n%s", b)
+	}
+}

@@ -49,6 +49,7 @@ func newApp() *cli.App {
 					&cli.StringFlag{Name: "cri-images-extra", Usage: "raw TOML lines for the nodes' [plugins.'io.containerd.cri.v1.images'], e.g. 'discard_unpacked_layers = true'"},
 					&cli.StringFlag{Name: "hopless-extra", Usage: "raw TOML lines for the top of the inprocess nodes' hopless section, e.g. \"cri_local_pull = 'warn'\""},
 					&cli.BoolFlag{Name: "no-cri-wait", Usage: "a node is up once containerd's socket answers, even if CRI does not"},
+					&cli.StringFlag{Name: "storage", Usage: "masters' storage: filesystem (each its own directory, the default) or s3 (one bucket of a SeaweedFS server, process s3)"},
 				},
 				Action: func(c *cli.Context) error {
 					o, err := options(c)
@@ -60,6 +61,9 @@ func newApp() *cli.App {
 					o.Weights, o.Fallback = c.IntSlice("weights"), c.Bool("fallback")
 					o.CRIImagesExtra, o.HoplessExtra, o.NoCRIWait = c.String("cri-images-extra"), c.String("hopless-extra"), c.Bool("no-cri-wait")
 					o.NRIPlugin, o.Containers = c.String("nri-plugin"), c.Bool("containers")
+					if o.Storage = c.String("storage"); o.Storage == "filesystem" {
+						o.Storage = lab.StorageFilesystem
+					}
 					l, err := lab.Up(c.Context, o)
 					if err != nil {
 						return err
