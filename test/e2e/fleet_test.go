@@ -26,8 +26,11 @@ import (
 // least 0.9 × health_interval (its ±10 % jitter): over the nodes' lifetime L a
 // master gets at most nodes × (1 + L / (0.9 × interval)) periodic checks, plus the
 // on-demand probes, which the balancers count.
+//
+// It does not run in parallel with the other tests: 100 balancers checking three
+// masters every second is most of what 2 cores can do, and beside a dozen other labs
+// a check starved past its timeout fails a request now and then (seen once in 2500).
 func TestFleetShares(t *testing.T) {
-	t.Parallel()
 	const nodes, fleetRequests = 100, 25
 	l := upLab(t, slotFleet, 3, 0, func(o *lab.Options) { o.Weights = bench.FleetWeights() })
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
