@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -27,6 +26,7 @@ import (
 
 	"github.com/hopless/hopless/conf"
 	"github.com/hopless/hopless/install/hostfs"
+	"github.com/hopless/hopless/install/hostfs/hostfstest"
 	"github.com/hopless/hopless/install/state"
 	"github.com/hopless/hopless/install/systemd"
 	"github.com/hopless/hopless/internal/nodetoken"
@@ -240,47 +240,10 @@ func (in inputs) installer(root string, cfg *conf.Install, log io.Writer) *Insta
 	}
 }
 
-// entry is one path of a tree: its type and mode, and a file's checksum or a
-// link's target.
-type entry struct {
-	mode fs.FileMode
-	sum  string
-	link string
-}
-
-func (e entry) String() string { return fmt.Sprintf("%v %s%s", e.mode, e.sum, e.link) }
-
-// tree is every path under root (node paths).
-func tree(t *testing.T, root string) map[string]entry {
+// tree is every path under root (node paths), as hostfstest.Tree.
+func tree(t *testing.T, root string) map[string]string {
 	t.Helper()
-	m := map[string]entry{}
-	err := filepath.WalkDir(root, func(p string, _ fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if p == root {
-			return nil
-		}
-		fi, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
-		e := entry{mode: fi.Mode()}
-		switch {
-		case fi.Mode().IsRegular():
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			e.sum = hostfs.Sum(b)
-		case fi.Mode()&fs.ModeSymlink != 0:
-			if e.link, err = os.Readlink(p); err != nil {
-				return err
-			}
-		}
-		m[strings.TrimPrefix(p, root)] = e
-		return nil
-	})
+	m, err := hostfstest.Tree(root)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,27 +252,10 @@ func tree(t *testing.T, root string) map[string]entry {
 
 // sameTree fails unless got and want hold the same paths with the same modes and
 // content, but for the paths in except, which only have to be there in both.
-func sameTree(t *testing.T, what string, want, got map[string]entry, except ...string) {
+func sameTree(t *testing.T, what string, want, got map[string]string, except ...string) {
 	t.Helper()
-	var diffs []string
-	for p, w := range want {
-		g, ok := got[p]
-		switch {
-		case !ok:
-			diffs = append(diffs, "missing "+p)
-		case slices.Contains(except, p):
-		case g != w:
-			diffs = append(diffs, fmt.Sprintf("%s: %v, want %v", p, g, w))
-		}
-	}
-	for p := range got {
-		if _, ok := want[p]; !ok {
-			diffs = append(diffs, "extra "+p)
-		}
-	}
-	sort.Strings(diffs)
-	if len(diffs) > 0 {
-		t.Errorf("%s: the tree differs:\n  %s", what, strings.Join(diffs, "\n  "))
+	if d := hostfstest.Diff(want, got, except...); len(d) > 0 {
+		t.Errorf("%s: the tree differs:\n  %s", what, strings.Join(d, "\n  "))
 	}
 }
 
@@ -826,7 +772,7 @@ func TestInstallCrash(t *testing.T) {
 }
 
 // noSocket is a tree without the fake CRI's socket.
-func noSocket(m map[string]entry) map[string]entry {
+func noSocket(m map[string]string) map[string]string {
 	delete(m, "/run/containerd/containerd.sock")
 	return m
 }

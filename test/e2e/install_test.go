@@ -2,13 +2,10 @@ package e2e
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hopless/hopless/install/hostfs/hostfstest"
 	"github.com/hopless/hopless/install/node"
 	"github.com/hopless/hopless/test/lab"
 )
@@ -82,71 +80,19 @@ func mustInstall(t *testing.T, args ...string) string {
 }
 
 // tree is every file, directory and link under dir (but those under skip, node
-// paths) with its mode and content checksum.
+// paths) with its mode and content checksum, as hostfstest.Tree.
 func tree(t *testing.T, dir string, skip ...string) map[string]string {
 	t.Helper()
-	out := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel := "/" + strings.TrimPrefix(strings.TrimPrefix(p, dir), "/")
-		for _, s := range skip {
-			if rel == s || strings.HasPrefix(rel, s+"/") {
-				if d.IsDir() {
-					return filepath.SkipDir
-				}
-				return nil
-			}
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		switch {
-		case fi.Mode()&fs.ModeSymlink != 0:
-			target, err := os.Readlink(p)
-			if err != nil {
-				return err
-			}
-			out[rel] = "link " + target
-		case fi.IsDir():
-			out[rel] = fmt.Sprintf("dir %v", fi.Mode())
-		case fi.Mode().IsRegular():
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			s := sha256.Sum256(b)
-			out[rel] = fmt.Sprintf("file %v %s", fi.Mode(), hex.EncodeToString(s[:]))
-		default:
-			out[rel] = fmt.Sprintf("other %v", fi.Mode())
-		}
-		return nil
-	})
+	m, err := hostfstest.Tree(dir, skip...)
 	if err != nil {
-		t.Fatalf("walking %s: %v", dir, err)
+		t.Fatal(err)
 	}
-	return out
+	return m
 }
 
 // treeDiff says how got differs from want.
 func treeDiff(want, got map[string]string) string {
-	var d []string
-	for p, w := range want {
-		if g, ok := got[p]; !ok {
-			d = append(d, "missing "+p)
-		} else if g != w {
-			d = append(d, fmt.Sprintf("changed %s: %s, was %s", p, g, w))
-		}
-	}
-	for p := range got {
-		if _, ok := want[p]; !ok {
-			d = append(d, "extra "+p)
-		}
-	}
-	slices.Sort(d)
-	return strings.Join(d, "\n")
+	return strings.Join(hostfstest.Diff(want, got), "\n")
 }
 
 // nodeData are the node paths that containerd, a running node and its NRI plugin
