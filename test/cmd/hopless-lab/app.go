@@ -356,6 +356,22 @@ func newApp() *cli.App {
 				},
 			},
 			{
+				Name:   "bench-index-open",
+				Usage:  "open a store index and print, as JSON, the time and live heap it took (run by bench index-100k)",
+				Hidden: true,
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "root", Usage: "the store's root dir", Required: true},
+					&cli.TimestampFlag{Name: "now", Usage: "the store's clock", Layout: time.RFC3339Nano, Required: true},
+				},
+				Action: func(c *cli.Context) error {
+					r, err := bench.OpenIndex(c.Context, c.String("root"), *c.Timestamp("now"))
+					if err != nil {
+						return err
+					}
+					return json.NewEncoder(os.Stdout).Encode(r)
+				},
+			},
+			{
 				Name:      "hostroot-exec",
 				Usage:     "run ARGV chrooted into a host root with /proc, /sys, /dev and a private /tmp mounted (started by the lab in a mount namespace of its own)",
 				ArgsUsage: "-- ARGV...",
