@@ -193,6 +193,19 @@ type Storage struct {
 	// a small store is not re-read in a busy loop; a pass that takes longer is
 	// followed by the next at once. Default 1m; it must be > 0.
 	ScrubInterval Duration `toml:"scrub_interval"`
+	// Shared says that other masters use the same storage (one bucket): each master
+	// then keeps its index and pins under /hopless/masters/<master_id>/, and one
+	// master at a time evicts, over every master's accesses and pins, in two steps
+	// evict_grace apart. Default true for every driver but filesystem.
+	Shared bool `toml:"shared"`
+	// MasterID names this master among those sharing the storage; it must be unique
+	// among them and stay the same across restarts. Default: the host of peers.self,
+	// else the host name (registryd fills it in).
+	MasterID string `toml:"master_id"`
+	// EvictGrace is, on shared storage, the least time between the eviction run that
+	// plans a removal and the run that makes it, unchanged; any master's use of the
+	// content meanwhile cancels it. Default 2m; at least 30s.
+	EvictGrace Duration `toml:"evict_grace"`
 }
 
 // Cache tunes the pull-through cache.

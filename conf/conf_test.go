@@ -839,6 +839,7 @@ func TestLoadRegistryd(t *testing.T) {
 					SpoolMaxAge:   Duration{time.Hour},
 					ScrubRate:     16 << 20,
 					ScrubInterval: Duration{time.Minute},
+					EvictGrace:    Duration{DefaultEvictGrace},
 				}
 				if !reflect.DeepEqual(r.Storage, wantStorage) {
 					t.Errorf("Storage = %+v, want %+v", r.Storage, wantStorage)
@@ -1331,6 +1332,34 @@ Type = "static"`, 1),
 			name: "storage.parameters not a table",
 			text: strings.Replace(registrydOK, `root = "cache"`, "driver = \"s3\"\nspool = \"spool\"\nparameters = \"bucket=x\"", 1),
 			want: []fieldWant{{"storage.parameters", `must be a table, got string "bucket=x"`}},
+		},
+		{
+			name: "s3 driver is shared by default",
+			text: strings.Replace(registrydOK, `root = "cache"`, "driver = \"s3\"\nspool = \"spool\"\nmaster_id = \"m-1.a\"\n[storage.parameters]\nbucket = \"registry\"", 1),
+			check: func(t *testing.T, _ string, r *Registryd) {
+				if !r.Storage.Shared || r.Storage.MasterID != "m-1.a" || r.Storage.EvictGrace.Duration != DefaultEvictGrace {
+					t.Errorf("Shared, MasterID, EvictGrace = %v, %q, %s; want true, m-1.a, %s", r.Storage.Shared, r.Storage.MasterID, r.Storage.EvictGrace.Duration, DefaultEvictGrace)
+				}
+			},
+		},
+		{
+			name: "filesystem is not shared by default",
+			text: registrydOK,
+			check: func(t *testing.T, _ string, r *Registryd) {
+				if r.Storage.Shared {
+					t.Error("Shared = true on the filesystem driver, want false")
+				}
+			},
+		},
+		{
+			name: "shared storage with a short evict_grace",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nshared = true\nevict_grace = \"10s\"", 1),
+			want: []fieldWant{{"storage.evict_grace", "must be at least 30s, got 10s"}},
+		},
+		{
+			name: "shared storage with a bad master_id",
+			text: strings.Replace(registrydOK, `root = "cache"`, "root = \"cache\"\nshared = true\nmaster_id = \"../m1\"", 1),
+			want: []fieldWant{{"storage.master_id", `must be 1-63 of letters, digits, '.', '_' and '-', starting with a letter or digit, got "../m1"`}},
 		},
 		{
 			name: "s3 driver without spool",
@@ -1951,6 +1980,7 @@ health_interval = "5s"
 						SpoolMaxAge:   Duration{30 * time.Minute},
 						ScrubRate:     16 << 20,
 						ScrubInterval: Duration{10 * time.Minute},
+						EvictGrace:    Duration{DefaultEvictGrace},
 					},
 					Cache: Cache{
 						TagTTL:           Duration{30 * time.Second},

@@ -52,6 +52,11 @@ const (
 	DefaultSpoolMaxAge = time.Hour
 	// DefaultScrubRate is storage.scrub_rate, bytes per second.
 	DefaultScrubRate Size = 16 << 20
+	// DefaultEvictGrace is storage.evict_grace.
+	DefaultEvictGrace = 2 * time.Minute
+	// MinEvictGrace is the least storage.evict_grace: several times the period at
+	// which a master on shared storage publishes its recent accesses (10s).
+	MinEvictGrace = 30 * time.Second
 	// DefaultScrubInterval is storage.scrub_interval.
 	DefaultScrubInterval = time.Minute
 
@@ -168,6 +173,10 @@ func (r *Registryd) applyDefaults(raw map[string]any, base string) {
 		s.ScrubRate = DefaultScrubRate
 	}
 	setDuration(&s.ScrubInterval, raw, DefaultScrubInterval, "storage", "scrub_interval")
+	if !present(raw, "storage", "shared") {
+		s.Shared = s.Driver != DefaultStorageDriver
+	}
+	setDuration(&s.EvictGrace, raw, DefaultEvictGrace, "storage", "evict_grace")
 
 	c := &r.Cache
 	setDuration(&c.TagTTL, raw, DefaultTagTTL, "cache", "tag_ttl")

@@ -286,6 +286,9 @@ func (r *Registryd) Validate(file string) error {
 	return errors.Join(errs...)
 }
 
+// MasterIDRE matches a storage.master_id: it becomes a directory name on the storage.
+var MasterIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
 // storageDriverRE matches a distribution storage driver name.
 var storageDriverRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 
@@ -328,6 +331,14 @@ func (s Storage) validate(file string) []error {
 	}
 	if s.ScrubInterval.Duration <= 0 {
 		add("scrub_interval", "must be > 0, got %s", s.ScrubInterval.Duration)
+	}
+	if s.Shared {
+		if s.EvictGrace.Duration < MinEvictGrace {
+			add("evict_grace", "must be at least %s, got %s", MinEvictGrace, s.EvictGrace.Duration)
+		}
+		if s.MasterID != "" && !MasterIDRE.MatchString(s.MasterID) {
+			add("master_id", "must be 1-63 of letters, digits, '.', '_' and '-', starting with a letter or digit, got %q", s.MasterID)
+		}
 	}
 	return errs
 }

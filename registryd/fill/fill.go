@@ -99,6 +99,13 @@ type Committer interface {
 	CommitBlob(ctx context.Context, d digest.Digest, spoolPath string) error
 }
 
+// Adopter is implemented by a Committer on storage shared with the owner peer
+// (registryd/store): a fill from the owner asks it first, as the owner commits the
+// same bytes, and commits its own copy only when AdoptBlob reports false.
+type Adopter interface {
+	AdoptBlob(ctx context.Context, d digest.Digest, spoolPath string, size int64) (bool, error)
+}
+
 // Space is implemented by a Committer that keeps the spool's disk space
 // (registryd/store); a Filler uses it when its Committer has it.
 type Space interface {
@@ -239,7 +246,7 @@ func (f *Filler) run(fl *Fill, label string, src Source) {
 	start := time.Now()
 	log.Debug("fill started")
 
-	err := f.fill(log, fl, src)
+	err := f.fill(log, fl, label, src)
 	result := "ok"
 	if err != nil {
 		result = "error"
@@ -257,7 +264,7 @@ func (f *Filler) run(fl *Fill, label string, src Source) {
 
 // fill writes, verifies and commits the blob. On failure it removes the spool file
 // when it is empty or known bad, and keeps it for a later resume otherwise.
-func (f *Filler) fill(log *slog.Logger, fl *Fill, src Source) (err error) {
+func (f *Filler) fill(log *slog.Logger, fl *Fill, label string, src Source) (err error) {
 	ctx, d := f.ctx, fl.d
 	if f.space != nil {
 		defer f.space.HoldSpool(d)()
@@ -339,6 +346,15 @@ func (f *Filler) fill(log *slog.Logger, fl *Fill, src Source) (err error) {
 		return fmt.Errorf("sync spool file of %s: %w", d, err)
 	}
 	fl.verify()
+	if a, ok := f.c.(Adopter); ok && label == "peer" {
+		adopted, err := a.AdoptBlob(ctx, d, fl.path, fl.sizeNow())
+		if err != nil {
+			log.Warn("looking for the owner's copy on shared storage failed; committing this one", "error", err)
+		}
+		if adopted {
+			return nil
+		}
+	}
 	if err := f.c.CommitBlob(ctx, d, fl.path); err != nil {
 		return fmt.Errorf("commit %s: %w", d, err)
 	}

@@ -58,6 +58,24 @@ type Metrics struct {
 	EvictedBytes *prometheus.CounterVec
 	// StoreBytes is the size of the cached content.
 	StoreBytes prometheus.Gauge
+	// BlobHashes counts stored blobs hashed whole by the store's readers and the
+	// scrub, by how the read ended (ok, mismatch); SharedVerified counts reads on
+	// shared storage that trusted another master's hash (a verified record) instead.
+	BlobHashes     *prometheus.CounterVec
+	SharedVerified prometheus.Counter
+	// SharedPublishes counts writes of this master's state on shared storage (its
+	// recent accesses and removals), by result (ok, error).
+	SharedPublishes *prometheus.CounterVec
+	// Evictor is 1 while this master is the one that evicts on shared storage.
+	Evictor prometheus.Gauge
+	// EvictPending is the removals planned and waiting out storage.evict_grace.
+	EvictPending prometheus.Gauge
+	// EvictCancelled counts planned removals dropped on shared storage because some
+	// master used, referenced or pinned the content during the grace.
+	EvictCancelled prometheus.Counter
+	// FillsAdopted counts fills from the owner peer that used the owner's copy on
+	// shared storage instead of uploading their own.
+	FillsAdopted prometheus.Counter
 	// StorageWritable is 1 while the store can take new content, 0 while a filesystem
 	// is below storage.min_free or the last write failed for lack of space.
 	StorageWritable prometheus.Gauge
@@ -208,6 +226,27 @@ func New() *Metrics {
 		Name: "hopless_registryd_evict_plan_duration_seconds", Help: "Time an eviction run takes to plan, the snapshot of the index included.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 	})
+	m.BlobHashes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hopless_registryd_blob_hashes_total", Help: "Stored blobs hashed whole by readers and the scrub, by result (ok, mismatch).",
+	}, []string{"result"})
+	m.SharedVerified = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "hopless_registryd_shared_verified_total", Help: "Blob reads on shared storage that trusted another master's recorded hash.",
+	})
+	m.SharedPublishes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hopless_registryd_shared_publishes_total", Help: "Writes of this master's recent accesses and removals on shared storage, by result.",
+	}, []string{"result"})
+	m.Evictor = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "hopless_registryd_evictor", Help: "1 while this master is the one that evicts on shared storage.",
+	})
+	m.EvictPending = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "hopless_registryd_evict_pending", Help: "Planned removals waiting out storage.evict_grace on shared storage.",
+	})
+	m.EvictCancelled = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "hopless_registryd_evict_cancelled_total", Help: "Planned removals dropped because a master used, referenced or pinned the content during the grace.",
+	})
+	m.FillsAdopted = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "hopless_registryd_fills_adopted_total", Help: "Fills from the owner peer that used the owner's copy on shared storage instead of uploading.",
+	})
 	m.EvictLockDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name: "hopless_registryd_evict_lock_duration_seconds", Help: "Time an eviction run's planning holds the store's lock.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
@@ -226,6 +265,7 @@ func New() *Metrics {
 		m.PinSources, m.PinLeasesLapsed, m.PinForwards,
 		m.IndexWrites, m.IndexWrittenBytes, m.IndexWriteDuration, m.IndexRebuilding,
 		m.EvictPlanDuration, m.EvictLockDuration,
+		m.BlobHashes, m.SharedVerified, m.SharedPublishes, m.Evictor, m.EvictPending, m.EvictCancelled, m.FillsAdopted,
 	)
 	return m
 }

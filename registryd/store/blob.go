@@ -157,6 +157,12 @@ func (s *Store) upload(ctx context.Context, d digest.Digest, spoolPath string, s
 			return fmt.Errorf("move into place: %w", err)
 		}
 	}
+	// The fill hashed these bytes as it wrote them: no master need hash them again.
+	if fi, err := s.drv.Stat(ctx, final); err == nil {
+		key := verifyKey{d: d, id: driverFileID(fi)}
+		s.noteVerified(key)
+		s.recordVerified(ctx, key)
+	}
 	return nil
 }
 
@@ -296,7 +302,7 @@ func (s *Store) openBlob(ctx context.Context, d digest.Digest, recheck, touch bo
 		s.touch(d, id.size)
 	}
 	key := verifyKey{d: d, id: id}
-	if !recheck && s.verified.has(key) {
+	if !recheck && (s.verified.has(key) || s.sharedVerified(ctx, key)) {
 		return r, id.size, nil
 	}
 	return &verifyingReader{s: s, d: d, r: r, size: id.size, key: key, same: same,

@@ -21,6 +21,8 @@ type EvictStats struct {
 	// Skipped counts planned removals dropped because the content was used or
 	// referenced meanwhile.
 	Skipped int
+	// Pending counts, on shared storage, planned removals waiting out the grace.
+	Pending int
 }
 
 type victim struct {
@@ -84,6 +86,9 @@ func (s *Store) Evict(ctx context.Context, maxBytes int64, ttl time.Duration) (E
 func (s *Store) evict(ctx context.Context, maxBytes int64, ttl time.Duration, reason string) (EvictStats, error) {
 	s.evictMu.Lock()
 	defer s.evictMu.Unlock()
+	if s.shared != nil {
+		return s.evictShared(ctx, maxBytes, ttl, reason)
+	}
 	p, err := s.plan(maxBytes, ttl, s.spoolBytes(), reason)
 	if err != nil {
 		return EvictStats{}, err

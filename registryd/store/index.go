@@ -202,12 +202,12 @@ type rebuildState struct {
 // background; an empty storage needs none.
 func (s *Store) load(ctx context.Context) (*rebuildJob, error) {
 	var prev *indexFile
-	data, err := s.drv.GetContent(ctx, indexPath)
+	data, err := s.drv.GetContent(ctx, s.indexPath)
 	switch {
 	case err == nil:
 		prev = &indexFile{}
 		if err := json.Unmarshal(data, prev); err != nil || prev.Version != indexVersion {
-			s.log.Warn("index is corrupt; rebuilding it from storage", "path", indexPath, "error", err)
+			s.log.Warn("index is corrupt; rebuilding it from storage", "path", s.indexPath, "error", err)
 			prev = nil
 		}
 	case isNotFound(err):
@@ -606,7 +606,7 @@ func (s *Store) save(ctx context.Context, clean bool) error {
 	if err != nil {
 		err = fmt.Errorf("encode index: %w", err)
 	} else {
-		err = s.putBytesAtomic(ctx, indexPath, data)
+		err = s.putBytesAtomic(ctx, s.indexPath, data)
 	}
 	if s.m != nil {
 		result := "ok"

@@ -101,13 +101,13 @@ func TestIndexPersistence(t *testing.T) {
 			if err := s.Close(); err != nil {
 				t.Fatal(err)
 			}
-			if err := s.drv.Delete(t.Context(), indexPath); err != nil {
+			if err := s.drv.Delete(t.Context(), s.indexPath); err != nil {
 				t.Fatal(err)
 			}
 		}, false},
 		{"index corrupt", func(t *testing.T, b *backend, s *Store) {
 			s.kill()
-			if err := s.drv.PutContent(t.Context(), indexPath, []byte(`{"version":1,"entr`)); err != nil {
+			if err := s.drv.PutContent(t.Context(), s.indexPath, []byte(`{"version":1,"entr`)); err != nil {
 				t.Fatal(err)
 			}
 		}, false},
@@ -195,7 +195,7 @@ func TestIndexReconcile(t *testing.T) {
 		t.Errorf("Size = %d", s2.Size())
 	}
 	var f indexFile
-	data, err := s2.drv.GetContent(t.Context(), indexPath)
+	data, err := s2.drv.GetContent(t.Context(), s.indexPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -392,7 +392,7 @@ func TestIndexAccessInMemoryAndOnClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	var f indexFile
-	data, err := s.drv.GetContent(t.Context(), indexPath)
+	data, err := s.drv.GetContent(t.Context(), s.indexPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -669,7 +669,7 @@ func TestRebuildStopsAndRetries(t *testing.T) {
 				t.Fatal(err)
 			}
 			var f indexFile
-			data, err := s.drv.GetContent(t.Context(), indexPath)
+			data, err := s.drv.GetContent(t.Context(), s.indexPath)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -92,7 +92,7 @@ func TestLinksSurviveRestart(t *testing.T) {
 			if err := s.Close(); err != nil {
 				t.Fatal(err)
 			}
-			if err := s.drv.Delete(t.Context(), indexPath); err != nil {
+			if err := s.drv.Delete(t.Context(), s.indexPath); err != nil {
 				t.Fatal(err)
 			}
 		}, false},

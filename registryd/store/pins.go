@@ -91,7 +91,7 @@ func (s *Store) SetLease(ctx context.Context, l Lease) (bool, error) {
 	f := s.pinsFileLocked()
 	s.setPinMetricsLocked()
 	s.mu.Unlock()
-	if err := s.putAtomic(ctx, pinsPath, f); err != nil {
+	if err := s.putAtomic(ctx, s.pinsPath, f); err != nil {
 		return false, fmt.Errorf("pins: %w", err)
 	}
 	return true, nil
@@ -143,7 +143,7 @@ func (s *Store) setPinMetricsLocked() {
 }
 
 func (s *Store) loadPins(ctx context.Context) error {
-	data, err := s.drv.GetContent(ctx, pinsPath)
+	data, err := s.drv.GetContent(ctx, s.pinsPath)
 	if isNotFound(err) {
 		return nil
 	}
@@ -153,7 +153,7 @@ func (s *Store) loadPins(ctx context.Context) error {
 	var f pinsFile
 	if err := json.Unmarshal(data, &f); err != nil || f.Version != pinsVersion {
 		s.log.Warn("pins file is corrupt or of another version; ignoring it until nodes report again",
-			"path", pinsPath, "version", f.Version, "error", err)
+			"path", s.pinsPath, "version", f.Version, "error", err)
 		return nil
 	}
 	s.mu.Lock()

@@ -12,7 +12,9 @@
 //	/hopless/index.json                         the index: size and last access per digest, links (link.go)
 //	/hopless/tmp/                               uploads and index writes in progress
 //
-// and, on local disk, the spool: <spool>/<alg>/<hex>.partial.
+// and, on local disk, the spool: <spool>/<alg>/<hex>.partial. On shared storage
+// (storage.shared) index.json and pins.json are each master's own, under
+// /hopless/masters/<master_id>/, beside its state.json; see shared.go.
 //
 // <upstream> is host[:port] with ':' written as '_', or '_' and a hash when the host has
 // other characters; <repo> and <tag> are checked against the reference grammar, so no
@@ -148,6 +150,10 @@ type Store struct {
 	directWrite bool
 	// noRename forces the upload path on the filesystem driver (tests).
 	noRename bool
+	// indexPath and pinsPath are where the index and the leases are written; on
+	// shared storage they are this master's own (shared.go), and shared is set.
+	indexPath, pinsPath string
+	shared              *sharedState
 
 	log *slog.Logger
 	m   *metrics.Metrics
@@ -279,6 +285,18 @@ func newStore(ctx context.Context, drv storagedriver.StorageDriver, fsRoot strin
 	}
 	s.checkedAt = make(map[digest.Digest]time.Time)
 	s.scrubLim = newScrubLimiter(cfg.ScrubRate)
+	s.indexPath, s.pinsPath = indexPath, pinsPath
+	if cfg.Shared {
+		if !conf.MasterIDRE.MatchString(cfg.MasterID) {
+			return nil, fmt.Errorf("storage: shared storage needs a master_id of letters, digits, '.', '_' and '-', got %q: %w", cfg.MasterID, errdefs.ErrInvalidArgument)
+		}
+		grace := cfg.EvictGrace.Duration
+		if grace <= 0 {
+			grace = conf.DefaultEvictGrace
+		}
+		s.shared = newSharedState(cfg.MasterID, grace)
+		s.indexPath, s.pinsPath = masterPath(cfg.MasterID, "index.json"), masterPath(cfg.MasterID, "pins.json")
+	}
 	for _, o := range opts {
 		o(s)
 	}
@@ -308,6 +326,10 @@ func newStore(ctx context.Context, drv storagedriver.StorageDriver, fsRoot strin
 	_ = s.Writable() // the gauge, from the start
 	s.wg.Add(1)
 	go s.flushLoop()
+	if s.shared != nil {
+		s.wg.Add(1)
+		go s.publishLoop()
+	}
 	if job != nil {
 		s.startRebuild(job)
 	} else {

@@ -168,15 +168,26 @@ func (v *verifyingReader) verify() error {
 	}
 	v.s.verifications.Add(1)
 	if got := v.dg.Digest(); got != v.d {
+		v.s.countHash("mismatch")
 		return v.fail("content hashes to " + got.String())
 	}
+	v.s.countHash("ok")
 	v.tail = last
 	if v.tail == nil {
 		v.tail = []byte{}
 	}
 	v.ok = true
 	v.s.noteVerified(v.key)
+	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+	defer cancel()
+	v.s.recordVerified(ctx, v.key)
 	return nil
+}
+
+func (s *Store) countHash(result string) {
+	if s.m != nil {
+		s.m.BlobHashes.WithLabelValues(result).Inc()
+	}
 }
 
 func (v *verifyingReader) fail(why string) error {
@@ -218,7 +229,11 @@ func (s *Store) verifyFailed(d digest.Digest, why string, same func(context.Cont
 // deleteContent removes d's payload and manifest record, whichever exist.
 func (s *Store) deleteContent(ctx context.Context, d digest.Digest) error {
 	var errs []error
-	for _, p := range []string{metaPath(d), blobPath(d)} {
+	paths := []string{metaPath(d), blobPath(d)}
+	if s.shared != nil {
+		paths = append(paths, verifiedPath(d))
+	}
+	for _, p := range paths {
 		if err := s.drv.Delete(ctx, p); err != nil && !isNotFound(err) {
 			errs = append(errs, err)
 		}

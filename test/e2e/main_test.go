@@ -107,7 +107,8 @@ const (
 	slotInstallRefuses   = 97
 	// slotFleet is the simulated fleet's (fleet_test.go).
 	slotFleet = 99
-	// 98 is the masters' shared S3 bucket (s3_test.go).
+	// 98 is the masters' shared S3 bucket (s3_test.go); 53..55 are eviction, a kill
+	// mid-upload and peers on it (s3_evict_test.go).
 	slotS3Pull = 98
 )
 

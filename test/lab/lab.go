@@ -123,6 +123,10 @@ type RegistrydOptions struct {
 	MaxBytes string `json:"max_bytes,omitempty"`
 	// EvictInterval is storage.evict_interval.
 	EvictInterval string `json:"evict_interval,omitempty"`
+	// TTL is storage.ttl, e.g. "1m".
+	TTL string `json:"ttl,omitempty"`
+	// EvictGrace is storage.evict_grace, on shared storage (--storage s3).
+	EvictGrace string `json:"evict_grace,omitempty"`
 	// ScrubInterval is storage.scrub_interval, the least time between two scrub
 	// passes, e.g. "2s".
 	ScrubInterval string `json:"scrub_interval,omitempty"`
@@ -328,13 +332,16 @@ func (o *Options) check() error {
 	switch o.Storage {
 	case StorageFilesystem:
 	case StorageS3:
-		if o.Registryd.MaxBytes != "" || o.Registryd.StorageTmpfs != "" {
-			return errors.New("lab: --storage s3 takes no max_bytes or storage tmpfs: the masters share one bucket, where eviction is not safe yet")
+		if o.Registryd.StorageTmpfs != "" {
+			return errors.New("lab: --storage s3 takes no storage tmpfs: the masters' storage is the bucket")
 		}
 		if _, err := os.Stat(filepath.Join(o.ToolsDir, "weed")); err != nil {
 			return fmt.Errorf("lab: %s is missing (run make tools): %w", filepath.Join(o.ToolsDir, "weed"), err)
 		}
 	default:
+		if o.Registryd.EvictGrace != "" {
+			return errors.New("lab: evict_grace needs --storage s3, where the masters share storage")
+		}
 		return fmt.Errorf("lab: --storage %q is not supported; supported: filesystem (the default), %s", o.Storage, StorageS3)
 	}
 	if len(o.Weights) > 0 && len(o.Weights) != o.Masters {

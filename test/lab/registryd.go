@@ -35,7 +35,7 @@ func (l *Lab) registrydConfig(name string, i int) ([]byte, error) {
 	fmt.Fprintf(&b, "[server]\nlisten = %q\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n\n", MasterAddr(l.Slot, i))
 	fmt.Fprintf(&b, "[metrics]\nlisten = %q\n\n", MasterMetricsAddr(l.Slot, i))
 	if l.Storage == StorageS3 {
-		fmt.Fprintf(&b, "[storage]\n%s", s3StorageKeys())
+		fmt.Fprintf(&b, "[storage]\n%smaster_id = %q\n", s3StorageKeys(), l.Masters[i-1].Name)
 	} else {
 		fmt.Fprintf(&b, "[storage]\nroot = \"data\"\n")
 	}
@@ -44,6 +44,12 @@ func (l *Lab) registrydConfig(name string, i int) ([]byte, error) {
 	}
 	if o := l.Registryd; o.EvictInterval != "" {
 		fmt.Fprintf(&b, "evict_interval = %q\n", o.EvictInterval)
+	}
+	if o := l.Registryd; o.TTL != "" {
+		fmt.Fprintf(&b, "ttl = %q\n", o.TTL)
+	}
+	if o := l.Registryd; o.EvictGrace != "" {
+		fmt.Fprintf(&b, "evict_grace = %q\n", o.EvictGrace)
 	}
 	if o := l.Registryd; o.ScrubInterval != "" {
 		fmt.Fprintf(&b, "scrub_interval = %q\n", o.ScrubInterval)

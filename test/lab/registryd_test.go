@@ -67,7 +67,8 @@ func TestRegistrydConfigTuning(t *testing.T) {
 }
 
 // TestRegistrydConfigS3: with Storage s3 a master's registryd.toml loads, names the
-// lab's bucket and endpoint, and takes its keys from the 0600 files, not inline.
+// lab's bucket and endpoint, shares it under the master's name, and takes its keys
+// from the 0600 files, not inline.
 func TestRegistrydConfigS3(t *testing.T) {
 	dir := t.TempDir()
 	l := &Lab{
@@ -101,8 +102,8 @@ func TestRegistrydConfigS3(t *testing.T) {
 		t.Fatalf("registryd does not load the lab's config: %v\n%s", err, b)
 	}
 	s := r.Storage
-	if s.Driver != "s3" || s.Spool != filepath.Join(dir, "spool") || s.MaxBytes != 0 {
-		t.Errorf("storage = %+v, want driver s3, spool %s, no max_bytes", s, filepath.Join(dir, "spool"))
+	if s.Driver != "s3" || s.Spool != filepath.Join(dir, "spool") || s.MaxBytes != 0 || !s.Shared || s.MasterID != "master-1" {
+		t.Errorf("storage = %+v, want driver s3, spool %s, no max_bytes, shared as master-1", s, filepath.Join(dir, "spool"))
 	}
 	p, err := s.DriverParameters()
 	if err != nil {

@@ -3,6 +3,8 @@
 package lab
 
 import (
+	"io"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -40,6 +42,8 @@ const (
 	S3Bucket = "hopless"
 	s3Region = "us-east-1"
 	s3Port   = 8333
+	// weedGRPCBase is the first of the weed servers' gRPC ports, 4 per slot.
+	weedGRPCBase = 20000
 	// weed serves S3 about 10 s after its start, longer on a busy machine.
 	s3ReadyTimeout = 60 * time.Second
 	// weed ignores SIGTERM for longer than the other processes' grace; its data is
@@ -47,15 +51,19 @@ const (
 	s3StopGrace = 2 * time.Second
 )
 
-// weedPorts are the ports of the one weed server besides S3's: master, volume and
-// filer, each with its gRPC port, which weed would otherwise put at port+10000.
-// Every slot has its own address, so the ports need not differ between slots.
-func weedPorts() map[string]int {
+// weedPorts are the ports of the one weed server in slot: S3's, and master, volume
+// and filer, each with its gRPC port, which weed would otherwise put at port+10000.
+// Every slot has its own address, so the HTTP ports need not differ between slots.
+func weedPorts(slot int) map[string]int {
+	// weed puts each gRPC service on a unix socket too, named by its port alone
+	// (/tmp/seaweedfs-<service>-grpc-<port>.sock): labs in different slots need
+	// different gRPC ports, or the second one's services talk to the first's.
+	grpc := weedGRPCBase + 4*slot
 	return map[string]int{
-		"master.port": 9333, "master.port.grpc": 19333,
-		"volume.port": 8080, "volume.port.grpc": 18080,
-		"filer.port": 8888, "filer.port.grpc": 18888,
-		"s3.port": s3Port, "s3.port.grpc": 18333,
+		"master.port": 9333, "master.port.grpc": grpc,
+		"volume.port": 8080, "volume.port.grpc": grpc + 1,
+		"filer.port": 8888, "filer.port.grpc": grpc + 2,
+		"s3.port": s3Port, "s3.port.grpc": grpc + 3,
 	}
 }
 
@@ -73,7 +81,7 @@ func (l *Lab) s3SecretKeyFile() string { return filepath.Join(l.Dir, "secrets", 
 // s3Addrs are the addresses the S3 server listens on.
 func s3Addrs(slot int) []string {
 	var out []string
-	for _, p := range weedPorts() {
+	for _, p := range weedPorts(slot) {
 		out = append(out, fmt.Sprintf("%s:%d", S3IP(slot), p))
 	}
 	return out
@@ -132,7 +140,7 @@ func (l *Lab) startS3(ctx context.Context) error {
 		// weed's local sockets default to /tmp/seaweedfs-*-<port>.sock, which labs
 		// in different slots would share.
 		"-filer.localSocket=" + sockets + "/filer.sock", "-s3.localSocket=" + sockets + "/s3.sock"}
-	for flag, port := range weedPorts() {
+	for flag, port := range weedPorts(l.Slot) {
 		args = append(args, "-"+flag+"="+strconv.Itoa(port))
 	}
 	p, err := start(S3Name, args, filepath.Join(d, "log"), l.Dir)
@@ -221,9 +229,8 @@ func (l *Lab) S3Keys(ctx context.Context) ([]string, error) {
 func s3StorageKeys() string {
 	return `driver = "s3"
 spool = "spool"
-# Every master shares the one bucket, which is not safe for eviction yet (each
-# master writes the index and pins of its own view over the others'): no max_bytes
-# (unbounded on s3) and the default ttl, far beyond a lab's life, keep it off.
+# Every master shares the one bucket (storage.shared is on for s3): each keeps its
+# bookkeeping under /hopless/masters/<master_id>/ and one of them evicts.
 `
 }
 
@@ -246,4 +253,66 @@ func stopGraceFor(name string) time.Duration {
 		return s3StopGrace
 	}
 	return stopGrace
+}
+
+// S3Objects lists the objects in the masters' bucket, key to size.
+func (l *Lab) S3Objects(ctx context.Context) (map[string]int64, error) {
+	c, err := l.S3Client()
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]int64{}
+	err = c.ListObjectsV2PagesWithContext(ctx, &s3.ListObjectsV2Input{Bucket: aws.String(S3Bucket)}, func(page *s3.ListObjectsV2Output, _ bool) bool {
+		for _, o := range page.Contents {
+			out[aws.StringValue(o.Key)] = aws.Int64Value(o.Size)
+		}
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing bucket %s: %w", S3Bucket, err)
+	}
+	return out, nil
+}
+
+// S3Get reads an object of the masters' bucket.
+func (l *Lab) S3Get(ctx context.Context, key string) ([]byte, error) {
+	c, err := l.S3Client()
+	if err != nil {
+		return nil, err
+	}
+	out, err := c.GetObjectWithContext(ctx, &s3.GetObjectInput{Bucket: aws.String(S3Bucket), Key: aws.String(key)})
+	if err != nil {
+		return nil, fmt.Errorf("getting %s from bucket %s: %w", key, S3Bucket, err)
+	}
+	defer out.Body.Close()
+	b, err := io.ReadAll(out.Body)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s from bucket %s: %w", key, S3Bucket, err)
+	}
+	return b, nil
+}
+
+// S3Put writes an object of the masters' bucket behind their backs.
+func (l *Lab) S3Put(ctx context.Context, key string, data []byte) error {
+	c, err := l.S3Client()
+	if err != nil {
+		return err
+	}
+	if _, err := c.PutObjectWithContext(ctx, &s3.PutObjectInput{Bucket: aws.String(S3Bucket), Key: aws.String(key), Body: bytes.NewReader(data)}); err != nil {
+		return fmt.Errorf("putting %s in bucket %s: %w", key, S3Bucket, err)
+	}
+	return nil
+}
+
+// S3Uploads counts the multipart uploads in progress in the masters' bucket.
+func (l *Lab) S3Uploads(ctx context.Context) (int, error) {
+	c, err := l.S3Client()
+	if err != nil {
+		return 0, err
+	}
+	out, err := c.ListMultipartUploadsWithContext(ctx, &s3.ListMultipartUploadsInput{Bucket: aws.String(S3Bucket)})
+	if err != nil {
+		return 0, fmt.Errorf("listing the multipart uploads of bucket %s: %w", S3Bucket, err)
+	}
+	return len(out.Uploads), nil
 }

@@ -113,6 +113,15 @@ func loadConfig(path, self string) (*conf.Registryd, error) {
 		// conf's message already names the file and the field.
 		return nil, err
 	}
+	if cfg.Storage.Shared && cfg.Storage.MasterID == "" {
+		// The host name is stable across restarts where a pod IP is not: a master
+		// that came back under another id would leave its old bookkeeping behind.
+		host, err := os.Hostname()
+		if err != nil || !conf.MasterIDRE.MatchString(host) {
+			return nil, fmt.Errorf("%s: storage.master_id: required on shared storage when the host name (%q) cannot be used: %v", path, host, err)
+		}
+		cfg.Storage.MasterID = host
+	}
 	if self == "" {
 		return cfg, nil
 	}

@@ -1,0 +1,277 @@
+package e2e
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hopless/hopless/test/lab"
+)
+
+// The tests in this file run masters on one bucket with eviction on: the bucket is
+// the masters' shared storage (storage.shared). They use slots 53 to 55.
+const (
+	slotS3Evict      = 53
+	slotS3KillUpload = 54
+	slotS3Peers      = 55
+)
+
+// s3Blobs lists the blob objects in the lab's bucket by digest, with their sizes.
+func s3Blobs(t *testing.T, l *lab.Lab) map[string]int64 {
+	t.Helper()
+	objs, err := l.S3Objects(ctxFor(t, 30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int64{}
+	for k, size := range objs {
+		i := strings.Index(k, "/blobs/")
+		if i < 0 {
+			continue
+		}
+		parts := strings.Split(k[i+len("/blobs/"):], "/")
+		out[parts[0]+":"+parts[len(parts)-1]] = size
+	}
+	return out
+}
+
+// s3Key finds the bucket key that ends with suffix.
+func s3Key(t *testing.T, l *lab.Lab, suffix string) string {
+	t.Helper()
+	keys, err := l.S3Keys(ctxFor(t, 30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if strings.HasSuffix(k, suffix) {
+			return k
+		}
+	}
+	t.Fatalf("no key in bucket %s ends with %s; it holds %q", lab.S3Bucket, suffix, keys)
+	return ""
+}
+
+// s3Present splits ds into those stored in the bucket and those not.
+func s3Present(blobs map[string]int64, ds []string) (in, out []string) {
+	for _, d := range ds {
+		if _, ok := blobs[d]; ok {
+			in = append(in, d)
+		} else {
+			out = append(out, d)
+		}
+	}
+	return in, out
+}
+
+// TestS3SharedEviction: master-1 evicts (the smallest id among the live masters)
+// over what every master uses and pins. An image that master-2 keeps reading and one
+// that master-2 pins stay, through a kill -9 of master-2 and a torn index of its
+// own; an image nobody uses goes, after the grace.
+func TestS3SharedEviction(t *testing.T) {
+	t.Parallel()
+	l := upLab(t, slotS3Evict, 2, 0, func(o *lab.Options) {
+		o.Storage = lab.StorageS3
+		// Without peers each master fills on its own and finds the others' blobs in
+		// the bucket: master-2 knows the images only from reading them there.
+		o.Registryd = lab.RegistrydOptions{NoPeers: true, TTL: "2m", EvictInterval: "1s", EvictGrace: "30s", PinTTL: "1h"}
+	})
+	c := clHTTP(t, l)
+	repo := lab.UpstreamPath + "/shared-evict"
+	imgs := map[string]lab.SeedResult{}
+	blobs := map[string][]string{}
+	for _, tag := range []string{"used", "pinned", "idle"} {
+		imgs[tag] = seed(t, l, repo, tag, 2, 1<<20)
+		blobs[tag] = clPullHTTP(t, c, l, 1, repo, tag, imgs[tag], nil)
+	}
+	clPullHTTP(t, c, l, 2, repo, "used", imgs["used"], nil)
+	clPullHTTP(t, c, l, 2, repo, "pinned", imgs["pinned"], nil)
+	token, err := l.NodeToken("node-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := fmt.Sprintf(`{"source":"node-1","images":[{"image":%q,"digest":%q}]}`, clLocalName(repo)+":pinned", imgs["pinned"].Digest)
+	if r := clMust(t, c, http.MethodPut, clMasterURL(l, 2)+"/hopless/v1/pins",
+		map[string]string{"Authorization": "Bearer " + token, "Content-Type": "application/json"}, strings.NewReader(body)); r.Status != http.StatusOK {
+		t.Fatalf("PUT pins on master-2: %d %s", r.Status, r.Body)
+	}
+
+	// master-2 dies and comes back with its index torn: it rebuilds from the bucket
+	// and keeps its pins, which are a file of their own.
+	if err := l.Signal("master-2", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.S3Put(ctxFor(t, 30*time.Second), s3Key(t, l, "/masters/master-2/index.json"), []byte(`{"version":1,"entr`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Start(ctxFor(t, time.Minute), "master-2"); err != nil {
+		t.Fatal(err)
+	}
+	if n := clMetric(t, l, 2, "hopless_registryd_pin_sources"); n != 1 {
+		t.Fatalf("master-2 counts %g pin sources after a restart on a torn index, want 1", n)
+	}
+
+	// master-2 keeps reading "used" while "idle" outlives the TTL and the grace.
+	start := time.Now()
+	var stored map[string]int64
+	if why := clPoll(5*time.Minute, func() string {
+		for _, d := range blobs["used"] {
+			if err := clGetBlob(c, l, 2, repo, d, nil); err != nil {
+				return err.Error()
+			}
+		}
+		stored = s3Blobs(t, l)
+		if in, _ := s3Present(stored, blobs["idle"]); len(in) > 0 {
+			return fmt.Sprintf("blobs %v of the idle image are still in the bucket", in)
+		}
+		return ""
+	}); why != "" {
+		t.Fatalf("after %s: %s", time.Since(start).Round(time.Second), why)
+	}
+	t.Logf("the idle image was evicted %s after the pulls", time.Since(start).Round(time.Second))
+	for _, tag := range []string{"used", "pinned"} {
+		if _, out := s3Present(stored, blobs[tag]); len(out) > 0 {
+			t.Errorf("blobs %v of the %s image were evicted from the bucket", out, tag)
+		}
+	}
+	if n := clMetric(t, l, 1, "hopless_registryd_evictor"); n != 1 {
+		t.Errorf("master-1 evictor gauge = %g, want 1", n)
+	}
+	if n := clMetric(t, l, 2, "hopless_registryd_evictor"); n != 0 {
+		t.Errorf("master-2 evictor gauge = %g, want 0", n)
+	}
+	if n := clMetric(t, l, 2, "hopless_registryd_evictions_total"); n != 0 {
+		t.Errorf("master-2 evicted %g times, want 0: only master-1 evicts", n)
+	}
+	for _, tag := range []string{"used", "pinned"} {
+		for _, d := range blobs[tag] {
+			if err := clGetBlob(c, l, 2, repo, d, nil); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+}
+
+// TestS3KilledMidUpload kills master-1 with SIGKILL as soon as the upstream has sent
+// a 96 MiB layer, while the master uploads it to the bucket: the bucket then holds
+// the whole object or none, never part of one, and a pull after the restart gets
+// the layer whole.
+func TestS3KilledMidUpload(t *testing.T) {
+	t.Parallel()
+	l := upLab(t, slotS3KillUpload, 1, 0, func(o *lab.Options) {
+		o.Storage = lab.StorageS3
+	})
+	c := clHTTP(t, l)
+	repo := lab.UpstreamPath + "/kill-upload"
+	img := seed(t, l, repo, "v1", 1, 96<<20)
+	layer := img.Layers[0]
+	fetched := make(chan error, 1)
+	go func() { fetched <- clGetBlob(c, l, 1, repo, layer, nil) }()
+	if why := clPoll(2*time.Minute, func() string {
+		gets := clUpstreamGETs(t, l)[layer]
+		for _, e := range gets {
+			if e.Status == http.StatusOK && !e.Aborted && e.Bytes >= 96<<20 {
+				return ""
+			}
+		}
+		select {
+		case err := <-fetched:
+			return fmt.Sprintf("the GET ended (%v) before the upstream was seen sending the whole layer: %+v", err, gets)
+		default:
+		}
+		return fmt.Sprintf("the upstream has not sent the whole layer yet: %+v", gets)
+	}); why != "" {
+		t.Fatal(why)
+	}
+	if err := l.Signal("master-1", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-fetched
+	ups, err := l.S3Uploads(ctxFor(t, 30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("after the kill: %d multipart uploads in progress", ups)
+	checkBucketBlobs(t, l)
+
+	if err := l.Start(ctxFor(t, time.Minute), "master-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := clGetBlob(c, l, 1, repo, layer, nil); err != nil {
+		t.Fatalf("after the restart: %v", err)
+	}
+	checkBucketBlobs(t, l)
+	if n := len(clUpstreamGETs(t, l)[layer]); n > 2 {
+		t.Errorf("the upstream served the layer %d times, want at most 2 (once before the kill, once after)", n)
+	}
+}
+
+// checkBucketBlobs reads every blob object in the bucket and checks it hashes to the
+// digest it is stored as.
+func checkBucketBlobs(t *testing.T, l *lab.Lab) {
+	t.Helper()
+	for d := range s3Blobs(t, l) {
+		enc := strings.TrimPrefix(d, "sha256:")
+		key := s3Key(t, l, "/blobs/sha256/"+enc[:2]+"/"+enc)
+		b, err := l.S3Get(ctxFor(t, time.Minute), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := clDigest(b); got != d {
+			t.Errorf("object %s (%d bytes) hashes to %s: a partial or corrupt object is visible", key, len(b), got)
+		}
+	}
+}
+
+// TestS3PeersShareUploads: with peers, a blob that master-2 fills from its owner is
+// uploaded to the bucket once, by the owner, and hashed once for the cluster.
+func TestS3PeersShareUploads(t *testing.T) {
+	t.Parallel()
+	l := upLab(t, slotS3Peers, 2, 0, func(o *lab.Options) {
+		o.Storage = lab.StorageS3
+	})
+	clWaitPeersUp(t, l)
+	c := clHTTP(t, l)
+	repo := lab.UpstreamPath + "/peers-share"
+	// Layers owned by master-1, asked of master-2 first.
+	ds, _ := clSeedUntil(t, l, repo, 2, func(d string) bool { return clOwner(l, d) == "master-1" })
+	for _, d := range ds {
+		if err := clGetBlob(c, l, 2, repo, d, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The fills end after the client has its bytes: once the owner's copy is there.
+	if why := clPoll(time.Minute, func() string {
+		if n := clMetric(t, l, 2, "hopless_registryd_fills_in_flight"); n != 0 {
+			return fmt.Sprintf("master-2 has %g fills running", n)
+		}
+		return ""
+	}); why != "" {
+		t.Fatal(why)
+	}
+	if n := clMetric(t, l, 2, "hopless_registryd_fills_adopted_total"); n != float64(len(ds)) {
+		t.Errorf("master-2 adopted %g fills from the owner, want %d; peer requests %v, peer fills %g", n, len(ds),
+			clPeerRequests(t, l), clMetric(t, l, 2, "hopless_registryd_peer_fills_total"))
+	}
+	gets := clUpstreamGETs(t, l)
+	for _, d := range ds {
+		if n := len(gets[d]); n != 1 {
+			t.Errorf("the upstream served %s %d times, want once", d, n)
+		}
+	}
+	// master-2 serves them again from the bucket: it trusts master-1's hash.
+	for _, d := range ds {
+		if err := clGetBlob(c, l, 2, repo, d, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := clMetric(t, l, 2, "hopless_registryd_blob_hashes_total"); n != 0 {
+		t.Errorf("master-2 hashed %g stored blobs, want 0: master-1 hashed them as it filled", n)
+	}
+	if n := clMetric(t, l, 2, "hopless_registryd_shared_verified_total"); n < float64(len(ds)) {
+		t.Errorf("master-2 trusted %g recorded hashes, want at least %d", n, len(ds))
+	}
+	checkBucketBlobs(t, l)
+}
