@@ -110,21 +110,27 @@ func (s *Store) evict(ctx context.Context, maxBytes int64, ttl time.Duration, re
 			st.Skipped++
 			continue
 		}
-		if v.kind == kindManifest {
-			st.Manifests++
-			gone[v.d] = true
-		} else {
-			st.Blobs++
-		}
-		st.Bytes += v.size
-		if s.m != nil {
-			s.m.Evictions.WithLabelValues(v.reason).Inc()
-			s.m.EvictedBytes.WithLabelValues(v.reason).Add(float64(v.size))
-		}
-		s.log.Debug("evicted", "digest", v.d, "kind", v.kind, "size", v.size, "reason", v.reason)
+		s.countEvicted(&st, v, gone)
 	}
 	st.Tags = s.dropTags(ctx, gone)
 	return st, err
+}
+
+// countEvicted adds a removed victim to st, its metrics and the log; a manifest goes
+// into gone, for its tags.
+func (s *Store) countEvicted(st *EvictStats, v victim, gone map[digest.Digest]bool) {
+	if v.kind == kindManifest {
+		st.Manifests++
+		gone[v.d] = true
+	} else {
+		st.Blobs++
+	}
+	st.Bytes += v.size
+	if s.m != nil {
+		s.m.Evictions.WithLabelValues(v.reason).Inc()
+		s.m.EvictedBytes.WithLabelValues(v.reason).Add(float64(v.size))
+	}
+	s.log.Debug("evicted", "digest", v.d, "kind", v.kind, "size", v.size, "reason", v.reason)
 }
 
 // plan plans the removals of evict; spool is the bytes of the spool files, which count

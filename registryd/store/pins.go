@@ -178,11 +178,23 @@ func (s *Store) loadPins(ctx context.Context) error {
 // hold now; leases that lapsed are forgotten.
 func (s *Store) protectedLocked() map[digest.Digest]bool {
 	s.pruneLeasesLocked(s.now())
-	seen := make(map[digest.Digest]bool)
-	var queue []digest.Digest
+	var roots []digest.Digest
 	for _, l := range s.pins {
-		queue = append(queue, l.Manifests...)
+		roots = append(roots, l.Manifests...)
 	}
+	return reachableFrom(roots, func(d digest.Digest) []digest.Digest {
+		if e := s.entries[d]; e != nil && e.kind == kindManifest {
+			return e.refs
+		}
+		return nil
+	})
+}
+
+// reachableFrom is the set of roots and of everything reachable from them through
+// refs, a manifest's references.
+func reachableFrom(roots []digest.Digest, refs func(digest.Digest) []digest.Digest) map[digest.Digest]bool {
+	seen := make(map[digest.Digest]bool)
+	queue := roots
 	for len(queue) > 0 {
 		d := queue[len(queue)-1]
 		queue = queue[:len(queue)-1]
@@ -190,9 +202,7 @@ func (s *Store) protectedLocked() map[digest.Digest]bool {
 			continue
 		}
 		seen[d] = true
-		if e := s.entries[d]; e != nil && e.kind == kindManifest {
-			queue = append(queue, e.refs...)
-		}
+		queue = append(queue, refs(d)...)
 	}
 	return seen
 }

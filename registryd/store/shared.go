@@ -410,23 +410,13 @@ func reachable(items []indexItem, leases map[string]Lease, now time.Time) map[di
 			refs[it.d] = it.refs
 		}
 	}
-	seen := make(map[digest.Digest]bool)
-	var queue []digest.Digest
+	var roots []digest.Digest
 	for _, l := range leases {
 		if now.Before(l.Expires) {
-			queue = append(queue, l.Manifests...)
+			roots = append(roots, l.Manifests...)
 		}
 	}
-	for len(queue) > 0 {
-		d := queue[len(queue)-1]
-		queue = queue[:len(queue)-1]
-		if seen[d] {
-			continue
-		}
-		seen[d] = true
-		queue = append(queue, refs[d]...)
-	}
-	return seen
+	return reachableFrom(roots, func(d digest.Digest) []digest.Digest { return refs[d] })
 }
 
 // evictShared is evict on shared storage.
@@ -511,18 +501,7 @@ func (s *Store) evictShared(ctx context.Context, maxBytes int64, ttl time.Durati
 			}
 			continue
 		}
-		if vi.kind == kindManifest {
-			st.Manifests++
-			gone[vi.d] = true
-		} else {
-			st.Blobs++
-		}
-		st.Bytes += vi.size
-		if s.m != nil {
-			s.m.Evictions.WithLabelValues(vi.reason).Inc()
-			s.m.EvictedBytes.WithLabelValues(vi.reason).Add(float64(vi.size))
-		}
-		s.log.Debug("evicted", "digest", vi.d, "kind", vi.kind, "size", vi.size, "reason", vi.reason)
+		s.countEvicted(&st, vi, gone)
 	}
 	st.Tags = s.dropTags(ctx, gone)
 	sh.mu.Lock()

@@ -54,18 +54,6 @@ func s3Key(t *testing.T, l *lab.Lab, suffix string) string {
 	return ""
 }
 
-// s3Present splits ds into those stored in the bucket and those not.
-func s3Present(blobs map[string]int64, ds []string) (in, out []string) {
-	for _, d := range ds {
-		if _, ok := blobs[d]; ok {
-			in = append(in, d)
-		} else {
-			out = append(out, d)
-		}
-	}
-	return in, out
-}
-
 // TestS3SharedEviction: master-1 evicts (the smallest id among the live masters)
 // over what every master uses and pins. An image that master-2 keeps reading and one
 // that master-2 pins stay, through a kill -9 of master-2 and a torn index of its
@@ -123,7 +111,7 @@ func TestS3SharedEviction(t *testing.T) {
 			}
 		}
 		stored = s3Blobs(t, l)
-		if in, _ := s3Present(stored, blobs["idle"]); len(in) > 0 {
+		if in, _ := clPresent(stored, blobs["idle"]); len(in) > 0 {
 			return fmt.Sprintf("blobs %v of the idle image are still in the bucket", in)
 		}
 		return ""
@@ -132,7 +120,7 @@ func TestS3SharedEviction(t *testing.T) {
 	}
 	t.Logf("the idle image was evicted %s after the pulls", time.Since(start).Round(time.Second))
 	for _, tag := range []string{"used", "pinned"} {
-		if _, out := s3Present(stored, blobs[tag]); len(out) > 0 {
+		if _, out := clPresent(stored, blobs[tag]); len(out) > 0 {
 			t.Errorf("blobs %v of the %s image were evicted from the bucket", out, tag)
 		}
 	}
