@@ -316,3 +316,15 @@ func (l *Lab) S3Uploads(ctx context.Context) (int, error) {
 	}
 	return len(out.Uploads), nil
 }
+
+// S3Delete removes an object of the masters' bucket behind their backs.
+func (l *Lab) S3Delete(ctx context.Context, key string) error {
+	c, err := l.S3Client()
+	if err != nil {
+		return err
+	}
+	if _, err := c.DeleteObjectWithContext(ctx, &s3.DeleteObjectInput{Bucket: aws.String(S3Bucket), Key: aws.String(key)}); err != nil {
+		return fmt.Errorf("deleting %s from bucket %s: %w", key, S3Bucket, err)
+	}
+	return nil
+}
