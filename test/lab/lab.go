@@ -400,7 +400,7 @@ func (l *Lab) up(ctx context.Context, o Options) error {
 		return err
 	}
 	if l.Storage == StorageS3 {
-		if err := l.startS3(ctx); err != nil {
+		if err := l.startS3(ctx, ca); err != nil {
 			return err
 		}
 	}
@@ -470,7 +470,13 @@ func (l *Lab) startMaster(ctx context.Context, ca *CA, i int, extraIPs ...net.IP
 		return err
 	}
 	args := []string{filepath.Join(l.BinDir, "registryd"), "serve", "--config", conf}
-	return l.launch(ctx, name, args, filepath.Join(d, "log"), httpsReady(ca.Pool(), "https://"+addr+"/readyz"))
+	p := &Proc{Name: name, Args: args, Log: filepath.Join(d, "log"), Tag: l.Dir}
+	if l.Storage == StorageS3 {
+		// distribution's s3 driver has no CA setting; its SDK reads a CA bundle from
+		// AWS_CA_BUNDLE: the lab's CA, which signed the S3 server's certificate.
+		p.Env = []string{"AWS_CA_BUNDLE=" + l.CA}
+	}
+	return l.launchProc(ctx, p, httpsReady(ca.Pool(), "https://"+addr+"/readyz"))
 }
 
 func (l *Lab) startNode(ctx context.Context, i int) error {
@@ -531,8 +537,12 @@ func (l *Lab) nodeReady(i int) func(context.Context) error {
 
 // launch starts a process, records it, and waits until ready passes.
 func (l *Lab) launch(ctx context.Context, name string, args []string, logPath string, ready func(context.Context) error) error {
-	p, err := start(name, args, logPath, l.Dir)
-	if err != nil {
+	return l.launchProc(ctx, &Proc{Name: name, Args: args, Log: logPath, Tag: l.Dir}, ready)
+}
+
+// launchProc is launch for a process record of its own (with Env).
+func (l *Lab) launchProc(ctx context.Context, p *Proc, ready func(context.Context) error) error {
+	if _, err := spawn(p); err != nil {
 		return err
 	}
 	return l.run(ctx, p, ready)
@@ -773,7 +783,7 @@ func (l *Lab) Start(ctx context.Context, name string) error {
 	case strings.HasPrefix(name, nginxPrefix):
 		ready = l.nginxReady(pool, name)
 	}
-	return l.launch(ctx, name, p.Args, p.Log, ready)
+	return l.launchProc(ctx, &Proc{Name: name, Args: p.Args, Log: p.Log, Tag: l.Dir, Env: p.Env}, ready)
 }
 
 // Crictl runs crictl against node i (1-based) and returns its combined output.

@@ -26,6 +26,8 @@ type Proc struct {
 	// hostroot-exec (hostnode.go), or "". Its Tag is the host root too: once the
 	// process has exec'd the host's program, its root shows that it is ours.
 	HostRoot string `json:"host_root,omitempty"`
+	// Env is added to the lab's environment for the process.
+	Env []string `json:"env,omitempty"`
 }
 
 // start launches args in its own session with output appended to logPath. The
@@ -50,6 +52,9 @@ func spawn(p *Proc) (*Proc, error) {
 	cmd := exec.Command(p.Args[0], p.Args[1:]...)
 	cmd.Stdout = lf
 	cmd.Stderr = lf
+	if len(p.Env) > 0 {
+		cmd.Env = append(os.Environ(), p.Env...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if p.HostRoot != "" {
 		cmd.SysProcAttr.Unshareflags = syscall.CLONE_NEWNS

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -70,10 +71,8 @@ func weedPorts(slot int) map[string]int {
 // S3IP is the S3 server's address in slot.
 func S3IP(slot int) string { return fmt.Sprintf("127.%d.4.1", slot) }
 
-// S3Endpoint is the S3 server's URL in slot. It is plain http: the s3 driver has
-// no setting for a CA of its own, only for skipping verification, and on the lab's
-// loopback the keys and content cross no network.
-func S3Endpoint(slot int) string { return fmt.Sprintf("http://%s:%d", S3IP(slot), s3Port) }
+// S3Endpoint is the S3 server's URL in slot, with TLS from the lab's CA.
+func S3Endpoint(slot int) string { return fmt.Sprintf("https://%s:%d", S3IP(slot), s3Port) }
 
 func (l *Lab) s3AccessKeyFile() string { return filepath.Join(l.Dir, "secrets", "s3.access") }
 func (l *Lab) s3SecretKeyFile() string { return filepath.Join(l.Dir, "secrets", "s3.secret") }
@@ -89,7 +88,7 @@ func s3Addrs(slot int) []string {
 
 // startS3 writes the S3 credentials (mode 0600), starts weed server and, as its
 // readiness check, creates the bucket.
-func (l *Lab) startS3(ctx context.Context) error {
+func (l *Lab) startS3(ctx context.Context, ca *CA) error {
 	access, secret := make([]byte, 10), make([]byte, 20)
 	for _, b := range [][]byte{access, secret} {
 		if _, err := rand.Read(b); err != nil {
@@ -126,6 +125,9 @@ func (l *Lab) startS3(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Join(d, "data"), 0o700); err != nil {
 		return fmt.Errorf("creating the S3 data dir: %w", err)
 	}
+	if err := ca.Issue(d, net.ParseIP(S3IP(l.Slot))); err != nil {
+		return err
+	}
 	sockets, err := l.s3SocketDir()
 	if err != nil {
 		return err
@@ -133,6 +135,7 @@ func (l *Lab) startS3(ctx context.Context) error {
 	ip := S3IP(l.Slot)
 	args := []string{filepath.Join(l.ToolsDir, "weed"), "server", "-ip=" + ip, "-ip.bind=" + ip,
 		"-dir=" + filepath.Join(d, "data"), "-s3", "-s3.config=" + cfgPath,
+		"-s3.cert.file=" + filepath.Join(d, "cert.pem"), "-s3.key.file=" + filepath.Join(d, "key.pem"),
 		"-master.volumeSizeLimitMB=64", "-volume.max=100",
 		// weed's Iceberg and Lance catalogs are not needed (and Lance's default port
 		// is the masters' metrics port).
@@ -196,10 +199,16 @@ func (l *Lab) S3Client() (*s3.S3, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading the S3 secret key: %w", err)
 	}
-	sess, err := session.NewSession(aws.NewConfig().
+	ca, err := os.ReadFile(l.CA)
+	if err != nil {
+		return nil, fmt.Errorf("reading lab CA: %w", err)
+	}
+	// CustomCABundle, not the transport's RootCAs: the SDK would replace those with
+	// the bundle named by AWS_CA_BUNDLE, if the environment has one.
+	sess, err := session.NewSessionWithOptions(session.Options{CustomCABundle: bytes.NewReader(ca), Config: *aws.NewConfig().
 		WithEndpoint(S3Endpoint(l.Slot)).WithRegion(s3Region).WithS3ForcePathStyle(true).
 		WithCredentials(credentials.NewStaticCredentials(ak, sk, "")).
-		WithHTTPClient(&http.Client{Timeout: 5 * time.Second}).WithMaxRetries(0))
+		WithHTTPClient(&http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}).WithMaxRetries(0)})
 	if err != nil {
 		return nil, fmt.Errorf("creating an S3 session: %w", err)
 	}
@@ -239,7 +248,6 @@ func (l *Lab) s3Parameters() string {
 	return fmt.Sprintf(`[storage.parameters]
 region = %q
 regionendpoint = %q
-secure = false
 bucket = %q
 forcepathstyle = true
 accesskey_file = %q
