@@ -480,28 +480,28 @@ func (s *Store) evictShared(ctx context.Context, maxBytes int64, ttl time.Durati
 	}
 
 	gone := make(map[digest.Digest]bool)
+	own := ownProtection{}
 	for _, vi := range due {
 		if err := ctx.Err(); err != nil {
 			errs = append(errs, err)
 			break
 		}
-		removed, err := s.evictSharedOne(ctx, vi, p.protected)
+		outcome, err := s.evictSharedOne(ctx, vi, p.protected, &own)
 		sh.mu.Lock()
 		delete(sh.marks, vi.d)
 		sh.mu.Unlock()
-		if err != nil {
+		switch {
+		case err != nil:
 			s.log.Warn("evicting failed", "digest", vi.d, "error", err)
 			errs = append(errs, err)
-			continue
-		}
-		if !removed {
+		case outcome == evictKept:
 			st.Skipped++
 			if s.m != nil {
 				s.m.EvictCancelled.Inc()
 			}
-			continue
+		case outcome == evictRemoved:
+			s.countEvicted(&st, vi, gone)
 		}
-		s.countEvicted(&st, vi, gone)
 	}
 	st.Tags = s.dropTags(ctx, gone)
 	sh.mu.Lock()
@@ -523,9 +523,34 @@ func (s *Store) setEvictorMetrics(evictor bool, pending int) {
 	s.m.EvictPending.Set(float64(pending))
 }
 
+// The outcomes of evictSharedOne.
+type evictOutcome int
+
+const (
+	evictKept    evictOutcome = iota // used, referenced or pinned since: kept
+	evictRemoved                     // removed from the storage
+	evictAbsent                      // already gone from the storage
+)
+
+// ownProtection caches this master's own protected set within one eviction run,
+// computed again only when its pins or manifests change (s.gen).
+type ownProtection struct {
+	set map[digest.Digest]bool
+	gen uint64
+}
+
+func (s *Store) ownProtectedLocked(o *ownProtection) map[digest.Digest]bool {
+	if o.set == nil || o.gen != s.gen {
+		o.set, o.gen = s.protectedLocked(), s.gen
+	}
+	return o.set
+}
+
 // evictSharedOne removes a victim whose grace is over, unless this master used it,
-// references it or pins it since the run's merged view was read.
-func (s *Store) evictSharedOne(ctx context.Context, v victim, protected map[digest.Digest]bool) (bool, error) {
+// references it or pins it since the run's merged view was read. A victim that is
+// no longer stored (listed only by a stale index of another master) is recorded as
+// removed, so that the others forget it, and is not counted.
+func (s *Store) evictSharedOne(ctx context.Context, v victim, protected map[digest.Digest]bool, own *ownProtection) (evictOutcome, error) {
 	mu := s.stripe(string(v.d))
 	mu.Lock()
 	defer mu.Unlock()
@@ -533,31 +558,43 @@ func (s *Store) evictSharedOne(ctx context.Context, v victim, protected map[dige
 	e := s.entries[v.d]
 	if e != nil && (e.access.UnixNano() > v.access || e.kind != v.kind) {
 		s.mu.Unlock()
-		return false, nil
+		return evictKept, nil
 	}
-	if protected[v.d] || s.protectedLocked()[v.d] || (v.kind == kindBlob && s.refcount[v.d] > 0) {
+	if protected[v.d] || s.ownProtectedLocked(own)[v.d] || (v.kind == kindBlob && s.refcount[v.d] > 0) {
 		s.mu.Unlock()
-		return false, nil
+		return evictKept, nil
 	}
-	if e != nil {
+	s.mu.Unlock()
+	_, err := s.drv.Stat(ctx, blobPath(v.d))
+	if err != nil && !isNotFound(err) {
+		return evictKept, fmt.Errorf("stat %s: %w", v.d, err)
+	}
+	stored := err == nil
+	s.mu.Lock()
+	if e != nil && s.entries[v.d] == e {
 		s.removeEntryLocked(v.d)
 		s.dropLinksLocked(v.d)
 	}
 	s.mu.Unlock()
-	if err := s.deleteContent(ctx, v.d); err != nil {
-		if e != nil {
-			s.mu.Lock()
-			if s.entries[v.d] == nil {
-				s.putEntryLocked(v.d, e)
+	if stored {
+		if err := s.deleteContent(ctx, v.d); err != nil {
+			if e != nil {
+				s.mu.Lock()
+				if s.entries[v.d] == nil {
+					s.putEntryLocked(v.d, e)
+				}
+				s.mu.Unlock()
 			}
-			s.mu.Unlock()
+			return evictKept, err
 		}
-		return false, err
 	}
 	s.shared.mu.Lock()
 	s.shared.evicted[v.d] = s.now()
 	s.shared.mu.Unlock()
-	return true, nil
+	if !stored {
+		return evictAbsent, nil
+	}
+	return evictRemoved, nil
 }
 
 // verifiedRecord is a /hopless/verified file: the blob version whose bytes some

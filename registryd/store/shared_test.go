@@ -335,3 +335,28 @@ func TestSharedAdoptBlob(t *testing.T) {
 		t.Errorf("AdoptBlob of a blob nobody stored = %v, %v; want false, nil", ok, err)
 	}
 }
+
+// A victim that some index lists but the storage no longer holds is not counted as
+// removed, and the masters that list it forget it.
+func TestSharedEvictionAbsent(t *testing.T) {
+	c := newCluster(t)
+	m1, m2 := c.open("m1"), c.open("m2")
+	d := commit(t, m1, randomBytes(9, 2048))
+	readBlob(t, m2, d)
+	if err := c.drv.Delete(t.Context(), blobPath(d)); err != nil {
+		t.Fatal(err)
+	}
+	c.clk.Advance(2 * time.Hour)
+	c.publish(m1, m2)
+	c.evict(m1, time.Hour)
+	c.clk.Advance(testGrace)
+	c.publish(m1, m2)
+	if st := c.evict(m1, time.Hour); st.Blobs != 0 || st.Skipped != 0 || st.Pending != 0 {
+		t.Fatalf("evicting a blob already gone: %+v, want nothing counted", st)
+	}
+	c.publish(m1)
+	c.evict(m2, time.Hour)
+	if lists(m1, d) || lists(m2, d) {
+		t.Errorf("still listed: m1 %v, m2 %v", lists(m1, d), lists(m2, d))
+	}
+}
