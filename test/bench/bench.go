@@ -153,6 +153,7 @@ func All() []Bench {
 		{Name: "pull-lab", About: "crictl pull through the lab's masters (cold and warm) vs. a direct pull from the upstream", Run: pullLab},
 		{Name: "registryd-cold", About: "16 concurrent GETs of one cold blob through a registryd master vs. distribution's proxy: upstream bytes, time, peak RSS", Run: registrydCold},
 		{Name: "registryd-warm", About: "8 concurrent GETs of one cached blob from a registryd master vs. distribution's proxy: throughput", Run: registrydWarm},
+		{Name: "registryd-s3", About: "cold and warm blob throughput (4 clients, one blob each) of a registryd master on S3 (SeaweedFS) vs. distribution's proxy on the same bucket, and what S3 costs each against the filesystem", Run: registrydS3},
 		{Name: "registryd-peers", About: "one image pulled through 3 registryd masters at once vs. 3 distribution proxies: upstream bytes, time", Run: registrydPeers},
 		{Name: "pull-throughput", About: "crictl pull of warm images (1 big layer, many small) on fresh nodes: in-process vs. the NGINX stream hop and stock hosts.toml", Run: nodePullThroughput},
 		{Name: "node-cpu", About: "node CPU (containerd, plus nginx in nginx mode) per GiB pulled: in-process vs. the NGINX stream hop and stock hosts.toml", Run: nodeCPU},

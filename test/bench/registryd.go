@@ -69,10 +69,14 @@ func findProc(l *lab.Lab, name string) *lab.Proc {
 }
 
 // upBaselineLab starts a lab with no nodes, the given number of masters and as many
-// stock proxies. Down stops them all by PID.
-func upBaselineLab(ctx context.Context, c Config, masters int) (*lab.Lab, error) {
+// stock proxies, all on storage (lab.StorageFilesystem or lab.StorageS3), in
+// c.Dir/lab, or c.Dir/lab-s3 on S3. Down stops them all by PID.
+func upBaselineLab(ctx context.Context, c Config, masters int, storage string) (*lab.Lab, error) {
 	o := c.Lab
-	o.Dir, o.Masters, o.Nodes, o.Proxies, o.Mode = filepath.Join(c.Dir, "lab"), masters, 0, masters, lab.ModeStock
+	o.Dir, o.Masters, o.Nodes, o.Proxies, o.Mode, o.Storage = filepath.Join(c.Dir, "lab"), masters, 0, masters, lab.ModeStock, storage
+	if storage != lab.StorageFilesystem {
+		o.Dir += "-" + storage
+	}
 	return lab.Up(ctx, o)
 }
 
@@ -196,6 +200,11 @@ func concurrently(ctx context.Context, n int, fn func(ctx context.Context, i int
 	return took, nil
 }
 
+// mibPerS is bytes in MiB per second of d.
+func mibPerS(bytes int64, d time.Duration) float64 {
+	return float64(bytes) / (1 << 20) / d.Seconds()
+}
+
 func maxDuration(ds []time.Duration) time.Duration {
 	var m time.Duration
 	for _, d := range ds {
@@ -280,7 +289,7 @@ func registrydCold(ctx context.Context, c Config) (results []Result, err error) 
 	if c.Quick {
 		size = 16 << 20
 	}
-	l, err := upBaselineLab(ctx, c, 1)
+	l, err := upBaselineLab(ctx, c, 1, lab.StorageFilesystem)
 	if err != nil {
 		return nil, err
 	}
@@ -377,7 +386,7 @@ func registrydWarm(ctx context.Context, c Config) (results []Result, err error) 
 	if c.Quick {
 		size, rounds = 32<<20, 1
 	}
-	l, err := upBaselineLab(ctx, c, 1)
+	l, err := upBaselineLab(ctx, c, 1, lab.StorageFilesystem)
 	if err != nil {
 		return nil, err
 	}
@@ -422,7 +431,7 @@ func registrydWarm(ctx context.Context, c Config) (results []Result, err error) 
 				return nil, fmt.Errorf("%s: %d concurrent warm GETs: %w", s, clients, err)
 			}
 			wall := maxDuration(took).Seconds()
-			mibs := float64(clients) * float64(b.size) / (1 << 20) / wall
+			mibs := mibPerS(int64(clients)*b.size, maxDuration(took))
 			tput[s.name] = append(tput[s.name], mibs)
 			n, _, err := upstreamGETs(ctx, l, b)
 			if err != nil {
@@ -479,7 +488,7 @@ func registrydPeers(ctx context.Context, c Config) (results []Result, err error)
 	if c.Quick {
 		layers, size = 4, 2<<20
 	}
-	l, err := upBaselineLab(ctx, c, masters)
+	l, err := upBaselineLab(ctx, c, masters, lab.StorageFilesystem)
 	if err != nil {
 		return nil, err
 	}

@@ -14,7 +14,9 @@ import (
 
 // The baseline that registryd is measured against: distribution's own pull-through
 // cache, one process per would-be master (hopless-lab proxy), each caching the lab
-// upstream on its own. Up starts Options.Proxies of them after the masters.
+// upstream on its own, on the masters' storage engine (a directory of its own, or
+// a root of its own in the masters' bucket). Up starts Options.Proxies of them
+// after the masters.
 
 // ProxyAddr is the listen address of stock proxy i (1-based) in slot.
 func ProxyAddr(slot, i int) string { return fmt.Sprintf("127.%d.4.%d:5001", slot, i) }
@@ -44,7 +46,8 @@ func (l *Lab) Proxies() []Proxy {
 }
 
 // startProxies starts n stock proxies of the upstream, each with a certificate
-// from the lab CA, its own storage and its own access log.
+// from the lab CA, its own storage (on the masters' storage engine) and its own
+// access log.
 func (l *Lab) startProxies(ctx context.Context, ca *CA, n int) error {
 	if n < 0 || n > 50 {
 		return fmt.Errorf("lab: proxies must be 0..50, got %d", n)
@@ -63,8 +66,12 @@ func (l *Lab) startProxies(ctx context.Context, ca *CA, n int) error {
 		}
 		args := []string{filepath.Join(l.BinDir, "hopless-lab"), "proxy",
 			"--addr", addr, "--cert", filepath.Join(d, "cert.pem"), "--key", filepath.Join(d, "key.pem"),
-			"--storage", filepath.Join(d, "data"), "--remote", "https://" + l.Upstream, "--remote-ca", l.CA,
-			"--access-log", filepath.Join(d, "access.log")}
+			"--remote", "https://" + l.Upstream, "--remote-ca", l.CA, "--access-log", filepath.Join(d, "access.log")}
+		if l.Storage == StorageS3 {
+			args = append(args, l.proxyS3Args(name)...)
+		} else {
+			args = append(args, "--storage", filepath.Join(d, "data"))
+		}
 		if err := l.launch(ctx, name, args, filepath.Join(d, "log"), httpsReady(ca.Pool(), "https://"+addr+"/v2/")); err != nil {
 			return err
 		}

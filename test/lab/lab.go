@@ -110,8 +110,9 @@ type Options struct {
 	// beside containerd-stock, and a sandbox image of bin/lab-pause in the
 	// upstream (containers.go). Pods use the host network: there is no CNI.
 	Containers bool
-	// Storage is the masters' storage: StorageFilesystem (default) or StorageS3,
-	// one bucket for all of them on a SeaweedFS server (s3.go).
+	// Storage is the masters' and the stock proxies' storage: StorageFilesystem
+	// (default) or StorageS3, one bucket for all of them on a SeaweedFS server
+	// (s3.go).
 	Storage string
 }
 

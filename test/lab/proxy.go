@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/distribution/distribution/v3/configuration"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/s3-aws"
+
+	"github.com/hopless/hopless/conf"
 )
 
 // ProxyOptions configures ServeProxy.
@@ -22,8 +25,10 @@ type ProxyOptions struct {
 	Addr string
 	// CertFile and KeyFile are the PEM server certificate and key.
 	CertFile, KeyFile string
-	// StorageDir is the root of the cache's filesystem storage.
+	// StorageDir is the root of the cache's filesystem storage; empty with S3.
 	StorageDir string
+	// S3, if set, puts the cache in an S3 bucket instead of StorageDir.
+	S3 *ProxyS3
 	// RemoteURL is the registry to cache, as scheme://host[:port].
 	RemoteURL string
 	// RemoteCA is a PEM file of CA certificates trusted for RemoteURL in
@@ -36,6 +41,54 @@ type ProxyOptions struct {
 	Ready func(addr string)
 }
 
+// ProxyS3 is the bucket of a proxy's cache: the parameters of distribution's s3
+// driver, with the keys read from files.
+type ProxyS3 struct {
+	// Endpoint is the S3 server, http://host:port or https://host:port.
+	Endpoint string
+	Region   string
+	Bucket   string
+	// AccessKeyFile and SecretKeyFile each hold one key on one line, in a file
+	// that neither group nor others may read.
+	AccessKeyFile, SecretKeyFile string
+	// RootDirectory is the prefix of the proxy's keys in the bucket, so that it
+	// shares the bucket with others (the masters keep theirs under /hopless).
+	RootDirectory string
+	// ForcePathStyle names the bucket in the URL's path, not its host name.
+	ForcePathStyle bool
+}
+
+// storage is the s3 driver's configuration; its keys are read from their files.
+func (o *ProxyS3) storage() (configuration.Storage, error) {
+	switch {
+	case o.Endpoint == "" || o.Region == "" || o.Bucket == "":
+		return nil, errors.New("proxy: s3 storage needs an endpoint, a region and a bucket")
+	case o.AccessKeyFile == "" || o.SecretKeyFile == "":
+		return nil, errors.New("proxy: s3 storage needs an access key file and a secret key file")
+	case o.RootDirectory == "" || o.RootDirectory == "/":
+		return nil, errors.New("proxy: s3 storage needs a root directory of its own in the bucket")
+	}
+	u, err := url.Parse(o.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: s3 endpoint: %w", err)
+	}
+	if (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return nil, fmt.Errorf("proxy: s3 endpoint %q is not http(s)://host[:port]", o.Endpoint)
+	}
+	ak, err := conf.ReadToken(o.AccessKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: s3 access key: %w", err)
+	}
+	sk, err := conf.ReadToken(o.SecretKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: s3 secret key: %w", err)
+	}
+	return configuration.Storage{"s3": configuration.Parameters{
+		"regionendpoint": o.Endpoint, "secure": u.Scheme == "https", "region": o.Region, "bucket": o.Bucket,
+		"accesskey": ak, "secretkey": sk, "rootdirectory": o.RootDirectory, "forcepathstyle": o.ForcePathStyle,
+	}}, nil
+}
+
 const remotePingTimeout = 10 * time.Second
 
 // ServeProxy runs distribution's own pull-through cache (its proxy mode, with
@@ -45,16 +98,21 @@ const remotePingTimeout = 10 * time.Second
 //
 // distribution's proxy reaches the remote only through http.DefaultTransport,
 // so ServeProxy replaces http.DefaultTransport, for the whole process, with
-// one that trusts RemoteCA, and leaves it replaced. It is meant for a process
-// of its own (hopless-lab proxy).
+// one that trusts RemoteCA, and leaves it replaced; the s3 driver reaches the
+// bucket through it too. On S3 it also drops AWS_CA_BUNDLE from the process's
+// environment: given that, the AWS SDK sets http.DefaultClient, with which
+// distribution's proxy first asks the remote, to trust that bundle alone. It is
+// meant for a process of its own (hopless-lab proxy).
 func ServeProxy(ctx context.Context, o ProxyOptions) error {
 	switch {
 	case o.Addr == "":
 		return errors.New("proxy: no listen address")
 	case o.CertFile == "" || o.KeyFile == "":
 		return errors.New("proxy: TLS certificate and key files are required")
-	case o.StorageDir == "":
-		return errors.New("proxy: no storage directory")
+	case o.StorageDir == "" && o.S3 == nil:
+		return errors.New("proxy: no storage directory and no s3 storage")
+	case o.StorageDir != "" && o.S3 != nil:
+		return errors.New("proxy: both a storage directory and s3 storage")
 	case o.RemoteURL == "":
 		return errors.New("proxy: no remote URL")
 	}
@@ -64,6 +122,14 @@ func ServeProxy(ctx context.Context, o ProxyOptions) error {
 		return fmt.Errorf("proxy: remote URL: %w", err)
 	} else if (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.Path != "" {
 		return fmt.Errorf("proxy: remote URL %q is not http(s)://host[:port]", o.RemoteURL)
+	}
+	storage := filesystemStorage(o.StorageDir)
+	if o.S3 != nil {
+		s, err := o.S3.storage()
+		if err != nil {
+			return err
+		}
+		storage = s
 	}
 	cert, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
 	if err != nil {
@@ -86,8 +152,13 @@ func ServeProxy(ctx context.Context, o ProxyOptions) error {
 	if err := pingRemote(ctx, tr, remote); err != nil {
 		return err
 	}
+	if o.S3 != nil {
+		if err := os.Unsetenv("AWS_CA_BUNDLE"); err != nil {
+			return fmt.Errorf("proxy: %w", err)
+		}
+	}
 	quietRegistryLogs()
-	app, err := newRegistryApp(ctx, "proxy", o.StorageDir, configuration.Proxy{RemoteURL: remote})
+	app, err := newRegistryApp(ctx, "proxy", storage, configuration.Proxy{RemoteURL: remote})
 	if err != nil {
 		return err
 	}

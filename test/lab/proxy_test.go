@@ -127,6 +127,20 @@ func TestProxyBadOptions(t *testing.T) {
 		Addr: "127.0.0.1:0", CertFile: certFile, KeyFile: keyFile, StorageDir: dir,
 		RemoteURL: "https://127.0.0.1:1", RemoteCA: certFile,
 	}
+	key, openKey := filepath.Join(dir, "s3.key"), filepath.Join(dir, "s3-open.key")
+	for f, mode := range map[string]os.FileMode{key: 0o600, openKey: 0o644} {
+		if err := os.WriteFile(f, []byte("k3y\n"), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// onS3 is good on an S3 bucket, edited.
+	onS3 := func(edit func(*ProxyS3)) func(*ProxyOptions) {
+		return func(o *ProxyOptions) {
+			s3 := ProxyS3{Endpoint: "http://127.0.0.1:1", Region: "us-east-1", Bucket: "b", AccessKeyFile: key, SecretKeyFile: key, RootDirectory: "/proxy-1"}
+			edit(&s3)
+			o.StorageDir, o.S3 = "", &s3
+		}
+	}
 	for _, tc := range []struct {
 		name string
 		edit func(*ProxyOptions)
@@ -136,6 +150,13 @@ func TestProxyBadOptions(t *testing.T) {
 		{"no key", func(o *ProxyOptions) { o.KeyFile = "" }, "key"},
 		{"missing cert", func(o *ProxyOptions) { o.CertFile = filepath.Join(dir, "nope.crt") }, "nope.crt"},
 		{"no storage", func(o *ProxyOptions) { o.StorageDir = "" }, "storage"},
+		{"dir and s3", func(o *ProxyOptions) { onS3(func(*ProxyS3) {})(o); o.StorageDir = dir }, "both"},
+		{"s3 no bucket", onS3(func(s *ProxyS3) { s.Bucket = "" }), "bucket"},
+		{"s3 no key file", onS3(func(s *ProxyS3) { s.SecretKeyFile = "" }), "secret key file"},
+		{"s3 no root", onS3(func(s *ProxyS3) { s.RootDirectory = "/" }), "root directory"},
+		{"s3 endpoint scheme", onS3(func(s *ProxyS3) { s.Endpoint = "ftp://127.0.0.1:1" }), "ftp://127.0.0.1:1"},
+		{"s3 key too open", onS3(func(s *ProxyS3) { s.AccessKeyFile = openKey }), "s3-open.key"},
+		{"s3 key missing", onS3(func(s *ProxyS3) { s.SecretKeyFile = filepath.Join(dir, "nope.key") }), "nope.key"},
 		{"no remote", func(o *ProxyOptions) { o.RemoteURL = "" }, "no remote URL"},
 		{"remote scheme", func(o *ProxyOptions) { o.RemoteURL = "ftp://127.0.0.1:1" }, "ftp://127.0.0.1:1"},
 		{"remote path", func(o *ProxyOptions) { o.RemoteURL = "https://127.0.0.1:1/v2" }, "https://127.0.0.1:1/v2"},
@@ -154,5 +175,33 @@ func TestProxyBadOptions(t *testing.T) {
 				t.Fatalf("err = %v, want one containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestProxyS3Storage: the s3 driver gets the bucket, the endpoint's security, the
+// root and the keys from their files.
+func TestProxyS3Storage(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ak, sk := filepath.Join(dir, "access"), filepath.Join(dir, "secret")
+	for f, v := range map[string]string{ak: "AK\n", sk: "SK\n"} {
+		if err := os.WriteFile(f, []byte(v), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		endpoint string
+		secure   bool
+	}{{"http://127.0.0.1:8333", false}, {"https://127.0.0.1:8333", true}} {
+		o := ProxyS3{Endpoint: tc.endpoint, Region: "us-east-1", Bucket: "hopless", AccessKeyFile: ak, SecretKeyFile: sk, RootDirectory: "/proxy-1", ForcePathStyle: true}
+		st, err := o.storage()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := st["s3"]
+		if st.Type() != "s3" || p["regionendpoint"] != tc.endpoint || p["secure"] != tc.secure || p["bucket"] != "hopless" || p["region"] != "us-east-1" ||
+			p["accesskey"] != "AK" || p["secretkey"] != "SK" || p["rootdirectory"] != "/proxy-1" || p["forcepathstyle"] != true {
+			t.Errorf("%s: storage = %v", tc.endpoint, st)
+		}
 	}
 }

@@ -27,12 +27,13 @@ import (
 	"github.com/hopless/hopless/conf"
 )
 
-// Storage engines of the masters (Options.Storage).
+// Storage engines of the masters and the stock proxies (Options.Storage).
 const (
 	// StorageFilesystem keeps each master's cache in its own directory.
 	StorageFilesystem = ""
 	// StorageS3 puts every master's cache in one bucket of a SeaweedFS server that
-	// the lab starts as its process "s3".
+	// the lab starts as its process "s3", and every stock proxy's in the same
+	// bucket under a root of its own (ProxyS3Root).
 	StorageS3 = "s3"
 )
 
@@ -254,6 +255,17 @@ accesskey_file = %q
 secretkey_file = %q
 `, s3Region, S3Endpoint(l.Slot), S3Bucket, l.s3AccessKeyFile(), l.s3SecretKeyFile())
 }
+
+// proxyS3Args are the hopless-lab proxy flags that put stock proxy name's cache in
+// the masters' bucket, under a root of its own.
+func (l *Lab) proxyS3Args(name string) []string {
+	return []string{"--s3-endpoint", S3Endpoint(l.Slot), "--s3-region", s3Region, "--s3-bucket", S3Bucket,
+		"--s3-access-key-file", l.s3AccessKeyFile(), "--s3-secret-key-file", l.s3SecretKeyFile(),
+		"--s3-root", ProxyS3Root(name), "--s3-force-path-style"}
+}
+
+// ProxyS3Root is the prefix of stock proxy name's keys in the bucket of a lab on s3.
+func ProxyS3Root(name string) string { return "/" + name }
 
 // stopGrace is how long Stop and Down wait for the named process after SIGTERM.
 func stopGraceFor(name string) time.Duration {

@@ -62,7 +62,7 @@ func ServeUpstream(ctx context.Context, o UpstreamOptions) error {
 	defer ln.Close()
 
 	quietRegistryLogs()
-	app, err := newRegistryApp(ctx, "upstream", o.StorageDir, configuration.Proxy{})
+	app, err := newRegistryApp(ctx, "upstream", filesystemStorage(o.StorageDir), configuration.Proxy{})
 	if err != nil {
 		return err
 	}
@@ -136,11 +136,16 @@ func serveTLS(ctx context.Context, who string, ln net.Listener, ready func(strin
 	return nil
 }
 
-// newRegistryApp builds a distribution app with filesystem storage under
-// storageDir, deletes enabled, and a random HTTP secret; with proxy.RemoteURL
-// set it is distribution's pull-through cache. NewApp reports bad
-// configuration by panicking; that becomes an error here.
-func newRegistryApp(ctx context.Context, who, storageDir string, proxy configuration.Proxy) (app *handlers.App, err error) {
+// filesystemStorage is distribution's filesystem driver rooted at dir.
+func filesystemStorage(dir string) configuration.Storage {
+	return configuration.Storage{"filesystem": configuration.Parameters{"rootdirectory": dir}}
+}
+
+// newRegistryApp builds a distribution app on storage (one driver and its
+// parameters), with deletes enabled, no redirects to the storage backend, and a
+// random HTTP secret; with proxy.RemoteURL set it is distribution's pull-through
+// cache. NewApp reports bad configuration by panicking; that becomes an error here.
+func newRegistryApp(ctx context.Context, who string, storage configuration.Storage, proxy configuration.Proxy) (app *handlers.App, err error) {
 	secret := make([]byte, 16)
 	if _, err := rand.Read(secret); err != nil {
 		return nil, fmt.Errorf("%s: generate HTTP secret: %w", who, err)
@@ -148,9 +153,13 @@ func newRegistryApp(ctx context.Context, who, storageDir string, proxy configura
 	cfg := &configuration.Configuration{Proxy: proxy}
 	cfg.Log.Level = "warn"
 	cfg.HTTP.Secret = hex.EncodeToString(secret)
+	driver := storage.Type()
 	cfg.Storage = configuration.Storage{
-		"filesystem": configuration.Parameters{"rootdirectory": storageDir},
-		"delete":     configuration.Parameters{"enabled": true},
+		driver:   storage.Parameters(),
+		"delete": configuration.Parameters{"enabled": true},
+		// Every byte goes through the registry, as through registryd: a client is
+		// never sent to the bucket (which nodes may not reach) with a signed URL.
+		"redirect": configuration.Parameters{"disable": true},
 		// Uploads live only as long as the lab; the purger would just be
 		// one more goroutine.
 		"maintenance": configuration.Parameters{
@@ -160,7 +169,7 @@ func newRegistryApp(ctx context.Context, who, storageDir string, proxy configura
 
 	defer func() {
 		if r := recover(); r != nil {
-			app, err = nil, fmt.Errorf("%s: create registry with storage %s: %v", who, storageDir, r)
+			app, err = nil, fmt.Errorf("%s: create registry with %s storage: %v", who, driver, r)
 		}
 	}()
 	// The app outlives ctx while in-flight requests drain; app.Shutdown ends it.

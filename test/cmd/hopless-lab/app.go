@@ -389,17 +389,32 @@ func newApp() *cli.App {
 					&cli.StringFlag{Name: "addr", Required: true},
 					&cli.StringFlag{Name: "cert", Required: true},
 					&cli.StringFlag{Name: "key", Required: true},
-					&cli.StringFlag{Name: "storage", Required: true},
+					&cli.StringFlag{Name: "storage", Usage: "filesystem storage directory (or the --s3-* flags)"},
 					&cli.StringFlag{Name: "remote", Usage: "registry to cache, https://host:port", Required: true},
 					&cli.StringFlag{Name: "remote-ca", Usage: "PEM CA file trusted for --remote besides the system roots"},
 					&cli.StringFlag{Name: "access-log", Usage: "JSON access log file"},
+					&cli.StringFlag{Name: "s3-endpoint", Usage: "s3 storage: the S3 server, http(s)://host:port"},
+					&cli.StringFlag{Name: "s3-region"},
+					&cli.StringFlag{Name: "s3-bucket"},
+					&cli.StringFlag{Name: "s3-access-key-file", Usage: "file (mode 0600) holding the S3 access key"},
+					&cli.StringFlag{Name: "s3-secret-key-file", Usage: "file (mode 0600) holding the S3 secret key"},
+					&cli.StringFlag{Name: "s3-root", Usage: "prefix of the cache's keys in the bucket, e.g. /proxy-1"},
+					&cli.BoolFlag{Name: "s3-force-path-style", Usage: "name the bucket in the URL path, not the host name"},
 				},
 				Action: func(c *cli.Context) error {
-					return lab.ServeProxy(c.Context, lab.ProxyOptions{
+					o := lab.ProxyOptions{
 						Addr: c.String("addr"), CertFile: c.String("cert"), KeyFile: c.String("key"),
 						StorageDir: c.String("storage"), RemoteURL: c.String("remote"), RemoteCA: c.String("remote-ca"),
 						AccessLog: c.String("access-log"),
-					})
+					}
+					if c.IsSet("s3-endpoint") {
+						o.S3 = &lab.ProxyS3{
+							Endpoint: c.String("s3-endpoint"), Region: c.String("s3-region"), Bucket: c.String("s3-bucket"),
+							AccessKeyFile: c.String("s3-access-key-file"), SecretKeyFile: c.String("s3-secret-key-file"),
+							RootDirectory: c.String("s3-root"), ForcePathStyle: c.Bool("s3-force-path-style"),
+						}
+					}
+					return lab.ServeProxy(c.Context, o)
 				},
 			},
 		},
