@@ -47,14 +47,14 @@ type Timeouts struct {
 	ResponseHeader Duration `toml:"response_header"`
 	// Stall aborts a body that delivers no bytes for this long. Default 5s.
 	Stall Duration `toml:"stall"`
-	// HealthInterval is the period of the active GET /v2/ check while the node is
-	// active (requests in flight or made within the last HealthInterval), and of a
-	// master out of rotation; a master that answered a real request within it is
-	// not checked. Default 1s.
+	// HealthInterval bounds the period of the active GET /v2/ check (0.8 to 1 of
+	// it) while the node is active (requests in flight or made within the last
+	// HealthInterval), and of a master out of rotation; a check of a master that
+	// answered a real request within 0.8 of it is skipped. Default 1s.
 	HealthInterval Duration `toml:"health_interval"`
 	// HealthIdleInterval is the period of the check of a master in rotation while
 	// the node is idle, spread by ±50 %. A node that turns active checks the masters
-	// it has not heard from within HealthInterval at once. Must be >=
+	// it has not heard from lately at once. Must be >=
 	// HealthInterval. Default 20s, or HealthInterval if that is longer.
 	HealthIdleInterval Duration `toml:"health_idle_interval"`
 	// HealthTimeout bounds one active check. Default 500ms.

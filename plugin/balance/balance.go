@@ -70,9 +70,10 @@ type Config struct {
 	ResponseHeader time.Duration
 	// Stall aborts, and resumes elsewhere, a body that delivers no byte for this long.
 	Stall time.Duration
-	// HealthInterval and HealthTimeout are the period and the bound of the active
-	// checks that Run performs while the balancer is active (requests in flight or
-	// made within the last HealthInterval) and of an endpoint out of rotation.
+	// HealthInterval bounds the period (0.8 to 1 of it) of the active checks that
+	// Run performs while the balancer is active (requests in flight or made within
+	// the last HealthInterval) and of an endpoint out of rotation; HealthTimeout
+	// bounds each check.
 	HealthInterval time.Duration
 	HealthTimeout  time.Duration
 	// HealthIdleInterval is the period, spread by ±50 %, of the checks of an
@@ -82,6 +83,11 @@ type Config struct {
 	// SlowStart is how long an endpoint that comes back into rotation takes to
 	// ramp from a tenth of its weight to all of it; negative turns it off.
 	SlowStart time.Duration
+	// FixedChecks makes the active period HealthInterval ±10 % and checks an
+	// endpoint when due even if it answered a real request lately, nor at once
+	// when the balancer turns active, as before answers stood for checks: for
+	// comparisons.
+	FixedChecks bool
 	// HedgeMin and HedgeMax clamp the adaptive hedge delay.
 	HedgeMin time.Duration
 	HedgeMax time.Duration

@@ -387,13 +387,13 @@ func (b *Balancer) recordCheck(e *endpoint, err error, now time.Time) {
 	}
 }
 
-// checkSoon brings e's next periodic check within HealthInterval: it has just gone
+// checkSoon brings e's next periodic check within one active period: it has just gone
 // out of rotation, and checks are how it comes back. b.mu held.
 func (b *Balancer) checkSoon(e *endpoint, now time.Time) {
 	if e.checkRunning || e.checkAt.IsZero() {
 		return // the check's end, or Run's first round, schedules it
 	}
-	if at := now.Add(b.spread(b.cfg.HealthInterval, checkSpread)); at.Before(e.checkAt) {
+	if at := now.Add(b.activePeriod()); at.Before(e.checkAt) {
 		e.checkAt = at
 		b.poke()
 	}

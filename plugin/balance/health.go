@@ -20,12 +20,24 @@ const (
 	checkIdle   = "idle"   // periodic, every HealthIdleInterval, while the balancer is idle
 )
 
-const (
-	// checkSpread and idleSpread are the jitter of the two check periods: wide
-	// while idle, so that nodes that started or last pulled together drift apart.
-	checkSpread = 0.1
-	idleSpread  = 0.5
-)
+// idleSpread is the jitter of the idle check period: wide, so that nodes that
+// started or last pulled together drift apart.
+const idleSpread = 0.5
+
+// activePeriod is the time to an endpoint's next check while the balancer is active
+// or the endpoint out of rotation: between 0.8 and 1 HealthInterval, never more, so
+// that HealthInterval bounds how old an active balancer's news of a master get.
+func (b *Balancer) activePeriod() time.Duration {
+	if b.cfg.FixedChecks {
+		return b.spread(b.cfg.HealthInterval, 0.1)
+	}
+	return b.spread(b.cfg.HealthInterval*9/10, 1.0/9)
+}
+
+// fresh is how recent an answer or a check must be to stand for a check: the
+// shortest activePeriod, so that a check put one period after an answer is not
+// skipped for that answer.
+func (b *Balancer) fresh() time.Duration { return b.cfg.HealthInterval * 8 / 10 }
 
 // scheduled is one periodic check that schedule handed out.
 type scheduled struct {
@@ -34,11 +46,10 @@ type scheduled struct {
 }
 
 // Run checks every endpoint at once, then each one on its own schedule, until ctx
-// ends (see the package documentation): every HealthInterval ±10 % while the
+// ends (see the package documentation): every 0.8 to 1 HealthInterval while the
 // balancer is active or the endpoint is out of rotation, unless a real request got
-// an answer from it within that interval; every HealthIdleInterval ±50 % while the
-// balancer is idle; and at once, if not heard from within HealthInterval, when the
-// balancer turns active. While Run runs, an ejected endpoint comes back only through
+// an answer from it lately; every HealthIdleInterval ±50 % while the balancer is
+// idle; and at once, if not heard from lately, when the balancer turns active. While Run runs, an ejected endpoint comes back only through
 // a passing check. Without Run the balancer relies on passive ejection and
 // half-open trial requests.
 func (b *Balancer) Run(ctx context.Context) {
@@ -116,12 +127,13 @@ func inRotation(e *endpoint) bool { return !e.unhealthy && !e.ejected }
 // schedule hands out the periodic checks due at now, marking them running, and
 // returns the time the next one is due (zero when every endpoint's check is
 // running). wake says that the balancer has just turned active. A check that a real
-// answer made unnecessary is skipped and moved to one interval after that answer
-// (or the last check, if later).
+// answer made unnecessary is skipped and moved to one period after that answer (or
+// the last check, if later).
 func (b *Balancer) schedule(now time.Time, wake bool) ([]scheduled, time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	interval := b.cfg.HealthInterval
+	fresh := b.fresh()
+	wake = wake && !b.cfg.FixedChecks
 	var (
 		due  []scheduled
 		next time.Time
@@ -139,17 +151,14 @@ func (b *Balancer) schedule(now time.Time, wake bool) ([]scheduled, time.Time) {
 		switch {
 		case e.checkAt.IsZero():
 			reason = checkStart
-		case wake && now.Sub(heard) >= interval && e.outstanding.Load() == 0:
+		case wake && now.Sub(heard) >= fresh && e.outstanding.Load() == 0:
 			// An endpoint a request waits on is left to that request: a hedge
 			// delay without headers probes it.
 			reason = checkWake
 		case now.Before(e.checkAt):
-		case inRotation(e) && now.Sub(answered) < interval:
+		case inRotation(e) && now.Sub(answered) < fresh && !b.cfg.FixedChecks:
 			b.metrics.checkSkipped(e.name)
-			e.checkAt = heard.Add(b.spread(interval, checkSpread))
-			if !e.checkAt.After(now) {
-				e.checkAt = heard.Add(interval)
-			}
+			e.checkAt = heard.Add(b.activePeriod())
 		case !inRotation(e):
 			reason = checkOut
 		case b.active(now):
@@ -164,9 +173,9 @@ func (b *Balancer) schedule(now time.Time, wake bool) ([]scheduled, time.Time) {
 		}
 		if wake {
 			// Active now: the idle period no longer holds.
-			at := heard.Add(b.spread(interval, checkSpread))
+			at := heard.Add(b.activePeriod())
 			if !at.After(now) {
-				at = now.Add(b.spread(interval, checkSpread))
+				at = now.Add(b.activePeriod())
 			}
 			if at.Before(e.checkAt) {
 				e.checkAt = at
@@ -195,11 +204,11 @@ func (b *Balancer) runCheck(ctx context.Context, s scheduled) {
 	if ctx.Err() == nil { // shutting down: the endpoint is not to blame
 		b.recordCheck(e, err, now)
 	}
-	d, frac := b.cfg.HealthIdleInterval, idleSpread
-	if !inRotation(e) || b.active(now) || d == b.cfg.HealthInterval {
-		d, frac = b.cfg.HealthInterval, checkSpread
+	if !inRotation(e) || b.active(now) || b.cfg.HealthIdleInterval == b.cfg.HealthInterval {
+		e.checkAt = now.Add(b.activePeriod())
+	} else {
+		e.checkAt = now.Add(b.spread(b.cfg.HealthIdleInterval, idleSpread))
 	}
-	e.checkAt = now.Add(b.spread(d, frac))
 }
 
 // probe checks e at once, bounded by timeout, unless a probe of e is running: a

@@ -29,26 +29,32 @@ type step struct {
 // request was answered.
 func TestCheckSchedule(t *testing.T) {
 	t.Parallel()
+	// Without jitter an active balancer checks every 0.9 s (the middle of 0.8 to
+	// 1 health_interval), an idle one every 20 s; an answer or a check stands for
+	// a check for 0.8 s.
 	const (
 		interval = time.Second
 		idle     = 20 * time.Second
 		ms       = time.Millisecond
 	)
-	// Two answers, at 0.5 s and 1 s: the check that the first answer's wake-up
-	// brought to 1.5 s is skipped for the second and moved to 2 s, when the
-	// balancer has been idle for 1 s.
+	// Two answers, at 0.5 s and 1 s. The first one's wake-up brings the check to
+	// 1.4 s, where the second answer stands for it: it is moved to 1.9 s, when the
+	// balancer is still active (its last use was at 1 s); the one at 2.8 s is the
+	// last at that pace, as the balancer has been idle since 2 s.
 	answered := []step{
 		{want: checkStart},
 		{advance: 500 * ms, get: true},
 		{advance: 500 * ms, get: true},
 		{advance: 500 * ms},
-		{advance: 500 * ms, want: checkIdle},
+		{advance: 400 * ms, want: checkActive},
+		{advance: 900 * ms, want: checkIdle},
 		{advance: idle - ms},
 		{advance: ms, want: checkIdle},
 	}
 	tests := []struct {
 		name  string
-		code  int // the answer to requests other than checks
+		code  int  // the answer to requests other than checks
+		fixed bool // Config.FixedChecks
 		steps []step
 		// wantChecks and wantSkipped count the checks the endpoint received and
 		// those skipped for a real answer.
@@ -65,18 +71,32 @@ func TestCheckSchedule(t *testing.T) {
 			},
 			wantChecks: 3,
 		},
-		{name: "a 200 within the interval is the check", code: http.StatusOK, steps: answered, wantChecks: 3, wantSkipped: 1},
-		{name: "a 404 is an answer too", code: http.StatusNotFound, steps: answered, wantChecks: 3, wantSkipped: 1},
-		{name: "a 5xx of the master's own is an answer too", code: http.StatusInternalServerError, steps: answered, wantChecks: 3, wantSkipped: 1},
+		{name: "a 200 stands for a check", code: http.StatusOK, steps: answered, wantChecks: 4, wantSkipped: 1},
+		{name: "a 404 is an answer too", code: http.StatusNotFound, steps: answered, wantChecks: 4, wantSkipped: 1},
+		{name: "a 5xx of the master's own is an answer too", code: http.StatusInternalServerError, steps: answered, wantChecks: 4, wantSkipped: 1},
 		{
-			name: "active without answers: every health_interval",
+			// As the fleet benchmark's baseline: health_idle_interval =
+			// health_interval, and neither answers nor wake-ups change the 1 s pace.
+			name: "with FixedChecks an answer stands for nothing, and the period is 1 s",
+			code: http.StatusOK, fixed: true,
 			steps: []step{
 				{want: checkStart},
-				{advance: 999 * ms, use: true}, // checked 999 ms ago: no wake check
-				{advance: ms, want: checkActive},
-				{advance: 999 * ms, use: true},
-				{advance: ms, want: checkActive},
-				{advance: interval, want: checkIdle}, // the last use was 1 s ago
+				{advance: 500 * ms, get: true},
+				{advance: 500 * ms, get: true, want: checkActive},
+				{advance: interval - ms},
+				{advance: ms, want: checkIdle},
+			},
+			wantChecks: 3,
+		},
+		{
+			name: "active without answers: every 0.9 s",
+			steps: []step{
+				{want: checkStart},
+				{advance: 700 * ms, use: true}, // checked 0.7 s ago: no wake check
+				{advance: 200 * ms, want: checkActive},
+				{advance: 500 * ms, use: true},
+				{advance: 400 * ms, want: checkActive},
+				{advance: 900 * ms, want: checkIdle}, // the last use was 1.3 s ago
 				{advance: idle - ms},
 				{advance: ms, want: checkIdle},
 			},
@@ -89,7 +109,7 @@ func TestCheckSchedule(t *testing.T) {
 				{advance: 5 * time.Second},
 				{use: true, want: checkWake},
 				{advance: 500 * ms, use: true},
-				{advance: 500 * ms, want: checkActive},
+				{advance: 400 * ms, want: checkActive},
 			},
 			wantChecks: 3,
 		},
@@ -99,27 +119,27 @@ func TestCheckSchedule(t *testing.T) {
 				{want: checkStart},
 				{advance: 5 * time.Second},
 				{use: true, inflight: true},
-				{advance: interval - ms},
+				{advance: 900*ms - ms},
 				{advance: ms, want: checkActive}, // in flight: active
 			},
 			wantChecks: 2,
 		},
 		{
-			name: "out of rotation: every health_interval while idle",
+			name: "out of rotation: every 0.9 s while idle",
 			steps: []step{
 				{failChecks: true, want: checkStart},
-				{advance: interval - ms},
+				{advance: 900*ms - ms},
 				{advance: ms, want: checkOut},
-				{advance: interval, want: checkOut},
+				{advance: 900 * ms, want: checkOut},
 			},
 			wantChecks: 3,
 		},
 		{
-			name: "a failed probe brings the next check within health_interval",
+			name: "a failed probe brings the next check within 0.9 s",
 			steps: []step{
 				{want: checkStart},
 				{advance: 3 * time.Second, probeFail: true},
-				{advance: interval - ms},
+				{advance: 900*ms - ms},
 				{advance: ms, want: checkOut},
 			},
 			wantChecks: 2,
@@ -144,10 +164,14 @@ func TestCheckSchedule(t *testing.T) {
 			clock := newFakeClock()
 			start := clock.Now()
 			reg := prometheus.NewRegistry()
+			idleInterval := idle
+			if tt.fixed {
+				idleInterval = interval
+			}
 			b := newBalancer(t, Config{
 				Endpoints: endpoints(be.url(t)), Now: clock.Now, Metrics: NewMetrics(reg),
-				HealthInterval: interval, HealthIdleInterval: idle, HealthTimeout: time.Second,
-				ConsecutiveFailures: 5, Consecutive5xx: 5,
+				HealthInterval: interval, HealthIdleInterval: idleInterval, HealthTimeout: time.Second,
+				ConsecutiveFailures: 5, Consecutive5xx: 5, FixedChecks: tt.fixed,
 			})
 			e := b.eps[0]
 			for i, s := range tt.steps {
