@@ -47,10 +47,10 @@ type Timeouts struct {
 	ResponseHeader Duration `toml:"response_header"`
 	// Stall aborts a body that delivers no bytes for this long. Default 5s.
 	Stall Duration `toml:"stall"`
-	// HealthInterval bounds the period of the active GET /v2/ check (0.8 to 1 of
+	// HealthInterval bounds the period of the active GET /v2/ check (0.9 to 1 of
 	// it) while the node is active (requests in flight or made within the last
-	// HealthInterval), and of a master out of rotation; a check of a master that
-	// answered a real request within 0.8 of it is skipped. Default 1s.
+	// HealthInterval), and of a master out of rotation; a real answer from a master
+	// stands for its next check. Default 1s.
 	HealthInterval Duration `toml:"health_interval"`
 	// HealthIdleInterval is the period of the check of a master in rotation while
 	// the node is idle, spread by ±50 %. A node that turns active checks the masters

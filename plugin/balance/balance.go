@@ -70,7 +70,7 @@ type Config struct {
 	ResponseHeader time.Duration
 	// Stall aborts, and resumes elsewhere, a body that delivers no byte for this long.
 	Stall time.Duration
-	// HealthInterval bounds the period (0.8 to 1 of it) of the active checks that
+	// HealthInterval bounds the period (0.9 to 1 of it) of the active checks that
 	// Run performs while the balancer is active (requests in flight or made within
 	// the last HealthInterval) and of an endpoint out of rotation; HealthTimeout
 	// bounds each check.

@@ -52,25 +52,24 @@
 //   - The balancer is active while a request is in flight (bodies included) or one
 //     started or ended within the last HealthInterval. Then, and whatever the
 //     balancer does while an endpoint is out of rotation (unhealthy or ejected:
-//     checks are how it comes back), the endpoint is checked every 0.8 to 1
+//     checks are how it comes back), the endpoint is checked every 0.9 to 1
 //     HealthInterval: never later, so that a check, bounded by HealthTimeout,
 //     finds a frozen master within HealthInterval plus HealthTimeout.
 //   - A real request that got any HTTP answer from the endpoint (a 4xx or 5xx too:
-//     an answer is not a broken master) within the last 0.8 HealthInterval stands
-//     for the check that comes due: it is skipped and moved to one period after
-//     the answer.
+//     an answer is not a broken master) after its check was planned stands for
+//     that check: it is skipped and moved to one period after the answer.
 //   - While the balancer is idle, an endpoint in rotation is checked every
 //     HealthIdleInterval ±50 %: the wide spread keeps nodes that started or pulled
 //     together from checking together.
 //   - The request that makes an idle balancer active has the endpoints not heard
-//     from (answer or check) within 0.8 HealthInterval checked at once, in
+//     from (answer or check) within 0.9 HealthInterval checked at once, in
 //     parallel with it: its news may be stale. The endpoint that request waits on
 //     is left to it, since a hedge delay without headers probes it anyway.
 //   - A check that comes due just after the balancer turned idle still runs: a
 //     node that was active when a master froze notices within HealthInterval plus
 //     HealthTimeout even if its traffic stops.
 //
-// So no periodic check comes within 0.8 HealthInterval of the endpoint's previous
+// So no periodic check comes within 0.9 HealthInterval of the endpoint's previous
 // one (on-demand probes aside), an active balancer notices a frozen master as fast
 // as with checks every interval, an idle one costs each master one check per
 // HealthIdleInterval, and a busy one almost none.

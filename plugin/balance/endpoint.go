@@ -76,12 +76,12 @@ type endpoint struct {
 	lat    map[string]*window
 	// waiting holds the attempts that wait for its response headers.
 	waiting map[*attempt]struct{}
-	// checkAt is when its next periodic check is due, zero before the first;
-	// checkRunning is set while one runs; checkedAt is when a check or probe of it
-	// last ended, whatever its result.
-	checkAt      time.Time
-	checkRunning bool
-	checkedAt    time.Time
+	// checkAt is when its next periodic check is due, zero before the first, and
+	// plannedAt when that was decided; checkRunning is set while one runs;
+	// checkedAt is when a check or probe of it last ended, whatever its result.
+	checkAt, plannedAt time.Time
+	checkRunning       bool
+	checkedAt          time.Time
 	// rampFrom is when it came back into rotation, while its slow start lasts.
 	rampFrom time.Time
 }
@@ -394,7 +394,7 @@ func (b *Balancer) checkSoon(e *endpoint, now time.Time) {
 		return // the check's end, or Run's first round, schedules it
 	}
 	if at := now.Add(b.activePeriod()); at.Before(e.checkAt) {
-		e.checkAt = at
+		e.plan(at, now)
 		b.poke()
 	}
 }

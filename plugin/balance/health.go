@@ -25,19 +25,22 @@ const (
 const idleSpread = 0.5
 
 // activePeriod is the time to an endpoint's next check while the balancer is active
-// or the endpoint out of rotation: between 0.8 and 1 HealthInterval, never more, so
+// or the endpoint out of rotation: between 0.9 and 1 HealthInterval, never more, so
 // that HealthInterval bounds how old an active balancer's news of a master get.
 func (b *Balancer) activePeriod() time.Duration {
 	if b.cfg.FixedChecks {
 		return b.spread(b.cfg.HealthInterval, 0.1)
 	}
-	return b.spread(b.cfg.HealthInterval*9/10, 1.0/9)
+	return b.spread(b.cfg.HealthInterval*19/20, 1.0/19)
 }
 
-// fresh is how recent an answer or a check must be to stand for a check: the
-// shortest activePeriod, so that a check put one period after an answer is not
-// skipped for that answer.
-func (b *Balancer) fresh() time.Duration { return b.cfg.HealthInterval * 8 / 10 }
+// fresh is how recent news of an endpoint (an answer or a check) spare it the check
+// when the balancer turns active: the shortest activePeriod, so that the check then
+// put one period after that news is not yet due.
+func (b *Balancer) fresh() time.Duration { return b.cfg.HealthInterval * 9 / 10 }
+
+// plan sets e's next periodic check. b.mu held.
+func (e *endpoint) plan(at, now time.Time) { e.checkAt, e.plannedAt = at, now }
 
 // scheduled is one periodic check that schedule handed out.
 type scheduled struct {
@@ -46,7 +49,7 @@ type scheduled struct {
 }
 
 // Run checks every endpoint at once, then each one on its own schedule, until ctx
-// ends (see the package documentation): every 0.8 to 1 HealthInterval while the
+// ends (see the package documentation): every 0.9 to 1 HealthInterval while the
 // balancer is active or the endpoint is out of rotation, unless a real request got
 // an answer from it lately; every HealthIdleInterval ±50 % while the balancer is
 // idle; and at once, if not heard from lately, when the balancer turns active. While Run runs, an ejected endpoint comes back only through
@@ -127,8 +130,8 @@ func inRotation(e *endpoint) bool { return !e.unhealthy && !e.ejected }
 // schedule hands out the periodic checks due at now, marking them running, and
 // returns the time the next one is due (zero when every endpoint's check is
 // running). wake says that the balancer has just turned active. A check that a real
-// answer made unnecessary is skipped and moved to one period after that answer (or
-// the last check, if later).
+// answer made unnecessary (one came after it was planned) is skipped and moved to
+// one period after that answer (or the last check, if later).
 func (b *Balancer) schedule(now time.Time, wake bool) ([]scheduled, time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -156,9 +159,10 @@ func (b *Balancer) schedule(now time.Time, wake bool) ([]scheduled, time.Time) {
 			// delay without headers probes it.
 			reason = checkWake
 		case now.Before(e.checkAt):
-		case inRotation(e) && now.Sub(answered) < fresh && !b.cfg.FixedChecks:
+		case inRotation(e) && answered.After(e.plannedAt) && !b.cfg.FixedChecks:
+			// An answer since the check was planned stands for it.
 			b.metrics.checkSkipped(e.name)
-			e.checkAt = heard.Add(b.activePeriod())
+			e.plan(heard.Add(b.activePeriod()), now)
 		case !inRotation(e):
 			reason = checkOut
 		case b.active(now):
@@ -178,7 +182,7 @@ func (b *Balancer) schedule(now time.Time, wake bool) ([]scheduled, time.Time) {
 				at = now.Add(b.activePeriod())
 			}
 			if at.Before(e.checkAt) {
-				e.checkAt = at
+				e.plan(at, now)
 			}
 		}
 		if next.IsZero() || e.checkAt.Before(next) {
@@ -205,9 +209,9 @@ func (b *Balancer) runCheck(ctx context.Context, s scheduled) {
 		b.recordCheck(e, err, now)
 	}
 	if !inRotation(e) || b.active(now) || b.cfg.HealthIdleInterval == b.cfg.HealthInterval {
-		e.checkAt = now.Add(b.activePeriod())
+		e.plan(now.Add(b.activePeriod()), now)
 	} else {
-		e.checkAt = now.Add(b.spread(b.cfg.HealthIdleInterval, idleSpread))
+		e.plan(now.Add(b.spread(b.cfg.HealthIdleInterval, idleSpread)), now)
 	}
 }
 

@@ -29,25 +29,25 @@ type step struct {
 // request was answered.
 func TestCheckSchedule(t *testing.T) {
 	t.Parallel()
-	// Without jitter an active balancer checks every 0.9 s (the middle of 0.8 to
-	// 1 health_interval), an idle one every 20 s; an answer or a check stands for
-	// a check for 0.8 s.
+	// Without jitter an active balancer checks every 0.95 s (the middle of 0.9 to
+	// 1 health_interval), an idle one every 20 s; news of 0.9 s ago spare a check
+	// when the balancer turns active.
 	const (
 		interval = time.Second
 		idle     = 20 * time.Second
 		ms       = time.Millisecond
 	)
-	// Two answers, at 0.5 s and 1 s. The first one's wake-up brings the check to
-	// 1.4 s, where the second answer stands for it: it is moved to 1.9 s, when the
-	// balancer is still active (its last use was at 1 s); the one at 2.8 s is the
-	// last at that pace, as the balancer has been idle since 2 s.
+	// Two answers, at 0.5 s and 1 s. The first one's wake-up plans the check for
+	// 1.45 s; the second answer, after that, stands for it: it is moved to 1.95 s,
+	// when the balancer is still active (its last use was at 1 s); the one at 2.9 s
+	// is the last at that pace, as the balancer has been idle since 2 s.
 	answered := []step{
 		{want: checkStart},
 		{advance: 500 * ms, get: true},
 		{advance: 500 * ms, get: true},
 		{advance: 500 * ms},
-		{advance: 400 * ms, want: checkActive},
-		{advance: 900 * ms, want: checkIdle},
+		{advance: 450 * ms, want: checkActive},
+		{advance: 950 * ms, want: checkIdle},
 		{advance: idle - ms},
 		{advance: ms, want: checkIdle},
 	}
@@ -89,14 +89,14 @@ func TestCheckSchedule(t *testing.T) {
 			wantChecks: 3,
 		},
 		{
-			name: "active without answers: every 0.9 s",
+			name: "active without answers: every 0.95 s",
 			steps: []step{
 				{want: checkStart},
 				{advance: 700 * ms, use: true}, // checked 0.7 s ago: no wake check
-				{advance: 200 * ms, want: checkActive},
+				{advance: 250 * ms, want: checkActive},
 				{advance: 500 * ms, use: true},
-				{advance: 400 * ms, want: checkActive},
-				{advance: 900 * ms, want: checkIdle}, // the last use was 1.3 s ago
+				{advance: 450 * ms, want: checkActive},
+				{advance: 950 * ms, want: checkIdle}, // the last use was 1.4 s ago
 				{advance: idle - ms},
 				{advance: ms, want: checkIdle},
 			},
@@ -109,7 +109,7 @@ func TestCheckSchedule(t *testing.T) {
 				{advance: 5 * time.Second},
 				{use: true, want: checkWake},
 				{advance: 500 * ms, use: true},
-				{advance: 400 * ms, want: checkActive},
+				{advance: 450 * ms, want: checkActive},
 			},
 			wantChecks: 3,
 		},
@@ -119,27 +119,27 @@ func TestCheckSchedule(t *testing.T) {
 				{want: checkStart},
 				{advance: 5 * time.Second},
 				{use: true, inflight: true},
-				{advance: 900*ms - ms},
+				{advance: 950*ms - ms},
 				{advance: ms, want: checkActive}, // in flight: active
 			},
 			wantChecks: 2,
 		},
 		{
-			name: "out of rotation: every 0.9 s while idle",
+			name: "out of rotation: every 0.95 s while idle",
 			steps: []step{
 				{failChecks: true, want: checkStart},
-				{advance: 900*ms - ms},
+				{advance: 950*ms - ms},
 				{advance: ms, want: checkOut},
-				{advance: 900 * ms, want: checkOut},
+				{advance: 950 * ms, want: checkOut},
 			},
 			wantChecks: 3,
 		},
 		{
-			name: "a failed probe brings the next check within 0.9 s",
+			name: "a failed probe brings the next check within 0.95 s",
 			steps: []step{
 				{want: checkStart},
 				{advance: 3 * time.Second, probeFail: true},
-				{advance: 900*ms - ms},
+				{advance: 950*ms - ms},
 				{advance: ms, want: checkOut},
 			},
 			wantChecks: 2,

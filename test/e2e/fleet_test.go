@@ -23,10 +23,10 @@ import (
 // another master and is asserted not to happen.
 //
 // Every node checks each master once when it starts, and no periodic check of a
-// master comes within 0.8 × health_interval of the previous one (checks come every
-// 0.8 to 1 interval while the node is active; after a real answer they are skipped,
+// master comes within 0.9 × health_interval of the previous one (checks come every
+// 0.9 to 1 interval while the node is active; after a real answer they are skipped,
 // and an idle node checks less often): over the nodes' lifetime L a master gets at
-// most nodes × (1 + L / (0.8 × interval)) periodic checks, plus the on-demand
+// most nodes × (1 + L / (0.9 × interval)) periodic checks, plus the on-demand
 // probes, which the balancers count.
 //
 // It does not run in parallel with the other tests: 100 balancers checking three
@@ -63,7 +63,7 @@ func TestFleetShares(t *testing.T) {
 		}
 	}
 	interval := rep.HealthInterval
-	periodic := math.Floor(1 + rep.Lifetime.Seconds()/(0.8*interval.Seconds()))
+	periodic := math.Floor(1 + rep.Lifetime.Seconds()/(0.9*interval.Seconds()))
 	bound := float64(nodes)*periodic + rep.Probes
 	t.Logf("lifetime %s, health_interval %s: at most %.0f checks per node and master, %.0f probes in all: bound %.0f per master",
 		rep.Lifetime.Round(time.Millisecond), interval, periodic, rep.Probes, bound)
