@@ -55,7 +55,7 @@ type Timeouts struct {
 	// HealthIdleInterval is the period of the check of a master in rotation while
 	// the node is idle, spread by ±50 %. A node that turns active checks the masters
 	// it has not heard from lately at once. Must be >=
-	// HealthInterval. Default 20s, or HealthInterval if that is longer.
+	// HealthInterval. Default 30s, or HealthInterval if that is longer.
 	HealthIdleInterval Duration `toml:"health_idle_interval"`
 	// HealthTimeout bounds one active check. Default 500ms.
 	HealthTimeout Duration `toml:"health_timeout"`

@@ -162,7 +162,7 @@ func TestLoadNode(t *testing.T) {
 					Stall:              Duration{5 * time.Second},
 					HealthInterval:     Duration{time.Second},
 					HealthTimeout:      Duration{ms(500)},
-					HealthIdleInterval: Duration{20 * time.Second},
+					HealthIdleInterval: Duration{30 * time.Second},
 					HedgeMin:           Duration{ms(100)},
 					HedgeMax:           Duration{time.Second},
 				}
@@ -290,7 +290,7 @@ url = "https://[::1]:5001"
 					Stall:              Duration{time.Minute},
 					HealthInterval:     Duration{2 * time.Second},
 					HealthTimeout:      Duration{2 * time.Second},
-					HealthIdleInterval: Duration{20 * time.Second},
+					HealthIdleInterval: Duration{30 * time.Second},
 					HedgeMin:           Duration{time.Second},
 					HedgeMax:           Duration{time.Second},
 				}

@@ -19,8 +19,9 @@ const (
 	DefaultHedgeMin       = 100 * time.Millisecond
 	DefaultHedgeMax       = time.Second
 	// DefaultHealthIdleInterval is timeouts.health_idle_interval: 1000 idle nodes
-	// then check each master 50 times a second, half of the 100/s they may.
-	DefaultHealthIdleInterval = 20 * time.Second
+	// then check each master 33 times a second, a third of the 100/s they may, so
+	// that their pulls have room.
+	DefaultHealthIdleInterval = 30 * time.Second
 	// DefaultSlowStart is outlier.slow_start.
 	DefaultSlowStart = 10 * time.Second
 

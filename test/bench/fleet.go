@@ -96,8 +96,10 @@ type FleetReport struct {
 	// HealthInterval and HealthIdleInterval are the node config's check
 	// schedule, as the balancers ran it.
 	HealthInterval, HealthIdleInterval time.Duration
-	// Sent counts the requests the nodes made, Failed those that failed.
+	// Sent counts the requests the nodes made, Failed those that failed, and
+	// Errors holds the first few of their errors.
 	Sent, Failed int64
+	Errors       []string
 	// Hedges and Probes are the balancers' counters, over every node;
 	// CheckReasons counts their periodic checks by reason, Skipped those that a
 	// real answer made unnecessary.
@@ -190,7 +192,8 @@ func RunFleet(ctx context.Context, c Config, l *lab.Lab, opts FleetOptions) (Fle
 	begin := time.Now()
 	runCtx, stopAll := context.WithCancel(ctx)
 	defer stopAll()
-	var sent, failed atomic.Int64
+	var sent atomic.Int64
+	var failed fleetErrors
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer stopAll()
@@ -275,7 +278,8 @@ func RunFleet(ctx context.Context, c Config, l *lab.Lab, opts FleetOptions) (Fle
 	for i := range l.Masters {
 		rep.Checks = append(rep.Checks, after[i].checks-before[i].checks)
 	}
-	rep.Sent, rep.Failed = sent.Load(), failed.Load()
+	rep.Sent = sent.Load()
+	rep.Failed, rep.Errors = failed.get()
 	rep.Hedges, rep.Probes = gathered(reg, "hopless_plugin_hedges_total", nil), gathered(reg, "hopless_plugin_probes_total", nil)
 	rep.Skipped = gathered(reg, "hopless_plugin_health_checks_skipped_total", nil)
 	rep.CheckReasons = map[string]float64{}
@@ -388,7 +392,7 @@ func fleetFreeze(ctx context.Context, c Config, l *lab.Lab, nodes []*fleetNode, 
 // fleetRequests GETs the targets through b until ctx ends: one about every
 // opts.Interval (randomly spread, so that the nodes do not send in step), and
 // opts.Requests of them if set; or, with opts.PullEvery, in pulls.
-func fleetRequests(ctx context.Context, b *balance.Balancer, host string, t fleetTargets, opts FleetOptions, sent, failed *atomic.Int64) {
+func fleetRequests(ctx context.Context, b *balance.Balancer, host string, t fleetTargets, opts FleetOptions, sent *atomic.Int64, failed *fleetErrors) {
 	client := &http.Client{Transport: b}
 	paths := append([]string{t.manifest}, t.blobs...)
 	interval := opts.Interval
@@ -407,7 +411,7 @@ func fleetRequests(ctx context.Context, b *balance.Balancer, host string, t flee
 		}
 		sent.Add(1)
 		if err := fleetGet(ctx, client, "https://"+host+paths[(first+i)%len(paths)]); err != nil && ctx.Err() == nil {
-			failed.Add(1)
+			failed.add(err)
 		}
 		wait = interval/2 + rand.N(interval)
 		if opts.PullEvery > 0 && (i+1)%max(opts.PullRequests, 1) == 0 {
@@ -415,6 +419,28 @@ func fleetRequests(ctx context.Context, b *balance.Balancer, host string, t flee
 		}
 		timer.Reset(wait)
 	}
+}
+
+// fleetErrors counts the nodes' failed requests and keeps the first few errors.
+type fleetErrors struct {
+	mu    sync.Mutex
+	n     int64
+	first []string
+}
+
+func (f *fleetErrors) add(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.n++
+	if len(f.first) < 5 {
+		f.first = append(f.first, err.Error())
+	}
+}
+
+func (f *fleetErrors) get() (int64, []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.n, f.first
 }
 
 func fleetGet(ctx context.Context, client *http.Client, u string) error {
@@ -574,7 +600,7 @@ func fleet(ctx context.Context, c Config) ([]Result, error) {
 func fleet1000(ctx context.Context, c Config) ([]Result, error) {
 	opts := FleetOptions{
 		Nodes: 1000, Interval: 250 * time.Millisecond, PullEvery: 90 * time.Second, PullRequests: 12,
-		StartOver: 10 * time.Second, Warmup: 30 * time.Second, Steady: 60 * time.Second,
+		StartOver: 10 * time.Second, Warmup: 45 * time.Second, Steady: 60 * time.Second,
 		Freeze: 5 * time.Second, Thawed: 12 * time.Second,
 	}
 	if c.Quick {
@@ -622,6 +648,9 @@ func logFleet(c Config, name string, l *lab.Lab, rep FleetReport) {
 	c.logf("%s: %d nodes sent %d requests (%d failed), %.0f hedges, %.0f on-demand probes; periodic checks start %.0f, wake %.0f, active %.0f, out %.0f, idle %.0f; %.0f skipped after a real answer",
 		name, rep.Nodes, rep.Sent, rep.Failed, rep.Hedges, rep.Probes,
 		rep.CheckReasons["start"], rep.CheckReasons["wake"], rep.CheckReasons["active"], rep.CheckReasons["out"], rep.CheckReasons["idle"], rep.Skipped)
+	for _, e := range rep.Errors {
+		c.logf("%s: a failed request: %s", name, e)
+	}
 	for i, m := range l.Masters {
 		c.logf("%s: %s served %.0f requests (%.2f%%, want %.0f%%) and %.1f checks/s", name, m.Name, rep.Requests[i], rep.Share(i), WantShare(i), rep.ChecksPerSecond[i])
 	}
