@@ -15,8 +15,8 @@ import (
 const (
 	checkStart  = "start"  // Run's first check of every endpoint
 	checkWake   = "wake"   // the balancer turned active after being idle
-	checkActive = "active" // periodic, every HealthInterval, while the balancer is active
-	checkOut    = "out"    // periodic, every HealthInterval, of an endpoint out of rotation
+	checkActive = "active" // periodic, about every HealthInterval, while the balancer is active
+	checkOut    = "out"    // periodic, about every HealthInterval, of an endpoint out of rotation
 	checkIdle   = "idle"   // periodic, every HealthIdleInterval, while the balancer is idle
 )
 
@@ -26,7 +26,7 @@ const idleSpread = 0.5
 
 // activePeriod is the time to an endpoint's next check while the balancer is active
 // or the endpoint out of rotation: between 0.9 and 1 HealthInterval, never more, so
-// that HealthInterval bounds how old an active balancer's news of a master get.
+// that HealthInterval bounds the age of an active balancer's news of a master.
 func (b *Balancer) activePeriod() time.Duration {
 	if b.cfg.FixedChecks {
 		return b.spread(b.cfg.HealthInterval, 0.1)
@@ -34,9 +34,9 @@ func (b *Balancer) activePeriod() time.Duration {
 	return b.spread(b.cfg.HealthInterval*19/20, 1.0/19)
 }
 
-// fresh is how recent news of an endpoint (an answer or a check) spare it the check
-// when the balancer turns active: the shortest activePeriod, so that the check then
-// put one period after that news is not yet due.
+// fresh is how recent news of an endpoint (an answer or a check) must be to spare
+// it the check when the balancer turns active: the shortest activePeriod, so that
+// the check then put one period after that news is not yet due.
 func (b *Balancer) fresh() time.Duration { return b.cfg.HealthInterval * 9 / 10 }
 
 // plan sets e's next periodic check. b.mu held.
@@ -52,9 +52,9 @@ type scheduled struct {
 // ends (see the package documentation): every 0.9 to 1 HealthInterval while the
 // balancer is active or the endpoint is out of rotation, unless a real request got
 // an answer from it lately; every HealthIdleInterval ±50 % while the balancer is
-// idle; and at once, if not heard from lately, when the balancer turns active. While Run runs, an ejected endpoint comes back only through
-// a passing check. Without Run the balancer relies on passive ejection and
-// half-open trial requests.
+// idle; and at once, if not heard from lately, when the balancer turns active.
+// While Run runs, an ejected endpoint comes back only through a passing check.
+// Without Run the balancer relies on passive ejection and half-open trial requests.
 func (b *Balancer) Run(ctx context.Context) {
 	b.checking.Store(true)
 	defer b.checking.Store(false)
@@ -121,7 +121,7 @@ func (b *Balancer) active(now time.Time) bool {
 }
 
 // Active reports whether the balancer is active: a request in flight, or one within
-// the last HealthInterval. Its checks then run every HealthInterval.
+// the last HealthInterval. Its checks then run every 0.9 to 1 HealthInterval.
 func (b *Balancer) Active() bool { return b.active(b.now()) }
 
 // inRotation reports whether e is neither unhealthy nor ejected. b.mu held.
@@ -205,7 +205,7 @@ func (b *Balancer) runCheck(ctx context.Context, s scheduled) {
 	defer b.mu.Unlock()
 	e.checkRunning = false
 	now := b.now()
-	if ctx.Err() == nil { // shutting down: the endpoint is not to blame
+	if ctx.Err() == nil { // else Run is stopping, and the endpoint is not to blame
 		b.recordCheck(e, err, now)
 	}
 	if !inRotation(e) || b.active(now) || b.cfg.HealthIdleInterval == b.cfg.HealthInterval {
