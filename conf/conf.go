@@ -47,8 +47,16 @@ type Timeouts struct {
 	ResponseHeader Duration `toml:"response_header"`
 	// Stall aborts a body that delivers no bytes for this long. Default 5s.
 	Stall Duration `toml:"stall"`
-	// HealthInterval is the period of the active GET /v2/ check. Default 1s.
+	// HealthInterval bounds the period of the active GET /v2/ check (0.9 to 1 of
+	// it) while the node is active (requests in flight or made within the last
+	// HealthInterval), and of a master out of rotation; a real answer from a master
+	// stands for its next check. Default 1s.
 	HealthInterval Duration `toml:"health_interval"`
+	// HealthIdleInterval is the period of the check of a master in rotation while
+	// the node is idle, spread by ±50 %. A node that turns active checks the masters
+	// it has not heard from lately at once. Must be >=
+	// HealthInterval. Default 30s, or HealthInterval if that is longer.
+	HealthIdleInterval Duration `toml:"health_idle_interval"`
 	// HealthTimeout bounds one active check. Default 500ms.
 	HealthTimeout Duration `toml:"health_timeout"`
 	// HedgeMin and HedgeMax bound the adaptive hedge delay. Defaults 100ms and 1s.
@@ -68,6 +76,10 @@ type Outlier struct {
 	// MaxEjectionPercent caps the share of endpoints ejected for failures at once;
 	// one may always be ejected. Default 50.
 	MaxEjectionPercent int `toml:"max_ejection_percent"`
+	// SlowStart is how long a master that comes back into rotation takes to reach
+	// its full weight, ramping linearly from a tenth of it. 0 turns it off.
+	// Default 10s.
+	SlowStart Duration `toml:"slow_start"`
 }
 
 // Hedge is the budget of hedged and retried requests.

@@ -157,18 +157,19 @@ func TestLoadNode(t *testing.T) {
 					}
 				}
 				want := Timeouts{
-					Dial:           Duration{time.Second},
-					ResponseHeader: Duration{10 * time.Second},
-					Stall:          Duration{5 * time.Second},
-					HealthInterval: Duration{time.Second},
-					HealthTimeout:  Duration{ms(500)},
-					HedgeMin:       Duration{ms(100)},
-					HedgeMax:       Duration{time.Second},
+					Dial:               Duration{time.Second},
+					ResponseHeader:     Duration{10 * time.Second},
+					Stall:              Duration{5 * time.Second},
+					HealthInterval:     Duration{time.Second},
+					HealthTimeout:      Duration{ms(500)},
+					HealthIdleInterval: Duration{30 * time.Second},
+					HedgeMin:           Duration{ms(100)},
+					HedgeMax:           Duration{time.Second},
 				}
 				if r.Timeouts != want {
 					t.Errorf("Timeouts = %+v, want %+v", r.Timeouts, want)
 				}
-				if o := (Outlier{ConsecutiveFailures: 3, Consecutive5xx: 5, MaxEjectionPercent: 50}); r.Outlier != o {
+				if o := (Outlier{ConsecutiveFailures: 3, Consecutive5xx: 5, MaxEjectionPercent: 50, SlowStart: Duration{10 * time.Second}}); r.Outlier != o {
 					t.Errorf("Outlier = %+v, want %+v", r.Outlier, o)
 				}
 				if h := (Hedge{BudgetPercent: 8, Burst: 1}); r.Hedge != h {
@@ -198,6 +199,34 @@ url = "https://10.0.0.2:5001"
 				e := n.Registries[0].Endpoints
 				if e[0].Weight != 3 || !e[0].Local || e[1].Weight != 1 || e[1].Local {
 					t.Errorf("Endpoints = %+v, want weights 3 and 1, first local", e)
+				}
+			},
+		},
+		{
+			name: "health schedule and slow start",
+			text: nodeOK + "[registry.timeouts]\nhealth_idle_interval = \"1m\"\n[registry.outlier]\nslow_start = \"30s\"\n",
+			check: func(t *testing.T, _ string, n *Node) {
+				r := n.Registries[0]
+				if r.Timeouts.HealthIdleInterval.Duration != time.Minute || r.Outlier.SlowStart.Duration != 30*time.Second {
+					t.Errorf("health_idle_interval %s, slow_start %s; want 1m and 30s", r.Timeouts.HealthIdleInterval, r.Outlier.SlowStart)
+				}
+			},
+		},
+		{
+			name: "slow_start 0 is kept: off",
+			text: nodeOK + "[registry.outlier]\nslow_start = \"0s\"\n",
+			check: func(t *testing.T, _ string, n *Node) {
+				if d := n.Registries[0].Outlier.SlowStart.Duration; d != 0 {
+					t.Errorf("slow_start %s, want 0", d)
+				}
+			},
+		},
+		{
+			name: "a health_interval above the default idle interval raises it",
+			text: nodeOK + "[registry.timeouts]\nhealth_interval = \"30s\"\n",
+			check: func(t *testing.T, _ string, n *Node) {
+				if d := n.Registries[0].Timeouts.HealthIdleInterval.Duration; d != 30*time.Second {
+					t.Errorf("health_idle_interval %s, want 30s, the health_interval", d)
 				}
 			},
 		},
@@ -256,13 +285,14 @@ url = "https://[::1]:5001"
 					t.Errorf("Fallback %v, Endpoints %+v", r.Fallback, r.Endpoints)
 				}
 				want := Timeouts{
-					Dial:           Duration{2 * time.Second},
-					ResponseHeader: Duration{4 * time.Second},
-					Stall:          Duration{time.Minute},
-					HealthInterval: Duration{2 * time.Second},
-					HealthTimeout:  Duration{2 * time.Second},
-					HedgeMin:       Duration{time.Second},
-					HedgeMax:       Duration{time.Second},
+					Dial:               Duration{2 * time.Second},
+					ResponseHeader:     Duration{4 * time.Second},
+					Stall:              Duration{time.Minute},
+					HealthInterval:     Duration{2 * time.Second},
+					HealthTimeout:      Duration{2 * time.Second},
+					HealthIdleInterval: Duration{30 * time.Second},
+					HedgeMin:           Duration{time.Second},
+					HedgeMax:           Duration{time.Second},
 				}
 				if r.Timeouts != want {
 					t.Errorf("Timeouts = %+v, want %+v", r.Timeouts, want)
@@ -568,6 +598,26 @@ url = "https://10.0.0.1:5001"
 			name: "health_timeout > health_interval",
 			text: nodeOK + "[registry.timeouts]\nhealth_timeout = \"2s\"\n",
 			want: []fieldWant{{"registry[0].timeouts.health_timeout", "must be <= health_interval (1s), got 2s"}},
+		},
+		{
+			name: "health_idle_interval < health_interval",
+			text: nodeOK + "[registry.timeouts]\nhealth_interval = \"2s\"\nhealth_idle_interval = \"1s\"\n",
+			want: []fieldWant{{"registry[0].timeouts.health_idle_interval", "must be >= health_interval (2s), got 1s"}},
+		},
+		{
+			name: "health_idle_interval < default health_interval",
+			text: nodeOK + "[registry.timeouts]\nhealth_idle_interval = \"500ms\"\n",
+			want: []fieldWant{{"registry[0].timeouts.health_idle_interval", "must be >= health_interval (1s), got 500ms"}},
+		},
+		{
+			name: "zero health_idle_interval",
+			text: nodeOK + "[registry.timeouts]\nhealth_idle_interval = \"0s\"\n",
+			want: []fieldWant{{"registry[0].timeouts.health_idle_interval", "must be > 0, got 0s"}},
+		},
+		{
+			name: "negative slow_start",
+			text: nodeOK + "[registry.outlier]\nslow_start = \"-1s\"\n",
+			want: []fieldWant{{"registry[0].outlier.slow_start", `bad duration "-1s": must not be negative`}},
 		},
 
 		// Credentials.

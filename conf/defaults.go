@@ -18,6 +18,12 @@ const (
 	DefaultHealthTimeout  = 500 * time.Millisecond
 	DefaultHedgeMin       = 100 * time.Millisecond
 	DefaultHedgeMax       = time.Second
+	// DefaultHealthIdleInterval is timeouts.health_idle_interval: 1000 idle nodes
+	// then check each master 33 times a second, a third of the 100/s they may, so
+	// that their pulls have room.
+	DefaultHealthIdleInterval = 30 * time.Second
+	// DefaultSlowStart is outlier.slow_start.
+	DefaultSlowStart = 10 * time.Second
 
 	DefaultConsecutiveFailures      = 3
 	DefaultConsecutive5xx           = 5
@@ -121,11 +127,14 @@ func (n *Node) applyDefaults(raw map[string]any, base string) {
 		setDuration(&r.Timeouts.Stall, raw, DefaultStall, append(t, "stall")...)
 		setDuration(&r.Timeouts.HealthInterval, raw, DefaultHealthInterval, append(t, "health_interval")...)
 		setDuration(&r.Timeouts.HealthTimeout, raw, DefaultHealthTimeout, append(t, "health_timeout")...)
+		// A longer health_interval alone must not make the default idle one invalid.
+		setDuration(&r.Timeouts.HealthIdleInterval, raw, max(DefaultHealthIdleInterval, r.Timeouts.HealthInterval.Duration), append(t, "health_idle_interval")...)
 		setDuration(&r.Timeouts.HedgeMin, raw, DefaultHedgeMin, append(t, "hedge_min")...)
 		setDuration(&r.Timeouts.HedgeMax, raw, DefaultHedgeMax, append(t, "hedge_max")...)
 		setInt(&r.Outlier.ConsecutiveFailures, raw, DefaultConsecutiveFailures, "registry", i, "outlier", "consecutive_failures")
 		setInt(&r.Outlier.Consecutive5xx, raw, DefaultConsecutive5xx, "registry", i, "outlier", "consecutive_5xx")
 		setInt(&r.Outlier.MaxEjectionPercent, raw, DefaultMaxEjectionPercent, "registry", i, "outlier", "max_ejection_percent")
+		setDuration(&r.Outlier.SlowStart, raw, DefaultSlowStart, "registry", i, "outlier", "slow_start")
 		setInt(&r.Hedge.BudgetPercent, raw, DefaultHedgeBudgetPercent, "registry", i, "hedge", "budget_percent")
 		setInt(&r.Hedge.Burst, raw, DefaultHedgeBurst, "registry", i, "hedge", "burst")
 		if !present(raw, "registry", i, "body", "min_rate") {

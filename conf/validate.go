@@ -87,6 +87,7 @@ func (t Timeouts) validate(file, f string) []error {
 	}{
 		{"dial", t.Dial}, {"response_header", t.ResponseHeader}, {"stall", t.Stall},
 		{"health_interval", t.HealthInterval}, {"health_timeout", t.HealthTimeout},
+		{"health_idle_interval", t.HealthIdleInterval},
 		{"hedge_min", t.HedgeMin}, {"hedge_max", t.HedgeMax},
 	} {
 		if d.v.Duration <= 0 {
@@ -98,6 +99,9 @@ func (t Timeouts) validate(file, f string) []error {
 	}
 	if t.HealthTimeout.Duration > t.HealthInterval.Duration {
 		errs = append(errs, fieldErr(file, f+".health_timeout", "must be <= health_interval (%s), got %s", t.HealthInterval.Duration, t.HealthTimeout.Duration))
+	}
+	if t.HealthIdleInterval.Duration > 0 && t.HealthIdleInterval.Duration < t.HealthInterval.Duration {
+		errs = append(errs, fieldErr(file, f+".health_idle_interval", "must be >= health_interval (%s), got %s", t.HealthInterval.Duration, t.HealthIdleInterval.Duration))
 	}
 	// A hedge is sent while the first attempt still waits; one that may come only
 	// after the attempt's own deadline is never sent.
@@ -117,6 +121,9 @@ func (o Outlier) validate(file, f string) []error {
 	}
 	if o.MaxEjectionPercent < 0 || o.MaxEjectionPercent > 100 {
 		errs = append(errs, fieldErr(file, f+".max_ejection_percent", "must be 0..100, got %d", o.MaxEjectionPercent))
+	}
+	if o.SlowStart.Duration < 0 {
+		errs = append(errs, fieldErr(file, f+".slow_start", "must be >= 0, got %s", o.SlowStart.Duration))
 	}
 	return errs
 }

@@ -232,10 +232,13 @@ func Order(node string, eps []conf.Endpoint, healthy []bool) []conf.Endpoint {
 
 // Balanced is the HealthFactory of production: plugin/balance's checks, built
 // exactly as the in-process plugin builds them for a registry (TLS, timeouts,
-// outlier settings), recording into m.
+// outlier settings), recording into m, except that they run every health_interval:
+// no request goes through these balancers, so they are never active, and their
+// checks are the only news of the masters.
 func Balanced(m *balance.Metrics) HealthFactory {
 	f := transfer.Balanced(m)
 	return func(r conf.Registry) (Health, error) {
+		r.Timeouts.HealthIdleInterval = r.Timeouts.HealthInterval
 		rt, err := f(r)
 		if err != nil {
 			return nil, err

@@ -163,6 +163,8 @@ func (a *attempt) judge(resp *http.Response, err error, keep5xx bool) (verdict, 
 		return verdictFail, err
 	}
 	a.b.metrics.request(name, resp.StatusCode)
+	// Any answer shows the master serving: its next periodic check is not needed.
+	a.t.ep.answeredAt.Store(a.b.now().UnixNano())
 	took := time.Since(a.start)
 	// A header that does not parse leaves the answer the master's own.
 	if f, found, ferr := upstreamerr.FromResponse(resp); found && ferr == nil {
@@ -260,6 +262,7 @@ func (a *attempt) finish() {
 		a.clearSuspect()
 		a.mu.Unlock()
 		a.t.ep.outstanding.Add(-1)
+		a.b.lastUse.Store(a.b.now().UnixNano())
 		a.stop()
 		a.cancel(errFinished)
 	})

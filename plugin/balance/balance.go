@@ -26,6 +26,8 @@ const (
 	DefaultStall               = conf.DefaultStall
 	DefaultHealthInterval      = conf.DefaultHealthInterval
 	DefaultHealthTimeout       = conf.DefaultHealthTimeout
+	DefaultHealthIdleInterval  = conf.DefaultHealthIdleInterval
+	DefaultSlowStart           = conf.DefaultSlowStart
 	DefaultHedgeMin            = conf.DefaultHedgeMin
 	DefaultHedgeMax            = conf.DefaultHedgeMax
 	DefaultConsecutiveFailures = conf.DefaultConsecutiveFailures
@@ -68,10 +70,24 @@ type Config struct {
 	ResponseHeader time.Duration
 	// Stall aborts, and resumes elsewhere, a body that delivers no byte for this long.
 	Stall time.Duration
-	// HealthInterval and HealthTimeout are the period and the bound of the active
-	// checks that Run performs.
+	// HealthInterval bounds the period (0.9 to 1 of it) of the active checks that
+	// Run performs while the balancer is active (requests in flight or made within
+	// the last HealthInterval) and of an endpoint out of rotation; HealthTimeout
+	// bounds each check.
 	HealthInterval time.Duration
 	HealthTimeout  time.Duration
+	// HealthIdleInterval is the period, spread by ±50 %, of the checks of an
+	// endpoint in rotation while the balancer is idle; at least HealthInterval
+	// (a shorter one is raised to it).
+	HealthIdleInterval time.Duration
+	// SlowStart is how long an endpoint that comes back into rotation takes to
+	// ramp from a tenth of its weight to all of it; negative turns it off.
+	SlowStart time.Duration
+	// FixedChecks makes the active period HealthInterval ±10 % and checks an
+	// endpoint when due even if it answered a real request lately, nor at once
+	// when the balancer turns active, as before answers stood for checks: for
+	// comparisons.
+	FixedChecks bool
 	// HedgeMin and HedgeMax clamp the adaptive hedge delay.
 	HedgeMin time.Duration
 	HedgeMax time.Duration
@@ -127,6 +143,15 @@ type Balancer struct {
 	reauth atomic.Pointer[func(ctx context.Context, req *http.Request, resp *http.Response) error]
 	// jitter spreads ejection lengths (tests replace it to assert them exactly).
 	jitter func(time.Duration) time.Duration
+	// spread spreads check periods by ±frac (tests replace it likewise).
+	spread func(d time.Duration, frac float64) time.Duration
+	// lastUse is when a request last started or an attempt last finished, in
+	// nanoseconds of now's clock.
+	lastUse atomic.Int64
+	// kick wakes Run to look at the schedule again; woke says why: the balancer
+	// turned active.
+	kick chan struct{}
+	woke atomic.Bool
 
 	mu     sync.Mutex // guards the state fields of every endpoint, and picks
 	eps    []*endpoint
@@ -154,6 +179,8 @@ func New(cfg Config) (*Balancer, error) {
 		hedge:     newHedger(cfg.HedgeMin, cfg.HedgeMax),
 		budget:    newBudget(max(cfg.HedgeBudgetPercent, 0), cfg.HedgeBurst),
 		jitter:    jitter,
+		spread:    spread,
+		kick:      make(chan struct{}, 1),
 	}
 	if cfg.HedgeBudgetPercent < 0 {
 		b.budget = newBudget(0, 0)
@@ -217,6 +244,7 @@ func (c *Config) defaults() error {
 		{"stall", &c.Stall, DefaultStall},
 		{"health_interval", &c.HealthInterval, DefaultHealthInterval},
 		{"health_timeout", &c.HealthTimeout, DefaultHealthTimeout},
+		{"health_idle_interval", &c.HealthIdleInterval, DefaultHealthIdleInterval},
 		{"hedge_min", &c.HedgeMin, DefaultHedgeMin},
 		{"hedge_max", &c.HedgeMax, DefaultHedgeMax},
 		{"warmup", &c.Warmup, DefaultWarmup},
@@ -229,6 +257,13 @@ func (c *Config) defaults() error {
 		case *f.d == 0:
 			*f.d = f.def
 		}
+	}
+	c.HealthIdleInterval = max(c.HealthIdleInterval, c.HealthInterval)
+	switch {
+	case c.SlowStart == 0:
+		c.SlowStart = DefaultSlowStart
+	case c.SlowStart < 0:
+		c.SlowStart = 0
 	}
 	if c.HedgeMin > c.HedgeMax {
 		return fmt.Errorf("balance: hedge_min %s exceeds hedge_max %s: %w", c.HedgeMin, c.HedgeMax, errdefs.ErrInvalidArgument)
@@ -308,6 +343,7 @@ func (b *Balancer) RoundTrip(req *http.Request) (*http.Response, error) {
 		return b.transport.RoundTrip(req)
 	}
 	b.metrics.clientRequest(classOf(req))
+	b.use()
 	b.budget.earn()
 	var (
 		resp *http.Response

@@ -38,11 +38,50 @@
 // ejected at once (one always may be). A failed active check marks an endpoint
 // unhealthy at once, not capped: a frozen master goes out within one check.
 //
-// While Run performs active checks (GET /v2/ every HealthInterval ±10 %, bounded by
-// HealthTimeout, 200 or 401 passing), an ejected endpoint comes back only through a
-// passing check once its backoff has passed: real requests are never the trial.
-// Without Run, an ejected endpoint is half-open after its backoff and exactly one
-// real request is its trial.
+// While Run performs active checks (below), an ejected endpoint comes back only
+// through a passing check once its backoff has passed: real requests are never the
+// trial. Without Run, an ejected endpoint is half-open after its backoff and exactly
+// one real request is its trial.
+//
+// # Active checks: often only when they matter
+//
+// A check is GET /v2/, bounded by HealthTimeout, 200 or 401 passing. A thousand
+// nodes checking three masters every second would put 1000 checks/s on each master
+// for news that mostly nobody uses, so each endpoint has its own schedule:
+//
+//   - The balancer is active while a request is in flight (bodies included) or one
+//     started or ended within the last HealthInterval. Then, and whatever the
+//     balancer does while an endpoint is out of rotation (unhealthy or ejected:
+//     checks are how it comes back), the endpoint is checked every 0.9 to 1
+//     HealthInterval: never later, so that a check, bounded by HealthTimeout,
+//     finds a frozen master within HealthInterval plus HealthTimeout.
+//   - A real request that got any HTTP answer from the endpoint (a 4xx or 5xx too:
+//     an answer is not a broken master) after its check was planned stands for
+//     that check: it is skipped and moved to one period after the answer.
+//   - While the balancer is idle, an endpoint in rotation is checked every
+//     HealthIdleInterval ±50 %: the wide spread keeps nodes that started or pulled
+//     together from checking together.
+//   - The request that makes an idle balancer active has the endpoints not heard
+//     from (answer or check) within 0.9 HealthInterval checked at once, in
+//     parallel with it: its news may be stale. The endpoint that request waits on
+//     is left to it, since a hedge delay without headers probes it anyway.
+//   - A check that comes due just after the balancer turned idle still runs: a
+//     node that was active when a master froze notices within HealthInterval plus
+//     HealthTimeout even if its traffic stops.
+//
+// So no periodic check comes within 0.9 HealthInterval of the endpoint's previous
+// one (on-demand probes aside), an active balancer notices a frozen master as fast
+// as with checks every interval, an idle one costs each master one check per
+// HealthIdleInterval, and a busy one almost none.
+//
+// # Slow start
+//
+// An endpoint that comes back into rotation (from unhealthy or ejected) ramps, as in
+// Envoy's slow start, from a tenth of its weight to all of it, linearly over
+// SlowStart: a thousand nodes that notice a thawed master within one check interval
+// would otherwise send it its whole share at once, with its caches and connections
+// cold. Only the weight SWRR uses changes; nothing else treats it differently, and a
+// balancer that starts has every endpoint at full weight.
 //
 // A request that waits past its hedge delay also checks the endpoints it waits on at
 // once (GET /v2/, bounded by twice the delay, at least 200 ms and at most

@@ -2,6 +2,7 @@ package balance
 
 import (
 	"errors"
+	"math"
 	"math/rand/v2"
 	"net/url"
 	"slices"
@@ -43,6 +44,9 @@ type endpoint struct {
 	suspect atomic.Int64
 	// probing is set while an on-demand check of the endpoint runs.
 	probing atomic.Bool
+	// answeredAt is when it last gave a real request an HTTP answer, any status, in
+	// nanoseconds of the balancer's clock: a check it makes unnecessary.
+	answeredAt atomic.Int64
 
 	current int // the SWRR running weight
 	// unhealthy is set by a failed active check and cleared by a passing one; it is
@@ -72,6 +76,14 @@ type endpoint struct {
 	lat    map[string]*window
 	// waiting holds the attempts that wait for its response headers.
 	waiting map[*attempt]struct{}
+	// checkAt is when its next periodic check is due, zero before the first, and
+	// plannedAt when that was decided; checkRunning is set while one runs;
+	// checkedAt is when a check or probe of it last ended, whatever its result.
+	checkAt, plannedAt time.Time
+	checkRunning       bool
+	checkedAt          time.Time
+	// rampFrom is when it came back into rotation, while its slow start lasts.
+	rampFrom time.Time
 }
 
 func (e *endpoint) state() string {
@@ -104,6 +116,8 @@ type EndpointStatus struct {
 	// Outstanding counts requests in flight to the endpoint, bodies being read
 	// included.
 	Outstanding int
+	// EffectiveWeight is Weight, or less while the endpoint's slow start lasts.
+	EffectiveWeight float64
 	// Share is the fraction of the recent picks that went to it.
 	Share float64
 	// HeadersP95 is the 95th percentile of its recent times to response headers,
@@ -151,13 +165,14 @@ func (b *Balancer) pick(tried map[*endpoint]bool, inRotation bool) ticket {
 	trusted := func(e *endpoint) bool {
 		return eligible(e) && e.suspect.Load() == 0 && !now.Before(e.slowUntil)
 	}
+	weight := func(e *endpoint) int { return b.weightAt(e, now) }
 	var e *endpoint
 	for _, ok := range []func(*endpoint) bool{trusted, eligible} {
 		if b.cfg.PreferLocal {
-			e = swrr(b.eps, func(e *endpoint) bool { return e.local && ok(e) })
+			e = swrr(b.eps, func(e *endpoint) bool { return e.local && ok(e) }, weight)
 		}
 		if e == nil {
-			e = swrr(b.eps, ok)
+			e = swrr(b.eps, ok, weight)
 		}
 		if e != nil {
 			break
@@ -215,15 +230,16 @@ func (b *Balancer) record(t ticket) ticket {
 
 // swrr is nginx's smooth weighted round robin: every candidate gains its weight, the
 // one with the most wins and pays back the candidates' total.
-func swrr(eps []*endpoint, ok func(*endpoint) bool) *endpoint {
+func swrr(eps []*endpoint, ok func(*endpoint) bool, weight func(*endpoint) int) *endpoint {
 	var best *endpoint
 	total := 0
 	for _, e := range eps {
 		if !ok(e) {
 			continue
 		}
-		e.current += e.weight
-		total += e.weight
+		w := weight(e)
+		e.current += w
+		total += w
 		if best == nil || e.current > best.current {
 			best = e
 		}
@@ -232,6 +248,30 @@ func swrr(eps []*endpoint, ok func(*endpoint) bool) *endpoint {
 		best.current -= total
 	}
 	return best
+}
+
+const (
+	// weightScale is what weights are multiplied by for SWRR, so that a slow
+	// start can take fractions of them.
+	weightScale = 1000
+	// slowStartFrom is the share of its weight an endpoint comes back with.
+	slowStartFrom = 0.1
+)
+
+// weightAt is e's weight at now, times weightScale: during its slow start, from
+// slowStartFrom of its weight up to all of it, linearly over SlowStart. b.mu held.
+func (b *Balancer) weightAt(e *endpoint, now time.Time) int {
+	w := e.weight * weightScale
+	if e.rampFrom.IsZero() {
+		return w
+	}
+	el := now.Sub(e.rampFrom)
+	if el >= b.cfg.SlowStart {
+		e.rampFrom = time.Time{}
+		return w
+	}
+	f := slowStartFrom + (1-slowStartFrom)*max(float64(el), 0)/float64(b.cfg.SlowStart)
+	return max(int(math.Round(float64(w)*f)), 1)
 }
 
 // answered records an answer from t's endpoint that shows it serving: any status
@@ -302,17 +342,22 @@ func (b *Balancer) released(t ticket) {
 	}
 }
 
-// checked records the result of an active check: a failure marks the endpoint
-// unhealthy at once, a pass clears that and brings back an ejected endpoint whose
-// backoff has passed (without resetting the backoff, so that a master that answers
-// /v2/ yet fails real requests is tried less and less often).
+// checked records the result of an on-demand check.
 func (b *Balancer) checked(e *endpoint, err error) {
 	if err != nil {
 		b.metrics.error(e.name, kindHealth)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	now := b.now()
+	b.recordCheck(e, err, b.now())
+}
+
+// recordCheck records the result of an active check: a failure marks the endpoint
+// unhealthy at once, a pass clears that and brings back an ejected endpoint whose
+// backoff has passed (without resetting the backoff, so that a master that answers
+// /v2/ yet fails real requests is tried less and less often). b.mu held.
+func (b *Balancer) recordCheck(e *endpoint, err error, now time.Time) {
+	e.checkedAt = now
 	if err != nil {
 		e.lastErr = err
 		if !e.unhealthy {
@@ -326,6 +371,7 @@ func (b *Balancer) checked(e *endpoint, err error) {
 				// Not under b.mu: the attempt's own lock is taken with b.mu free.
 				go a.abortWaiting()
 			}
+			b.checkSoon(e, now)
 		}
 		return
 	}
@@ -338,6 +384,18 @@ func (b *Balancer) checked(e *endpoint, err error) {
 	}
 	if e.ejected && !now.Before(e.retryAt) {
 		b.markUp(e, "active check passed")
+	}
+}
+
+// checkSoon brings e's next periodic check within one active period: it has just gone
+// out of rotation, and checks are how it comes back. b.mu held.
+func (b *Balancer) checkSoon(e *endpoint, now time.Time) {
+	if e.checkRunning || e.checkAt.IsZero() {
+		return // the check's end, or Run's first round, schedules it
+	}
+	if at := now.Add(b.activePeriod()); at.Before(e.checkAt) {
+		e.plan(at, now)
+		b.poke()
 	}
 }
 
@@ -354,6 +412,7 @@ func (b *Balancer) eject(e *endpoint, why string, err error, reason string) {
 	b.metrics.ejection(e.name, reason)
 	b.metrics.setHealthy(e.name, false)
 	b.log.Warn("registry endpoint ejected", "endpoint", e.name, "for", d, "why", why, "err", err)
+	b.checkSoon(e, now)
 }
 
 // markUp puts e back in rotation. b.mu held.
@@ -363,6 +422,9 @@ func (b *Balancer) markUp(e *endpoint, why string) {
 	e.epoch++
 	e.retryAt = time.Time{}
 	e.since, e.reason = b.now(), ""
+	if b.cfg.SlowStart > 0 {
+		e.rampFrom = e.since
+	}
 	b.metrics.setHealthy(e.name, true)
 	b.log.Info("registry endpoint is back", "endpoint", e.name, "reason", why)
 }
@@ -509,18 +571,20 @@ func (b *Balancer) Status() []EndpointStatus {
 		counts[i]++
 	}
 	out := make([]EndpointStatus, len(b.eps))
+	now := b.now()
 	for i, e := range b.eps {
 		s := EndpointStatus{
-			URL:         e.name,
-			Weight:      e.weight,
-			Local:       e.local,
-			State:       e.state(),
-			Reason:      e.reason,
-			Since:       e.since,
-			LastError:   e.lastErr,
-			Outstanding: int(e.outstanding.Load()),
-			HeadersP95:  map[string]time.Duration{},
-			Throughput:  e.tput,
+			URL:             e.name,
+			Weight:          e.weight,
+			EffectiveWeight: float64(b.weightAt(e, now)) / weightScale,
+			Local:           e.local,
+			State:           e.state(),
+			Reason:          e.reason,
+			Since:           e.since,
+			LastError:       e.lastErr,
+			Outstanding:     int(e.outstanding.Load()),
+			HeadersP95:      map[string]time.Duration{},
+			Throughput:      e.tput,
 		}
 		s.Healthy = s.State == StateUp
 		if e.ejected {

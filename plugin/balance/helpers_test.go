@@ -164,7 +164,8 @@ func endpoints(us ...*url.URL) []Endpoint {
 
 // newBalancer builds a balancer for a test. Unless the test sets them, one failure
 // ejects (the tests of other mechanics are clearer with one strike; the outlier
-// tests set their thresholds).
+// tests set their thresholds) and an endpoint comes back at its full weight (the
+// slow start tests set it). Ejections and check periods are not jittered.
 func newBalancer(t *testing.T, cfg Config) *Balancer {
 	t.Helper()
 	if cfg.ConsecutiveFailures == 0 {
@@ -173,15 +174,34 @@ func newBalancer(t *testing.T, cfg Config) *Balancer {
 	if cfg.Consecutive5xx == 0 {
 		cfg.Consecutive5xx = 1
 	}
+	if cfg.SlowStart == 0 {
+		cfg.SlowStart = -1
+	}
 	b, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	b.jitter = func(d time.Duration) time.Duration { return d }
+	b.spread = func(d time.Duration, _ float64) time.Duration { return d }
 	if tr, ok := b.transport.(*http.Transport); ok {
 		t.Cleanup(tr.CloseIdleConnections)
 	}
 	return b
+}
+
+// checkAll checks every endpoint at once, whatever its schedule, and waits for the
+// checks.
+func (b *Balancer) checkAll(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, e := range b.eps {
+		wg.Go(func() {
+			err := b.check(ctx, e, b.cfg.HealthTimeout)
+			if ctx.Err() == nil {
+				b.checked(e, err)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // request builds a request for the virtual host, bounded by testTimeout.

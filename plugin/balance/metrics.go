@@ -46,6 +46,8 @@ type Metrics struct {
 	exhausted      prometheus.Counter
 	panics         prometheus.Counter
 	probes         prometheus.Counter
+	checks         *prometheus.CounterVec
+	checksSkipped  *prometheus.CounterVec
 	resumes        prometheus.Counter
 }
 
@@ -115,6 +117,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "hopless_plugin_probes_total",
 			Help: "On-demand active checks of an endpoint that a request waited on past its hedge delay.",
 		}),
+		checks: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopless_plugin_health_checks_total",
+			Help: "Periodic active checks (GET /v2/) sent to each endpoint, by reason (start; wake: the node turned active; active: every health_interval while the node is active; out: every health_interval while the endpoint is out of rotation; idle: every health_idle_interval while the node is idle).",
+		}, []string{"endpoint", "reason"}),
+		checksSkipped: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopless_plugin_health_checks_skipped_total",
+			Help: "Periodic active checks not sent because a real request got an answer from the endpoint within health_interval.",
+		}, []string{"endpoint"}),
 		resumes: f.NewCounter(prometheus.CounterOpts{
 			Name: "hopless_plugin_resumes_total",
 			Help: "Stalled, broken or too slow response bodies resumed with a Range request.",
@@ -219,6 +229,18 @@ func (m *Metrics) panicked() {
 func (m *Metrics) probe() {
 	if m != nil {
 		m.probes.Inc()
+	}
+}
+
+func (m *Metrics) check(endpoint, reason string) {
+	if m != nil {
+		m.checks.WithLabelValues(endpoint, reason).Inc()
+	}
+}
+
+func (m *Metrics) checkSkipped(endpoint string) {
+	if m != nil {
+		m.checksSkipped.WithLabelValues(endpoint).Inc()
 	}
 }
 

@@ -70,17 +70,18 @@ func hostReport(h transfer.HostStatus) status.Host {
 
 func endpointReport(e balance.EndpointStatus) status.Endpoint {
 	out := status.Endpoint{
-		URL:           e.URL,
-		Weight:        e.Weight,
-		Local:         e.Local,
-		State:         e.State,
-		Healthy:       e.Healthy,
-		Reason:        e.Reason,
-		Since:         e.Since,
-		RetryAt:       e.RetryAt,
-		Outstanding:   e.Outstanding,
-		Share:         e.Share,
-		ThroughputBps: e.Throughput,
+		URL:             e.URL,
+		Weight:          e.Weight,
+		EffectiveWeight: e.EffectiveWeight,
+		Local:           e.Local,
+		State:           e.State,
+		Healthy:         e.Healthy,
+		Reason:          e.Reason,
+		Since:           e.Since,
+		RetryAt:         e.RetryAt,
+		Outstanding:     e.Outstanding,
+		Share:           e.Share,
+		ThroughputBps:   e.Throughput,
 	}
 	if e.LastError != nil {
 		out.LastError = e.LastError.Error()

@@ -38,7 +38,9 @@ type Host struct {
 type Endpoint struct {
 	URL    string `json:"url"`
 	Weight int    `json:"weight"`
-	Local  bool   `json:"local"`
+	// EffectiveWeight is Weight, or less while the endpoint's slow start lasts.
+	EffectiveWeight float64 `json:"effective_weight"`
+	Local           bool    `json:"local"`
 	// State is "up", "ejected" (consecutive failures) or "unhealthy" (failed
 	// active check).
 	State   string `json:"state"`

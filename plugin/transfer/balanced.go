@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"time"
 
 	"github.com/containerd/log"
 
@@ -80,13 +81,14 @@ func BalanceConfig(r conf.Registry, tr http.RoundTripper, m *balance.Metrics) (b
 		PreferLocal: preferLocal,
 
 		// [registry.timeouts]
-		Dial:           t.Dial.Duration,
-		ResponseHeader: t.ResponseHeader.Duration,
-		Stall:          t.Stall.Duration,
-		HealthInterval: t.HealthInterval.Duration,
-		HealthTimeout:  t.HealthTimeout.Duration,
-		HedgeMin:       t.HedgeMin.Duration,
-		HedgeMax:       t.HedgeMax.Duration,
+		Dial:               t.Dial.Duration,
+		ResponseHeader:     t.ResponseHeader.Duration,
+		Stall:              t.Stall.Duration,
+		HealthInterval:     t.HealthInterval.Duration,
+		HealthTimeout:      t.HealthTimeout.Duration,
+		HealthIdleInterval: t.HealthIdleInterval.Duration,
+		HedgeMin:           t.HedgeMin.Duration,
+		HedgeMax:           t.HedgeMax.Duration,
 
 		// [registry.outlier], [registry.hedge], [registry.body]. conf has applied
 		// the defaults, so a zero here was written as 0, which for the balancer is
@@ -94,6 +96,7 @@ func BalanceConfig(r conf.Registry, tr http.RoundTripper, m *balance.Metrics) (b
 		ConsecutiveFailures: r.Outlier.ConsecutiveFailures,
 		Consecutive5xx:      r.Outlier.Consecutive5xx,
 		MaxEjectionPercent:  off(r.Outlier.MaxEjectionPercent),
+		SlowStart:           offDuration(r.Outlier.SlowStart.Duration),
 		HedgeBudgetPercent:  off(r.Hedge.BudgetPercent),
 		HedgeBurst:          off(r.Hedge.Burst),
 		MinRate:             int64(off(int(r.Body.MinRate))),
@@ -114,6 +117,13 @@ func off(v int) int {
 		return -1
 	}
 	return v
+}
+
+func offDuration(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 func offRate(v float64) float64 {

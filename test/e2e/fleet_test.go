@@ -22,10 +22,12 @@ import (
 // the timing, inside the ±5 points asserted. A failed request would be retried on
 // another master and is asserted not to happen.
 //
-// Every node checks each master once when it starts and then after each wait of at
-// least 0.9 × health_interval (its ±10 % jitter): over the nodes' lifetime L a
-// master gets at most nodes × (1 + L / (0.9 × interval)) periodic checks, plus the
-// on-demand probes, which the balancers count.
+// Every node checks each master once when it starts, and no periodic check of a
+// master comes within 0.9 × health_interval of the previous one (checks come every
+// 0.9 to 1 interval while the node is active; after a real answer they are skipped,
+// and an idle node checks less often): over the nodes' lifetime L a master gets at
+// most nodes × (1 + L / (0.9 × interval)) periodic checks, plus the on-demand
+// probes, which the balancers count.
 //
 // It does not run in parallel with the other tests: 100 balancers checking three
 // masters every second is most of what 2 cores can do, and beside a dozen other labs

@@ -404,8 +404,11 @@ func olFrozenLab(t *testing.T, slot int, repo string) (*lab.Lab, lab.SeedResult,
 	return l, v1, v2
 }
 
-// TestOutlierFrozenEarly freezes a master 3 s before a pull: the active checks have
-// taken it out of rotation by then, so the node sends it nothing.
+// TestOutlierFrozenEarly freezes a master 3 s before a pull. The node is idle then
+// and checks its masters only every health_idle_interval, so it learns of the freeze
+// when the pull makes it active: the checks it makes at once, in parallel with the
+// pull's first request, take the master out, and that request, if it went there, is
+// the only one the master gets (a hedge delay without headers probes it).
 func TestOutlierFrozenEarly(t *testing.T) {
 	t.Parallel()
 	repo := lab.UpstreamPath + "/ol-frozen-early"
@@ -417,8 +420,9 @@ func TestOutlierFrozenEarly(t *testing.T) {
 	before := olMetrics(t, l, 1)
 	olMustPull(t, l, 1, l.PullRef(repo, "v1"), v1.Digest)
 	after := olMetrics(t, l, 1)
-	if a, u := olAttempts(before, after, m1); a+u != 0 {
-		t.Errorf("the node sent %v attempts to %s, frozen 3 s before the pull", a+u, m1.Name)
+	a, u := olAttempts(before, after, m1)
+	if a+u > 1 {
+		t.Errorf("the node sent %v attempts to %s, frozen 3 s before the pull; want at most the first request's", a+u, m1.Name)
 	}
 	if n := after.sum("hopless_plugin_ejections_total", olEP(m1, "reason", "health")); n < 1 {
 		t.Errorf("hopless_plugin_ejections_total{%s, reason=health} is %v: no failed active check took it out:\n%s", m1.Name, n, plHopless(after.text))
@@ -426,8 +430,8 @@ func TestOutlierFrozenEarly(t *testing.T) {
 	if h := after.sum("hopless_plugin_endpoint_healthy", olEP(m1)); h != 0 {
 		t.Errorf("the frozen %s has endpoint_healthy %v", m1.Name, h)
 	}
-	if n := olThawAndCount(t, l, m1, logged); n != 0 {
-		t.Errorf("%s logged %d manifest and blob requests that reached it while frozen, want none", m1.Name, n)
+	if n := olThawAndCount(t, l, m1, logged); float64(n) > a+u {
+		t.Errorf("%s logged %d manifest and blob requests that reached it while frozen; the node counts only %v attempts sent to it", m1.Name, n, a+u)
 	}
 }
 

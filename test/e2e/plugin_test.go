@@ -639,6 +639,9 @@ func TestPluginStatus(t *testing.T) {
 			t.Errorf("SIGCONT master-2: %v", err)
 		}
 	})
+	// An idle node checks its masters only every health_idle_interval; a pull makes
+	// it active, and it checks them at once.
+	pull(t, l, 1, l.PullRef(repo, "v1"), img.Digest)
 	bin := filepath.Join(root(t), "bin", "containerd")
 	sock := l.Nodes[0].Sock + ".debug"
 	var report struct {

@@ -307,6 +307,7 @@ func newApp() *cli.App {
 					&cli.BoolFlag{Name: "quick", Usage: "small sizes and one round"},
 					&cli.BoolFlag{Name: "json", Usage: "one JSON object per result line"},
 					&cli.StringFlag{Name: "dir", Usage: "work directory (default: a temporary one)"},
+					&cli.IntFlag{Name: "slot", Usage: "loopback network 127.SLOT.0.0/16, to run beside another lab"},
 				},
 				Action: func(c *cli.Context) error {
 					if c.Bool("list") {
@@ -323,6 +324,7 @@ func newApp() *cli.App {
 					if err != nil {
 						return err
 					}
+					o.Slot = c.Int("slot")
 					results, err := bench.Run(c.Context, name, bench.Config{Lab: o, Dir: c.String("dir"), Quick: quick, Log: os.Stderr})
 					for _, r := range results {
 						if asJSON {
