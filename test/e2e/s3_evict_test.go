@@ -77,6 +77,15 @@ func TestS3SharedEviction(t *testing.T) {
 	}
 	clPullHTTP(t, c, l, 2, repo, "used", imgs["used"], nil)
 	clPullHTTP(t, c, l, 2, repo, "pinned", imgs["pinned"], nil)
+	// Every blob is in the bucket before anything may be evicted (a master short of
+	// local space streams misses through without storing them).
+	waitFills(t, l, 1)
+	stored := s3Blobs(t, l)
+	for tag, ds := range blobs {
+		if _, out := clPresent(stored, ds); len(out) > 0 {
+			t.Fatalf("blobs %v of the %s image are not in the bucket after the pulls", out, tag)
+		}
+	}
 	token, err := l.NodeToken("node-1")
 	if err != nil {
 		t.Fatal(err)
@@ -104,7 +113,6 @@ func TestS3SharedEviction(t *testing.T) {
 
 	// master-2 keeps reading "used" while "idle" outlives the TTL and the grace.
 	start := time.Now()
-	var stored map[string]int64
 	if why := clPoll(5*time.Minute, func() string {
 		for _, d := range blobs["used"] {
 			if err := clGetBlob(c, l, 2, repo, d, nil); err != nil {
