@@ -33,8 +33,11 @@
 //
 // Nothing unverified is ever complete: readers get bytes only up to the last 64 KiB
 // boundary before the end until the whole blob's digest matches, and a failed fill
-// turns every Read into an error, never io.EOF. Only a verified, fsynced spool is
-// handed to the Committer.
+// turns every Read into an error, never io.EOF. The tail is released as soon as the
+// digest matches, before the spool is fsynced: the fsync of a large blob can take
+// longer than its transfer, and a client needs verified bytes, not durable ones.
+// Only a verified, fsynced spool is handed to the Committer, so the store never
+// records a blob that a crash could lose.
 //
 // The spool's descriptor belongs to the Fill: the writer and all readers share it
 // (ReadAt), so readers keep reading the same inode after CommitBlob renames it, and a
@@ -154,6 +157,8 @@ type Filler struct {
 	retries int
 	backoff time.Duration
 	stall   time.Duration
+	// sync makes a verified spool file durable before its commit; tests replace it.
+	sync func(*os.File) error
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -172,6 +177,7 @@ func New(c Committer, opts ...Option) *Filler {
 		retries: defaultRetries,
 		backoff: defaultBackoff,
 		stall:   defaultStall,
+		sync:    (*os.File).Sync,
 		fills:   make(map[digest.Digest]*Fill),
 	}
 	for _, o := range opts {
@@ -245,7 +251,7 @@ func (f *Filler) run(fl *Fill, label string, src Source) {
 		result = "error"
 		log.Warn("fill failed", "error", err, "elapsed", time.Since(start))
 	} else {
-		log.Debug("fill committed", "size", fl.sizeNow(), "elapsed", time.Since(start))
+		log.Debug("fill committed", "size", fl.sizeNow(), "elapsed", time.Since(start), "fsync", fl.syncTime)
 	}
 	f.metrics.FillDuration.WithLabelValues(label, result).Observe(time.Since(start).Seconds())
 
@@ -335,10 +341,15 @@ func (f *Filler) fill(log *slog.Logger, fl *Fill, src Source) (err error) {
 		have = 0
 	}
 
-	if err := file.Sync(); err != nil {
+	// The digest matched: readers get the tail now. They need not wait for the
+	// fsync, which only makes the commit durable; the store records the blob only
+	// once it is done.
+	fl.verify()
+	syncStart := time.Now()
+	if err := f.sync(file); err != nil {
 		return fmt.Errorf("sync spool file of %s: %w", d, err)
 	}
-	fl.verify()
+	fl.syncTime = time.Since(syncStart)
 	if err := f.c.CommitBlob(ctx, d, fl.path); err != nil {
 		return fmt.Errorf("commit %s: %w", d, err)
 	}
@@ -477,6 +488,8 @@ type Fill struct {
 	path  string
 	sized chan struct{} // closed once the size is known or the fill has ended
 	done  chan struct{}
+	// syncTime is how long the spool's fsync took; only the fill's goroutine uses it.
+	syncTime time.Duration
 
 	mu       sync.Mutex
 	file     *os.File
