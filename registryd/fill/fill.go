@@ -428,25 +428,29 @@ func (f *Filler) attempt(ctx context.Context, fl *Fill, file *os.File, h hash.Ha
 	if err := fl.checkSize(size, off); err != nil {
 		return 0, false, err
 	}
-	buf := make([]byte, bufSize)
+	if off >= size {
+		return 0, false, nil
+	}
+	ra := startReadAhead(body, size-off)
+	// Before body.Close: the goroutine must be done with the body.
+	defer ra.stop(func() { cancel(nil) })
 	var n int64
 	for off+n < size {
-		k, rerr := body.Read(buf[:min(int64(len(buf)), size-off-n)])
-		if k > 0 {
-			stall.Reset(f.stall)
-			if _, err := file.WriteAt(buf[:k], off+n); err != nil {
-				return n, false, fmt.Errorf("write spool file of %s: %w", fl.d, err)
+		chunk, rerr := ra.next()
+		if len(chunk) == 0 {
+			if errors.Is(rerr, io.EOF) {
+				rerr = io.ErrUnexpectedEOF
 			}
-			h.Write(buf[:k])
-			n += int64(k)
-			fl.advance(off + n)
-		}
-		if errors.Is(rerr, io.EOF) && off+n < size {
-			rerr = io.ErrUnexpectedEOF
-		}
-		if rerr != nil && off+n < size {
 			return cut(n, rerr)
 		}
+		stall.Reset(f.stall)
+		if _, err := file.WriteAt(chunk, off+n); err != nil {
+			return n, false, fmt.Errorf("write spool file of %s: %w", fl.d, err)
+		}
+		h.Write(chunk)
+		n += int64(len(chunk))
+		ra.release(len(chunk))
+		fl.advance(off + n)
 	}
 	return n, false, nil
 }
