@@ -7,3 +7,8 @@ import "os"
 func WithSync(sync func(*os.File) error) Option {
 	return func(f *Filler) { f.sync = sync }
 }
+
+// WithReadAhead sets the read-ahead ring's size.
+func WithReadAhead(n int) Option {
+	return func(f *Filler) { f.ringSize = n }
+}

@@ -159,6 +159,8 @@ type Filler struct {
 	stall   time.Duration
 	// sync makes a verified spool file durable before its commit; tests replace it.
 	sync func(*os.File) error
+	// ringSize is the read-ahead ring of an attempt; tests change it.
+	ringSize int
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -172,13 +174,14 @@ type Filler struct {
 // New returns a Filler that commits into c.
 func New(c Committer, opts ...Option) *Filler {
 	f := &Filler{
-		c:       c,
-		log:     slog.New(slog.DiscardHandler),
-		retries: defaultRetries,
-		backoff: defaultBackoff,
-		stall:   defaultStall,
-		sync:    (*os.File).Sync,
-		fills:   make(map[digest.Digest]*Fill),
+		c:        c,
+		log:      slog.New(slog.DiscardHandler),
+		retries:  defaultRetries,
+		backoff:  defaultBackoff,
+		stall:    defaultStall,
+		sync:     (*os.File).Sync,
+		ringSize: readAheadBytes,
+		fills:    make(map[digest.Digest]*Fill),
 	}
 	for _, o := range opts {
 		o(f)
@@ -431,7 +434,7 @@ func (f *Filler) attempt(ctx context.Context, fl *Fill, file *os.File, h hash.Ha
 	if off >= size {
 		return 0, false, nil
 	}
-	ra := startReadAhead(body, size-off)
+	ra := startReadAhead(body, size-off, f.ringSize)
 	// Before body.Close: the goroutine must be done with the body.
 	defer ra.stop(func() { cancel(nil) })
 	var n int64

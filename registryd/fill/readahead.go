@@ -5,12 +5,9 @@ import (
 	"sync"
 )
 
-const (
-	// readAheadBytes is the ring between a Source's body and the spool.
-	readAheadBytes = 1 << 20
-	// maxWrite bounds one spool write, so that the ring keeps filling meanwhile.
-	maxWrite = readAheadBytes / 2
-)
+// readAheadBytes is the ring between a Source's body and the spool. One spool write
+// takes at most half of it, so that the ring keeps filling meanwhile.
+const readAheadBytes = 256 << 10
 
 // readAhead reads a body in a goroutine of its own into a ring, so that the spool
 // is written in large pieces without holding bytes back. Over TLS a body's Read
@@ -32,9 +29,10 @@ type readAhead struct {
 	stopped bool
 }
 
-// startReadAhead reads want bytes of body until stop.
-func startReadAhead(body io.Reader, want int64) *readAhead {
-	ra := &readAhead{body: body, want: want, done: make(chan struct{}), ring: make([]byte, min(want, readAheadBytes))}
+// startReadAhead reads want bytes of body, through a ring of ringSize bytes, until
+// stop.
+func startReadAhead(body io.Reader, want int64, ringSize int) *readAhead {
+	ra := &readAhead{body: body, want: want, done: make(chan struct{}), ring: make([]byte, min(want, int64(ringSize)))}
 	ra.cond.L = &ra.mu
 	go ra.run()
 	return ra
@@ -71,9 +69,9 @@ func (ra *readAhead) run() {
 	}
 }
 
-// next waits for bytes and returns those at the head of the ring, at most
-// maxWrite; with none left it returns the body's error. The bytes stay valid
-// until release.
+// next waits for bytes and returns those at the head of the ring, at most half
+// the ring; with none left it returns the body's error. The bytes stay valid until
+// release.
 func (ra *readAhead) next() ([]byte, error) {
 	ra.mu.Lock()
 	defer ra.mu.Unlock()
@@ -88,7 +86,7 @@ func (ra *readAhead) next() ([]byte, error) {
 	}
 	size := int64(len(ra.ring))
 	start := ra.head % size
-	end := min(size, start+ra.tail-ra.head, start+maxWrite)
+	end := min(size, start+ra.tail-ra.head, start+max(size/2, 1))
 	return ra.ring[start:end], nil
 }
 

@@ -267,8 +267,8 @@ func TestSpoolFullKeepsLeftover(t *testing.T) {
 }
 
 // bufSizeSlack allows for a write that landed partly before ENOSPC: one spool
-// write is at most 512 KiB.
-const bufSizeSlack = 512 * kib
+// write is at most 128 KiB.
+const bufSizeSlack = 128 * kib
 
 // TestReservationRefused checks that a fill the store refuses for lack of room fails
 // before anyone hears the size, with an error that says so, leaves no empty spool
