@@ -285,6 +285,8 @@ func (f *Filler) fill(log *slog.Logger, fl *Fill, src Source) (err error) {
 		return fmt.Errorf("open spool file of %s: %w", d, err)
 	}
 	fl.setFile(file)
+	fl.wb = startWriteback(file)
+	defer fl.wb.stop()
 	defer func() {
 		if err == nil {
 			return
@@ -454,6 +456,7 @@ func (f *Filler) attempt(ctx context.Context, fl *Fill, file *os.File, h hash.Ha
 		n += int64(len(chunk))
 		ra.release(len(chunk))
 		fl.advance(off + n)
+		fl.wb.wrote(off + n)
 	}
 	return n, false, nil
 }
@@ -495,8 +498,10 @@ type Fill struct {
 	path  string
 	sized chan struct{} // closed once the size is known or the fill has ended
 	done  chan struct{}
-	// syncTime is how long the spool's fsync took; only the fill's goroutine uses it.
+	// syncTime is how long the spool's fsync took, and wb starts the spool's
+	// writeback as it grows; only the fill's goroutine uses them.
 	syncTime time.Duration
+	wb       *writeback
 
 	mu       sync.Mutex
 	file     *os.File
