@@ -145,6 +145,7 @@ type Registryd struct {
 	Auth     ClientAuth `toml:"auth"`
 	API      API        `toml:"api"`
 	Log      Log        `toml:"log"`
+	Debug    Debug      `toml:"debug"`
 }
 
 // Server is registryd's client-facing listener.
@@ -341,6 +342,15 @@ type API struct {
 	PinTTL Duration `toml:"pin_ttl"`
 	// MaxPinSources bounds how many nodes may hold pins at once. Default 10000.
 	MaxPinSources int `toml:"max_pin_sources"`
+}
+
+// Debug holds options for finding out where a master's time goes; all are off by
+// default.
+type Debug struct {
+	// PprofListen, when set, serves Go's CPU, heap and goroutine profiles and
+	// execution traces under /debug/pprof/ on this address, without TLS or
+	// authentication: it must be a loopback IP address and port.
+	PprofListen string `toml:"pprof_listen"`
 }
 
 // Log configures structured logging.

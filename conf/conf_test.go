@@ -1093,6 +1093,39 @@ level = "debug"
 			want: []fieldWant{{"metrics.listen", `bad address "9090"`}},
 		},
 		{
+			name: "debug.pprof_listen off by default",
+			text: registrydOK,
+			check: func(t *testing.T, _ string, r *Registryd) {
+				if r.Debug.PprofListen != "" {
+					t.Errorf("Debug.PprofListen = %q, want empty", r.Debug.PprofListen)
+				}
+			},
+		},
+		{
+			name: "debug.pprof_listen on loopback",
+			text: registrydOK + "[debug]\npprof_listen = \"127.0.0.1:6060\"\n",
+			check: func(t *testing.T, _ string, r *Registryd) {
+				if r.Debug.PprofListen != "127.0.0.1:6060" {
+					t.Errorf("Debug.PprofListen = %q", r.Debug.PprofListen)
+				}
+			},
+		},
+		{
+			name: "debug.pprof_listen on a wildcard address",
+			text: registrydOK + "[debug]\npprof_listen = \":6060\"\n",
+			want: []fieldWant{{"debug.pprof_listen", "must be a loopback IP address"}},
+		},
+		{
+			name: "debug.pprof_listen on a routable address",
+			text: registrydOK + "[debug]\npprof_listen = \"10.0.0.1:6060\"\n",
+			want: []fieldWant{{"debug.pprof_listen", "must be a loopback IP address"}},
+		},
+		{
+			name: "debug.pprof_listen on the server's port",
+			text: registrydOK + "[debug]\npprof_listen = \"[::1]:5001\"\n",
+			want: []fieldWant{{"debug.pprof_listen", "conflicts with server.listen"}},
+		},
+		{
 			name: "bad local_prefix, upper case",
 			text: registrydOK + "local_prefix = \"System/Deckhouse\"\n",
 			want: []fieldWant{{"upstream[0].local_prefix", `must be a repository path like system/deckhouse, got "System/Deckhouse"`}},

@@ -228,6 +228,13 @@ func (r *Registryd) Validate(file string) error {
 			add(fieldErr(file, "metrics.listen", "%q conflicts with server.listen %q", r.Metrics.Listen, r.Server.Listen))
 		}
 	}
+	if a := r.Debug.PprofListen; a != "" {
+		if err := checkLoopbackListen(a); err != nil {
+			add(fieldErr(file, "debug.pprof_listen", "%v", err))
+		} else if listenConflict(a, r.Server.Listen) || (r.Metrics.Listen != "" && listenConflict(a, r.Metrics.Listen)) {
+			add(fieldErr(file, "debug.pprof_listen", "%q conflicts with server.listen or metrics.listen", a))
+		}
+	}
 	errs = append(errs, r.Storage.validate(file)...)
 	errs = append(errs, r.Cache.validate(file)...)
 	if len(r.Upstream) == 0 {
@@ -651,6 +658,19 @@ func checkListen(s string) error {
 	}
 	if p, err := net.LookupPort("tcp", port); err != nil || p == 0 {
 		return fmt.Errorf("bad address %q: bad port", s)
+	}
+	return nil
+}
+
+// checkLoopbackListen checks a listen address that must not be reachable from other
+// hosts: a loopback IP address and a port.
+func checkLoopbackListen(s string) error {
+	if err := checkListen(s); err != nil {
+		return err
+	}
+	host, _, _ := net.SplitHostPort(s)
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("bad address %q: host must be a loopback IP address such as 127.0.0.1", s)
 	}
 	return nil
 }

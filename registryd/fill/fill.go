@@ -33,8 +33,11 @@
 //
 // Nothing unverified is ever complete: readers get bytes only up to the last 64 KiB
 // boundary before the end until the whole blob's digest matches, and a failed fill
-// turns every Read into an error, never io.EOF. Only a verified, fsynced spool is
-// handed to the Committer.
+// turns every Read into an error, never io.EOF. The tail is released as soon as the
+// digest matches, before the spool is fsynced: the fsync of a large blob can take
+// longer than its transfer, and a client needs verified bytes, not durable ones.
+// Only a verified, fsynced spool is handed to the Committer, so the store never
+// records a blob that a crash could lose.
 //
 // The spool's descriptor belongs to the Fill: the writer and all readers share it
 // (ReadAt), so readers keep reading the same inode after CommitBlob renames it, and a
@@ -161,6 +164,10 @@ type Filler struct {
 	retries int
 	backoff time.Duration
 	stall   time.Duration
+	// sync makes a verified spool file durable before its commit; tests replace it.
+	sync func(*os.File) error
+	// ringSize is the read-ahead ring of an attempt; tests change it.
+	ringSize int
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -174,12 +181,14 @@ type Filler struct {
 // New returns a Filler that commits into c.
 func New(c Committer, opts ...Option) *Filler {
 	f := &Filler{
-		c:       c,
-		log:     slog.New(slog.DiscardHandler),
-		retries: defaultRetries,
-		backoff: defaultBackoff,
-		stall:   defaultStall,
-		fills:   make(map[digest.Digest]*Fill),
+		c:        c,
+		log:      slog.New(slog.DiscardHandler),
+		retries:  defaultRetries,
+		backoff:  defaultBackoff,
+		stall:    defaultStall,
+		sync:     (*os.File).Sync,
+		ringSize: readAheadBytes,
+		fills:    make(map[digest.Digest]*Fill),
 	}
 	for _, o := range opts {
 		o(f)
@@ -252,7 +261,7 @@ func (f *Filler) run(fl *Fill, label string, src Source) {
 		result = "error"
 		log.Warn("fill failed", "error", err, "elapsed", time.Since(start))
 	} else {
-		log.Debug("fill committed", "size", fl.sizeNow(), "elapsed", time.Since(start))
+		log.Debug("fill committed", "size", fl.sizeNow(), "elapsed", time.Since(start), "fsync", fl.syncTime)
 	}
 	f.metrics.FillDuration.WithLabelValues(label, result).Observe(time.Since(start).Seconds())
 
@@ -283,6 +292,8 @@ func (f *Filler) fill(log *slog.Logger, fl *Fill, label string, src Source) (err
 		return fmt.Errorf("open spool file of %s: %w", d, err)
 	}
 	fl.setFile(file)
+	fl.wb = startWriteback(file)
+	defer fl.wb.stop()
 	defer func() {
 		if err == nil {
 			return
@@ -342,11 +353,12 @@ func (f *Filler) fill(log *slog.Logger, fl *Fill, label string, src Source) (err
 		have = 0
 	}
 
-	if err := file.Sync(); err != nil {
-		return fmt.Errorf("sync spool file of %s: %w", d, err)
-	}
+	// The digest matched: readers get the tail now. They need not wait for the
+	// fsync, which only makes the commit durable; the store records the blob only
+	// once it is done.
 	fl.verify()
 	if a, ok := f.c.(Adopter); ok && label == "peer" {
+		// The owner commits the same bytes to the shared storage: no fsync, no upload.
 		adopted, err := a.AdoptBlob(ctx, d, fl.path, fl.sizeNow())
 		if err != nil {
 			log.Warn("looking for the owner's copy on shared storage failed; committing this one", "error", err)
@@ -355,6 +367,11 @@ func (f *Filler) fill(log *slog.Logger, fl *Fill, label string, src Source) (err
 			return nil
 		}
 	}
+	syncStart := time.Now()
+	if err := f.sync(file); err != nil {
+		return fmt.Errorf("sync spool file of %s: %w", d, err)
+	}
+	fl.syncTime = time.Since(syncStart)
 	if err := f.c.CommitBlob(ctx, d, fl.path); err != nil {
 		return fmt.Errorf("commit %s: %w", d, err)
 	}
@@ -433,25 +450,30 @@ func (f *Filler) attempt(ctx context.Context, fl *Fill, file *os.File, h hash.Ha
 	if err := fl.checkSize(size, off); err != nil {
 		return 0, false, err
 	}
-	buf := make([]byte, bufSize)
+	if off >= size {
+		return 0, false, nil
+	}
+	ra := startReadAhead(body, size-off, f.ringSize)
+	// Before body.Close: the goroutine must be done with the body.
+	defer ra.stop(func() { cancel(nil) })
 	var n int64
 	for off+n < size {
-		k, rerr := body.Read(buf[:min(int64(len(buf)), size-off-n)])
-		if k > 0 {
-			stall.Reset(f.stall)
-			if _, err := file.WriteAt(buf[:k], off+n); err != nil {
-				return n, false, fmt.Errorf("write spool file of %s: %w", fl.d, err)
+		chunk, rerr := ra.next()
+		if len(chunk) == 0 {
+			if errors.Is(rerr, io.EOF) {
+				rerr = io.ErrUnexpectedEOF
 			}
-			h.Write(buf[:k])
-			n += int64(k)
-			fl.advance(off + n)
-		}
-		if errors.Is(rerr, io.EOF) && off+n < size {
-			rerr = io.ErrUnexpectedEOF
-		}
-		if rerr != nil && off+n < size {
 			return cut(n, rerr)
 		}
+		stall.Reset(f.stall)
+		if _, err := file.WriteAt(chunk, off+n); err != nil {
+			return n, false, fmt.Errorf("write spool file of %s: %w", fl.d, err)
+		}
+		h.Write(chunk)
+		n += int64(len(chunk))
+		ra.release(len(chunk))
+		fl.advance(off + n)
+		fl.wb.wrote(off + n)
 	}
 	return n, false, nil
 }
@@ -493,6 +515,10 @@ type Fill struct {
 	path  string
 	sized chan struct{} // closed once the size is known or the fill has ended
 	done  chan struct{}
+	// syncTime is how long the spool's fsync took, and wb starts the spool's
+	// writeback as it grows; only the fill's goroutine uses them.
+	syncTime time.Duration
+	wb       *writeback
 
 	mu       sync.Mutex
 	file     *os.File

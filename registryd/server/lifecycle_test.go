@@ -305,3 +305,34 @@ func TestMetricsListener(t *testing.T) {
 		t.Errorf("metrics listener POST /metrics: %d, want 405", resp.StatusCode)
 	}
 }
+
+func TestPprofListener(t *testing.T) {
+	t.Parallel()
+	env := registrytest.NewEnv(t, "", registrytest.NewUpstream(t))
+	s, _ := newServer(t, env.Config)
+	registrytest.Start(t, s)
+	if a := s.PprofAddr(); a != nil {
+		t.Fatalf("PprofAddr = %v without debug.pprof_listen, want nil", a)
+	}
+
+	env = registrytest.NewEnv(t, "", registrytest.NewUpstream(t))
+	env.Config.Debug.PprofListen = "127.0.0.1:0"
+	s, _ = newServer(t, env.Config)
+	registrytest.Start(t, s)
+	base := "http://" + s.PprofAddr().String()
+	resp, body := registrytest.Do(t, http.DefaultClient, http.MethodGet, base+"/debug/pprof/goroutine?debug=1", nil)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "goroutine profile:") {
+		t.Errorf("GET goroutine profile: %d %.200s", resp.StatusCode, body)
+	}
+	for path, want := range map[string]int{
+		"/debug/pprof/nosuch":              http.StatusNotFound,
+		"/debug/pprof/profile?seconds=0":   http.StatusBadRequest,
+		"/debug/pprof/trace?seconds=x":     http.StatusBadRequest,
+		"/debug/pprof/profile?seconds=301": http.StatusBadRequest,
+		"/v2/":                             http.StatusNotFound,
+	} {
+		if resp, _ := registrytest.Do(t, http.DefaultClient, http.MethodGet, base+path, nil); resp.StatusCode != want {
+			t.Errorf("GET %s: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
+}

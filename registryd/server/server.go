@@ -70,6 +70,7 @@ type Server struct {
 	listening chan struct{}
 	addr      net.Addr
 	metricsAt net.Addr
+	pprofAt   net.Addr
 
 	closeOnce sync.Once
 	closeErr  error
@@ -307,6 +308,17 @@ func (s *Server) MetricsAddr() net.Addr {
 	}
 }
 
+// PprofAddr is the bound address of the debug.pprof_listen listener, or nil before
+// Listening is closed or when it is off.
+func (s *Server) PprofAddr() net.Addr {
+	select {
+	case <-s.listening:
+		return s.pprofAt
+	default:
+		return nil
+	}
+}
+
 // Close stops the background work and running fills and saves the store's index. Run
 // calls it on return; call it directly only for a Server that was never run. It is
 // safe to call twice.
@@ -392,6 +404,28 @@ func (s *Server) listen() ([]boundServer, error) {
 				IdleTimeout:    idleTimeout,
 				MaxHeaderBytes: maxHeaderBytes,
 				ErrorLog:       errLog,
+			},
+		})
+	}
+	if a := s.cfg.Debug.PprofListen; a != "" {
+		pln, err := net.Listen("tcp", a)
+		if err != nil {
+			for _, b := range servers {
+				_ = b.ln.Close()
+			}
+			return nil, fmt.Errorf("listening for pprof on %s: %w", a, err)
+		}
+		s.pprofAt = pln.Addr()
+		servers = append(servers, boundServer{
+			name: "pprof",
+			ln:   pln,
+			// No WriteTimeout: a CPU profile or trace takes its ?seconds to answer.
+			srv: &http.Server{
+				Handler:           pprofHandler(),
+				ReadHeaderTimeout: readHeaderTimeout,
+				IdleTimeout:       idleTimeout,
+				MaxHeaderBytes:    maxHeaderBytes,
+				ErrorLog:          errLog,
 			},
 		})
 	}

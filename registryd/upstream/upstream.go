@@ -5,7 +5,7 @@
 //
 // The design, in short:
 //
-//   - One Client per upstream, one http.Transport per Client. The transport never takes
+//   - One Client per upstream, one http.Transport per Client, HTTP/1.1. The transport never takes
 //     a proxy from the environment (a cache must not be redirected elsewhere), bounds the
 //     dial, TLS handshake and response-header waits, and does not negotiate compression,
 //     so that the bytes read are the bytes of the blob. When tls.ca is set the upstream is
@@ -223,8 +223,13 @@ func New(u conf.Upstream, opts ...Option) (*Client, error) {
 		ExpectContinueTimeout: time.Second,
 		MaxIdleConnsPerHost:   16,
 		IdleConnTimeout:       90 * time.Second,
-		ForceAttemptHTTP2:     true,
-		DisableCompression:    true,
+		// HTTP/1.1 only (a transport with its own dialer and TLS config does not
+		// attempt HTTP/2). Blobs are long sequential streams: Go's HTTP/2 client
+		// spends more CPU per byte on them (framing, flow control, a copy through
+		// its pipe), and its per-stream window, 4 MiB, caps a blob at one window per
+		// round trip from a distant upstream; HTTP/1.1 is bounded by TCP's buffers
+		// only. Concurrent requests take a connection each, at most max_concurrent.
+		DisableCompression: true,
 	}
 
 	c := &Client{

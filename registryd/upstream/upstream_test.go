@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -285,8 +288,11 @@ func TestNew(t *testing.T) {
 			if c.http.Proxy != nil {
 				t.Error("the transport takes a proxy from the environment")
 			}
-			if c.http.MaxIdleConnsPerHost != 16 || !c.http.ForceAttemptHTTP2 || !c.http.DisableCompression {
+			if c.http.MaxIdleConnsPerHost != 16 || c.http.ForceAttemptHTTP2 || !c.http.DisableCompression {
 				t.Errorf("transport = %+v", c.http)
+			}
+			if slices.Contains(c.http.TLSClientConfig.NextProtos, "h2") {
+				t.Errorf("the transport offers HTTP/2 (ALPN %v); blobs are fetched over HTTP/1.1", c.http.TLSClientConfig.NextProtos)
 			}
 			if c.http.TLSClientConfig.MinVersion != 0x0303 {
 				t.Errorf("TLS MinVersion = %#x, want TLS 1.2", c.http.TLSClientConfig.MinVersion)
@@ -347,5 +353,34 @@ func TestRedactError(t *testing.T) {
 	redactError(err)
 	if s := err.Error(); strings.Contains(s, "secret") || strings.Contains(s, "u:p") || !strings.Contains(s, "https://s3.example/b?REDACTED") {
 		t.Errorf("redacted error = %q", s)
+	}
+}
+
+// TestBlobsOverHTTP1 fetches a blob from an upstream that offers HTTP/2: the request
+// arrives as HTTP/1.1.
+func TestBlobsOverHTTP1(t *testing.T) {
+	t.Parallel()
+	content := []byte("a blob over HTTP/1.1")
+	dgst := digest.FromBytes(content)
+	protos := make(chan string, 8)
+	srv := httptest.NewUnstartedServer(fakeRegistry(func(w http.ResponseWriter, r *http.Request) {
+		protos <- r.Proto
+		w.Header().Set("Content-Length", strconv.Itoa(len(content)))
+		_, _ = w.Write(content)
+	}, nil))
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	c := newTestClient(t, srv, conf.Upstream{})
+	rc, _, err := c.Blob(testContext(t), "library/app", dgst, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := readAll(t, rc)
+	if err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	if p := <-protos; p != "HTTP/1.1" {
+		t.Errorf("blob request over %s, want HTTP/1.1", p)
 	}
 }

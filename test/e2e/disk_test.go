@@ -285,7 +285,10 @@ func TestDiskLeftoverSurvivesOutage(t *testing.T) {
 	if g := gets[4]; rangeFrom(g.Range) != left || g.Status != http.StatusPartialContent || g.Bytes != size-left {
 		t.Errorf("want the last fill to resume from the leftover with bytes=%d- answered whole (%d bytes), got:%s", left, size-left, describeEntries(gets))
 	}
-	if _, err := os.Stat(spool); !os.IsNotExist(err) {
-		t.Errorf("spool file after the commit: %v, want it gone", err)
-	}
+	// The client has the verified blob before the spool's fsync and the commit,
+	// which then move the spool file into the store.
+	eventually(t, waitLimit, "the fill has committed its spool file", func() bool {
+		_, err := os.Stat(spool)
+		return os.IsNotExist(err)
+	})
 }

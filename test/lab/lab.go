@@ -65,6 +65,10 @@ func NRIMetricsAddr(slot, i int) string { return fmt.Sprintf("127.%d.6.%d:1339",
 // MasterMetricsAddr is the metrics address of master i (1-based) in slot.
 func MasterMetricsAddr(slot, i int) string { return fmt.Sprintf("127.%d.1.%d:9101", slot, i) }
 
+// MasterPprofAddr is the debug.pprof_listen address of master i (1-based) in slot,
+// used when RegistrydOptions.Pprof is set.
+func MasterPprofAddr(slot, i int) string { return fmt.Sprintf("127.%d.1.%d:6060", slot, i) }
+
 // Options say what Up starts.
 type Options struct {
 	Dir     string
@@ -141,6 +145,8 @@ type RegistrydOptions struct {
 	StorageTmpfs string `json:"storage_tmpfs,omitempty"`
 	// PinTTL is api.pin_ttl, e.g. "10s".
 	PinTTL string `json:"pin_ttl,omitempty"`
+	// Pprof serves each master's profiles on MasterPprofAddr (debug.pprof_listen).
+	Pprof bool `json:"pprof,omitempty"`
 }
 
 // Master is one registryd.
@@ -244,6 +250,9 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 	}
 	for i := 1; i <= o.Masters; i++ {
 		addrs = append(addrs, MasterAddr(o.Slot, i), MasterMetricsAddr(o.Slot, i))
+		if o.Registryd.Pprof {
+			addrs = append(addrs, MasterPprofAddr(o.Slot, i))
+		}
 	}
 	for _, a := range addrs {
 		if err := checkFree(a); err != nil {

@@ -34,6 +34,9 @@ func (l *Lab) registrydConfig(name string, i int) ([]byte, error) {
 	fmt.Fprintf(&b, "# registryd of lab %s\n", name)
 	fmt.Fprintf(&b, "[server]\nlisten = %q\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n\n", MasterAddr(l.Slot, i))
 	fmt.Fprintf(&b, "[metrics]\nlisten = %q\n\n", MasterMetricsAddr(l.Slot, i))
+	if l.Registryd.Pprof {
+		fmt.Fprintf(&b, "[debug]\npprof_listen = %q\n\n", MasterPprofAddr(l.Slot, i))
+	}
 	if l.Storage == StorageS3 {
 		fmt.Fprintf(&b, "[storage]\n%smaster_id = %q\n", s3StorageKeys(), l.Masters[i-1].Name)
 	} else {

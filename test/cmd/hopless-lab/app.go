@@ -50,6 +50,7 @@ func newApp() *cli.App {
 					&cli.StringFlag{Name: "hopless-extra", Usage: "raw TOML lines for the top of the inprocess nodes' hopless section, e.g. \"cri_local_pull = 'warn'\""},
 					&cli.BoolFlag{Name: "no-cri-wait", Usage: "a node is up once containerd's socket answers, even if CRI does not"},
 					&cli.StringFlag{Name: "storage", Usage: "masters' storage: filesystem (each its own directory, the default) or s3 (one bucket of a SeaweedFS server, process s3)"},
+					&cli.BoolFlag{Name: "pprof", Usage: "serve each master's profiles at http://127.SLOT.1.I:6060/debug/pprof/ (debug.pprof_listen)"},
 				},
 				Action: func(c *cli.Context) error {
 					o, err := options(c)
@@ -61,6 +62,7 @@ func newApp() *cli.App {
 					o.Weights, o.Fallback = c.IntSlice("weights"), c.Bool("fallback")
 					o.CRIImagesExtra, o.HoplessExtra, o.NoCRIWait = c.String("cri-images-extra"), c.String("hopless-extra"), c.Bool("no-cri-wait")
 					o.NRIPlugin, o.Containers = c.String("nri-plugin"), c.Bool("containers")
+					o.Registryd.Pprof = c.Bool("pprof")
 					if o.Storage = c.String("storage"); o.Storage == "filesystem" {
 						o.Storage = lab.StorageFilesystem
 					}
@@ -307,7 +309,7 @@ func newApp() *cli.App {
 					&cli.BoolFlag{Name: "quick", Usage: "small sizes and one round"},
 					&cli.BoolFlag{Name: "json", Usage: "one JSON object per result line"},
 					&cli.StringFlag{Name: "dir", Usage: "work directory (default: a temporary one)"},
-					&cli.IntFlag{Name: "slot", Usage: "loopback network 127.SLOT.0.0/16, to run beside another lab"},
+					&cli.IntFlag{Name: "slot", Usage: "loopback network 127.SLOT.0.0/16 of the benchmark's labs, to run beside other labs"},
 				},
 				Action: func(c *cli.Context) error {
 					if c.Bool("list") {
