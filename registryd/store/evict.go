@@ -290,16 +290,25 @@ func (s *Store) evictOne(ctx context.Context, v victim, p *plan) (bool, error) {
 	s.removeEntryLocked(v.d)
 	s.dropLinksLocked(v.d)
 	s.mu.Unlock()
-
-	if err := s.deleteContent(ctx, v.d); err != nil {
-		s.mu.Lock()
-		if s.entries[v.d] == nil {
-			s.putEntryLocked(v.d, e)
-		}
-		s.mu.Unlock()
+	if err := s.deleteOrRestore(ctx, v.d, e); err != nil {
 		return false, err
 	}
 	return true, nil
+}
+
+// deleteOrRestore removes d's content, whose entry e (nil if there was none) was
+// just dropped from the index; if the removal fails, e is put back unless d was
+// stored again meanwhile.
+func (s *Store) deleteOrRestore(ctx context.Context, d digest.Digest, e *entry) error {
+	err := s.deleteContent(ctx, d)
+	if err != nil && e != nil {
+		s.mu.Lock()
+		if s.entries[d] == nil {
+			s.putEntryLocked(d, e)
+		}
+		s.mu.Unlock()
+	}
+	return err
 }
 
 // dropTags removes the tags that point to evicted manifests.

@@ -577,14 +577,7 @@ func (s *Store) evictSharedOne(ctx context.Context, v victim, protected map[dige
 	}
 	s.mu.Unlock()
 	if stored {
-		if err := s.deleteContent(ctx, v.d); err != nil {
-			if e != nil {
-				s.mu.Lock()
-				if s.entries[v.d] == nil {
-					s.putEntryLocked(v.d, e)
-				}
-				s.mu.Unlock()
-			}
+		if err := s.deleteOrRestore(ctx, v.d, e); err != nil {
 			return evictKept, err
 		}
 	}
