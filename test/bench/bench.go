@@ -150,7 +150,7 @@ type Bench struct {
 // All lists the benchmarks.
 func All() []Bench {
 	return []Bench{
-		{Name: "pull-lab", About: "crictl pull through the lab's masters (cold and warm) vs. a direct pull from the upstream", Run: pullLab},
+		{Name: "pull-lab", About: "crictl pull through the lab's masters (cold and warm) vs. a direct pull from the upstream and a cold pull through distribution's own proxy", Run: pullLab},
 		{Name: "registryd-cold", About: "16 concurrent GETs of one cold blob through a registryd master vs. distribution's proxy: upstream bytes, time, peak RSS", Run: registrydCold},
 		{Name: "registryd-warm", About: "8 concurrent GETs of one cached blob from a registryd master vs. distribution's proxy: throughput", Run: registrydWarm},
 		{Name: "registryd-s3", About: "cold and warm blob throughput (4 clients, one blob each) of a registryd master on S3 (SeaweedFS) vs. distribution's proxy on the same bucket, and what S3 costs each against the filesystem", Run: registrydS3},

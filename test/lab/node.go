@@ -154,8 +154,9 @@ ca = "{{.CA}}"
   dial_timeout = "1s"
 {{end}}`))
 
-// upstreamHostsToml lets a node pull from the upstream directly (for baselines).
-var upstreamHostsToml = template.Must(template.New("hosts.toml").Parse(`# hopless lab: direct pulls from the upstream
+// upstreamHostsToml lets a node pull from the upstream, or from a stock proxy, with no
+// masters in between (for baselines).
+var upstreamHostsToml = template.Must(template.New("hosts.toml").Parse(`# hopless lab: {{.Why}}
 server = "https://{{.Host}}"
 ca = "{{.CA}}"
 `))
@@ -239,12 +240,18 @@ func (l *Lab) writeNodeConfig(n Node, i int) error {
 	if err := writeFile(filepath.Join(n.Dir, "certs.d", l.ImageHost, "hosts.toml"), hosts, 0o644); err != nil {
 		return err
 	}
-	up, err := render(upstreamHostsToml, map[string]any{"Host": l.Upstream, "CA": l.CA})
-	if err != nil {
-		return err
+	direct := map[string]string{l.Upstream: "direct pulls from the upstream"}
+	for _, p := range l.Proxies() {
+		direct[p.Addr] = "pulls through " + p.Name + ", distribution's own proxy (a baseline)"
 	}
-	if err := writeFile(filepath.Join(n.Dir, "certs.d", l.Upstream, "hosts.toml"), up, 0o644); err != nil {
-		return err
+	for host, why := range direct {
+		up, err := render(upstreamHostsToml, map[string]any{"Host": host, "CA": l.CA, "Why": why})
+		if err != nil {
+			return err
+		}
+		if err := writeFile(filepath.Join(n.Dir, "certs.d", host, "hosts.toml"), up, 0o644); err != nil {
+			return err
+		}
 	}
 	crictl := fmt.Sprintf("runtime-endpoint: unix://%s\nimage-endpoint: unix://%s\ntimeout: 30\n", n.Sock, n.Sock)
 	return writeFile(n.Crictl, []byte(crictl), 0o644)
