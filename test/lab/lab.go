@@ -91,6 +91,9 @@ type Options struct {
 	// Fallback lets inprocess nodes fall back to the image host's own hosts.toml
 	// (which points at the upstream) when every master is down.
 	Fallback bool
+	// NodeCredentials is a "user:password" file (mode 0600) that inprocess nodes
+	// answer the masters' auth challenges with (registry.auth.credentials_file).
+	NodeCredentials string
 	// CRIImagesExtra is raw TOML lines added to every node's
 	// [plugins.'io.containerd.cri.v1.images'] table, e.g.
 	// "discard_unpacked_layers = true".
@@ -187,6 +190,8 @@ type Lab struct {
 	Procs     []*Proc          `json:"procs"`
 	Weights   []int            `json:"weights,omitempty"`
 	Fallback  bool             `json:"fallback,omitempty"`
+	// NodeCredentials is the Option of the same name.
+	NodeCredentials string `json:"node_credentials,omitempty"`
 	// CRIImagesExtra, HoplessExtra and NoCRIWait are the Options of the same
 	// names.
 	CRIImagesExtra string `json:"cri_images_extra,omitempty"`
@@ -261,15 +266,16 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 	}
 	l := &Lab{
 		Dir: dir, Mode: o.Mode, BinDir: o.BinDir, ToolsDir: o.ToolsDir,
-		CA:        filepath.Join(dir, "ca", "ca.pem"),
-		Slot:      o.Slot,
-		Upstream:  UpstreamAddr(o.Slot),
-		AccessLog: filepath.Join(dir, "upstream", "access.log"),
-		ImageHost: ImageHost(o.Slot),
-		APIToken:  filepath.Join(dir, "secrets", "api.token"),
-		Registryd: o.Registryd,
-		Weights:   o.Weights,
-		Fallback:  o.Fallback,
+		CA:              filepath.Join(dir, "ca", "ca.pem"),
+		Slot:            o.Slot,
+		Upstream:        UpstreamAddr(o.Slot),
+		AccessLog:       filepath.Join(dir, "upstream", "access.log"),
+		ImageHost:       ImageHost(o.Slot),
+		APIToken:        filepath.Join(dir, "secrets", "api.token"),
+		Registryd:       o.Registryd,
+		Weights:         o.Weights,
+		Fallback:        o.Fallback,
+		NodeCredentials: o.NodeCredentials,
 
 		CRIImagesExtra: o.CRIImagesExtra,
 		HoplessExtra:   o.HoplessExtra,

@@ -97,6 +97,10 @@ disabled_plugins = [
     fallback = {{.Hopless.Fallback}}
     [plugins.'{{.Section}}'.registry.tls]
       ca = '{{.Hopless.CA}}'
+{{- with .Hopless.Credentials}}
+    [plugins.'{{$.Section}}'.registry.auth]
+      credentials_file = '{{.}}'
+{{- end}}
 {{- range .Hopless.Endpoints}}
     [[plugins.'{{$.Section}}'.registry.endpoint]]
       url = 'https://{{.Addr}}'
@@ -133,10 +137,11 @@ func indent(s string) string {
 
 // hopless is the node's hopless plugin section (inprocess mode).
 type hopless struct {
-	Host      string
-	CA        string
-	Fallback  bool
-	Endpoints []struct {
+	Host        string
+	CA          string
+	Fallback    bool
+	Credentials string
+	Endpoints   []struct {
 		Addr   string
 		Weight int
 	}
@@ -188,7 +193,7 @@ func (l *Lab) writeNodeConfig(n Node, i int) error {
 	// a fallback pull then uses.
 	hostsData := map[string]any{"Why": l.ImageHost + " is served by the masters", "Server": l.ImageHost, "CA": l.CA, "Masters": masters}
 	if l.Mode == ModeInprocess {
-		h := &hopless{Host: l.ImageHost, CA: l.CA, Fallback: l.Fallback}
+		h := &hopless{Host: l.ImageHost, CA: l.CA, Fallback: l.Fallback, Credentials: l.NodeCredentials}
 		for j, m := range l.Masters {
 			w := 1
 			if len(l.Weights) > j {
