@@ -38,3 +38,34 @@ func (t TLS) ClientConfig(systemRoots bool) (*tls.Config, error) {
 	}
 	return c, nil
 }
+
+// PlainHTTP lists the settings of r that turn TLS off, by field (server.insecure,
+// upstream[i].tls.insecure, peers.tls.insecure). TLS is on unless one of them is
+// set; registryd logs each one when it starts, so that it is never off unseen.
+func (r *Registryd) PlainHTTP() []string {
+	var out []string
+	if r.Server.Insecure {
+		out = append(out, "server.insecure")
+	}
+	for i, u := range r.Upstream {
+		if u.TLS.Insecure {
+			out = append(out, fmt.Sprintf("upstream[%d].tls.insecure", i))
+		}
+	}
+	if r.Peers.TLS.Insecure {
+		out = append(out, "peers.tls.insecure")
+	}
+	return out
+}
+
+// PlainHTTP lists the registries of n whose tls.insecure allows plain http to the
+// masters (registry[i].tls.insecure), for the node's daemons to log.
+func (n *Node) PlainHTTP() []string {
+	var out []string
+	for i, r := range n.Registries {
+		if r.TLS.Insecure {
+			out = append(out, fmt.Sprintf("registry[%d].tls.insecure (%s)", i, r.Host))
+		}
+	}
+	return out
+}

@@ -159,6 +159,9 @@ func (a *Agent) startServices(ctx context.Context, cfg *conf.NRI) error {
 	if err != nil {
 		return err
 	}
+	for _, f := range node.PlainHTTP() {
+		a.log.Warn("TLS to the masters is off by configuration: plain http", "setting", f, "node_config", cfg.NodeConfig)
+	}
 	name, err := NodeName(cfg)
 	if err != nil {
 		return err

@@ -117,6 +117,9 @@ func NewHosts(ctx context.Context, cfg HostsConfig) (*Hosts, error) {
 			"fallback":  r.Fallback,
 		}).Info("hopless serves image host")
 	}
+	for _, f := range node.PlainHTTP() {
+		log.G(ctx).WithField("setting", f).Warn("TLS to the masters is off by configuration: plain http")
+	}
 	h.reload.seen = seen
 	h.reload.desired = node.Registries
 	if cfg.ReloadInterval > 0 {

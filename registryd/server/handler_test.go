@@ -237,6 +237,23 @@ func TestAPIRequestKinds(t *testing.T) {
 	}
 }
 
+// TestPlainHTTPLogged checks that a setting that turns TLS off is logged, by name,
+// when registryd starts, and that a config with TLS everywhere logs none.
+func TestPlainHTTPLogged(t *testing.T) {
+	t.Parallel()
+	env := registrytest.NewEnv(t, "", registrytest.NewUpstream(t))
+	_, logs := newServer(t, env.Config)
+	if strings.Contains(logs.String(), "TLS is off") {
+		t.Errorf("TLS everywhere, yet registryd logged it off:\n%s", logs.String())
+	}
+	cfg := *env.Config
+	cfg.Peers.TLS.Insecure = true
+	_, logs = newServer(t, &cfg)
+	if !strings.Contains(logs.String(), `"msg":"TLS is off by configuration: plain http","setting":"peers.tls.insecure"`) {
+		t.Errorf("peers.tls.insecure = true was not logged:\n%s", logs.String())
+	}
+}
+
 func TestHealth(t *testing.T) {
 	t.Parallel()
 	tests := []struct {

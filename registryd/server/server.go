@@ -200,6 +200,9 @@ func New(ctx context.Context, cfg *conf.Registryd, opts ...Option) (s *Server, e
 	}
 	s.handler = s.routes(s.app)
 
+	for _, f := range cfg.PlainHTTP() {
+		s.log.Warn("TLS is off by configuration: plain http", "setting", f)
+	}
 	for i, u := range cfg.Upstream {
 		s.log.Info("upstream configured", "index", i, "url", redact(u.URL), "local_prefix", u.LocalPrefix, "path", u.Path,
 			"ns", u.NS, "ca", u.TLS.CA, "auth", u.Auth.CredentialsFile != "")
