@@ -69,15 +69,24 @@ func TestFlight(t *testing.T) {
 	if _, err := f.do(gone, "k", fn); !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled caller: %v, want context.Canceled", err)
 	}
+	// Joining is synchronous (start), so every caller below is in the flight
+	// before fn is released; waiting is what runs concurrently.
 	var wg sync.WaitGroup
-	for range 8 {
+	first, err := f.start("k", fn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 8 {
+		c, err := f.start("k", fn)
+		if err != nil || c != first {
+			t.Fatalf("caller %d: start = %p, %v; want the running call %p", i, c, err, first)
+		}
 		wg.Go(func() {
-			if v, err := f.do(t.Context(), "k", fn); v != 42 || err != nil {
-				t.Errorf("do = %d, %v; want 42", v, err)
+			if v, err := c.wait(t.Context()); v != 42 || err != nil {
+				t.Errorf("wait = %d, %v; want 42", v, err)
 			}
 		})
 	}
-	time.Sleep(20 * time.Millisecond)
 	close(release)
 	wg.Wait()
 	if n := calls.Load(); n != 1 {

@@ -1026,19 +1026,17 @@ func TestCloseStopsStalledFill(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 
+	// Close ends the fill itself: it returns well before the 30 s stall timeout could
+	// have ended it.
 	closed := make(chan struct{})
-	start := time.Now()
 	go func() {
 		f.Close()
 		close(closed)
 	}()
 	select {
 	case <-closed:
-	case <-time.After(5 * time.Second):
-		t.Fatal("Close did not return in time")
-	}
-	if took := time.Since(start); took > 2*time.Second {
-		t.Errorf("Close took %s", took)
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close did not return before the stall timeout")
 	}
 	waitDone(t, fl)
 	if err := fl.Err(); !errdefs.IsCanceled(err) {

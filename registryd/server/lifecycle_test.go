@@ -107,14 +107,12 @@ func TestShutdownTimeout(t *testing.T) {
 		}
 	}()
 	<-arrived
-	start := time.Now()
+	// The request never ends by itself: Run returns only because the shutdown
+	// timeout gave up on it, which its error says.
 	err := run.Stop()
 	if err == nil || !strings.Contains(err.Error(), "shutting down registry on "+s.Addr().String()) ||
 		!strings.Contains(err.Error(), context.DeadlineExceeded.Error()) {
 		t.Errorf("Run = %v, want a shutdown deadline error naming the address", err)
-	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Errorf("Run took %s to return after a 100ms shutdown timeout", d)
 	}
 }
 

@@ -320,8 +320,8 @@ func TestFaultsStallShutdown(t *testing.T) {
 	if err := u.stop(); err != nil {
 		t.Fatalf("ServeUpstream during a stall: %v", err)
 	}
-	if d := time.Since(start); d > 3*time.Second {
-		t.Errorf("shutdown during a stall took %v", d)
+	if d := time.Since(start); d >= time.Minute {
+		t.Errorf("shutdown during a stall took %v: it waited for the stall to end", d)
 	}
 	if body, err := io.ReadAll(resp.Body); err == nil {
 		t.Errorf("stalled body ended cleanly with %d bytes after shutdown, want an error", len(body))
@@ -646,12 +646,9 @@ func TestFaultsHang(t *testing.T) {
 	// A shutdown ends a hung request at once.
 	hung = u.roundTrip(t.Context(), tr, u.blobPath())
 	time.Sleep(100 * time.Millisecond)
-	start := time.Now()
+	// The request hangs for ever: that stop returns at all is the check.
 	if err := u.stop(); err != nil {
 		t.Fatalf("ServeUpstream with a hung request: %v", err)
-	}
-	if d := time.Since(start); d > 3*time.Second {
-		t.Errorf("shutdown with a hung request took %v", d)
 	}
 	if r := <-hung; r.err == nil {
 		t.Errorf("the hung GET got status %d after the shutdown, want an error", r.status)
@@ -676,15 +673,17 @@ func TestFaultsHeaderDelay(t *testing.T) {
 	u := startFaultyUpstream(t)
 	tr := u.transport()
 	defer tr.CloseIdleConnections()
-	u.setFaults(t, Faults{HeaderDelay: Duration(700 * time.Millisecond), Status: http.StatusBadGateway})
+	// A delay of a minute that the API base would pay if it were delayed.
+	u.setFaults(t, Faults{HeaderDelay: Duration(time.Minute)})
 	start := time.Now()
 	resp, _, err := u.get(t, tr, http.MethodGet, "/v2/", "")
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET /v2/: status %d, err %v", resp.StatusCode, err)
 	}
-	if d := time.Since(start); d > 500*time.Millisecond {
-		t.Errorf("GET /v2/ took %v: the API base is not delayed", d)
+	if d := time.Since(start); d >= time.Minute {
+		t.Errorf("GET /v2/ took %v: the API base was delayed", d)
 	}
+	u.setFaults(t, Faults{HeaderDelay: Duration(700 * time.Millisecond), Status: http.StatusBadGateway})
 	start = time.Now()
 	resp, _, err = u.get(t, tr, http.MethodGet, "/v2/lab/app/manifests/v1", "")
 	if err != nil || resp.StatusCode != http.StatusBadGateway {
