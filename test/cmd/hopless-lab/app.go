@@ -290,13 +290,14 @@ func newApp() *cli.App {
 			{
 				Name:  "demo",
 				Usage: "bring a lab up, seed an image, pull it, show who served what, bring it down",
-				Flags: []cli.Flag{dirFlag, &cli.StringFlag{Name: "mode", Value: lab.ModeInprocess, Usage: "node mode: inprocess, stock or nginx"}},
+				Flags: []cli.Flag{dirFlag, &cli.StringFlag{Name: "mode", Value: lab.ModeInprocess, Usage: "node mode: inprocess, stock or nginx"},
+					&cli.IntFlag{Name: "slot", Usage: "loopback network 127.SLOT.0.0/16, to run beside another lab"}},
 				Action: func(c *cli.Context) error {
 					o, err := options(c)
 					if err != nil {
 						return err
 					}
-					o.Dir, o.Mode = c.String("dir"), c.String("mode")
+					o.Dir, o.Mode, o.Slot = c.String("dir"), c.String("mode"), c.Int("slot")
 					return lab.Demo(c.Context, o, os.Stdout)
 				},
 			},
