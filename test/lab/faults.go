@@ -69,6 +69,9 @@ type Faults struct {
 	// right after the headers.
 	StallAfter int64    `json:"stall_after,omitempty"`
 	StallFor   Duration `json:"stall_for,omitempty"`
+	// Corrupt answers a blob GET with a different blob of the same length (every
+	// byte inverted): an upstream that serves the wrong bytes for a digest.
+	Corrupt bool `json:"corrupt,omitempty"`
 }
 
 // Duration is a time.Duration that JSON holds as a string such as "10s".
@@ -156,7 +159,7 @@ func (f Faults) applies(path string) bool {
 
 // bodyFaults reports whether f changes blob GET bodies.
 func (f Faults) bodyFaults() bool {
-	return f.ThrottleBPS > 0 || f.CutAfter > 0 || f.StallFor > 0
+	return f.ThrottleBPS > 0 || f.CutAfter > 0 || f.StallFor > 0 || f.Corrupt
 }
 
 // WriteFaults validates f and writes it to path atomically, so that a running
@@ -395,6 +398,13 @@ func (w *faultWriter) Write(p []byte) (int, error) {
 	}
 	if !w.active {
 		return w.ResponseWriter.Write(p)
+	}
+	if w.f.Corrupt {
+		q := make([]byte, len(p))
+		for i, b := range p {
+			q[i] = ^b
+		}
+		p = q
 	}
 	written := 0
 	for len(p) > 0 {

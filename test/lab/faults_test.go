@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -700,5 +701,32 @@ func TestFaultsHeaderDelay(t *testing.T) {
 	}
 	if d := time.Since(start); d < 400*time.Millisecond {
 		t.Errorf("delayed blob GET answered after %v, want about 500ms", d)
+	}
+}
+
+func TestFaultsCorrupt(t *testing.T) {
+	t.Parallel()
+	u := startFaultyUpstream(t)
+	tr := u.transport()
+	defer tr.CloseIdleConnections()
+	_, good, err := u.get(t, tr, http.MethodGet, u.blobPath(), "")
+	if err != nil || sha256Digest(good) != u.blob {
+		t.Fatalf("healthy blob GET: %d bytes, err %v", len(good), err)
+	}
+	u.setFaults(t, Faults{Corrupt: true})
+	resp, body, err := u.get(t, tr, http.MethodGet, u.blobPath(), "")
+	if err != nil || resp.StatusCode != http.StatusOK || len(body) != len(good) {
+		t.Fatalf("corrupt blob GET: status %d, %d bytes, err %v; want 200 with %d bytes", resp.StatusCode, len(body), err, len(good))
+	}
+	if sha256Digest(body) == u.blob {
+		t.Fatal("a corrupt blob GET served the blob itself")
+	}
+	for i := range body {
+		if body[i] != ^good[i] {
+			t.Fatalf("byte %d is %#x, want %#x inverted", i, body[i], good[i])
+		}
+	}
+	if resp, body, err := u.get(t, tr, http.MethodGet, "/v2/lab/app/manifests/v1", ""); err != nil || resp.StatusCode != http.StatusOK || !json.Valid(body) {
+		t.Errorf("a manifest GET under a corrupt fault: status %d, err %v; want it untouched", resp.StatusCode, err)
 	}
 }
