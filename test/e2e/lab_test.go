@@ -45,7 +45,7 @@ func TestLabCLI(t *testing.T) {
 	for _, want := range []string{
 		"LAB_UPSTREAM='127.0.3.1:5000'", "LAB_MASTERS='127.0.1.1:5001 127.0.1.2:5001'",
 		"LAB_CA='" + filepath.Join(dir, "ca", "ca.pem") + "'", "LAB_NODES='1'",
-		"LAB_NODE_1_SOCK='" + filepath.Join(dir, "node-1", "containerd.sock") + "'",
+		"LAB_NODE_1_SOCK='" + filepath.Join(dir, "node-1", "containerd.sock") + "'", "LAB_NODE_1_MODE='inprocess'",
 		"LAB_CRICTL_1='" + filepath.Join(dir, "node-1", "crictl.yaml") + "'", "LAB_IMAGE_HOST='127.0.2.1:5001'",
 	} {
 		if !strings.Contains(string(env), want) {
@@ -56,6 +56,20 @@ func TestLabCLI(t *testing.T) {
 	out, err := hoplessLab(t, "up", "--dir", dir)
 	if err == nil || !strings.Contains(out, "already up") {
 		t.Errorf("second up: want an 'already up' error, got %v: %s", err, out)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--nodes", "1", "--node-modes", "inprocess,nri"}, "lists 2 modes for 1 nodes"},
+		{[]string{"--nodes", "2", "--node-modes", "inprocess, stok"}, `node-2's mode "stok" is not supported`},
+		{[]string{"--nodes", "1", "--mode", "nginx", "--nginx-to-proxies"}, "--nginx-to-proxies needs stock proxies"},
+		{[]string{"--nodes", "2", "--node-modes", "inprocess,nri", "--proxies", "1", "--nginx-to-proxies"}, "needs a node in mode nginx"},
+	} {
+		args := append([]string{"up", "--dir", t.TempDir(), "--slot", strconv.Itoa(slotLabCLI)}, tc.args...)
+		if out, err := hoplessLab(t, args...); err == nil || !strings.Contains(out, tc.want) {
+			t.Errorf("up %s: want an error containing %q, got %v: %s", strings.Join(tc.args, " "), tc.want, err, out)
+		}
 	}
 	out, err = hoplessLab(t, "seed", "--dir", dir, "--image", "deckhouse/ce/cli:v1", "--layers", "2", "--layer-size", "64KiB", "--index")
 	if err != nil || !strings.Contains(out, "127.0.2.1:5001/system/deckhouse/cli:v1") {

@@ -46,9 +46,10 @@ func (l *Lab) Proxies() []Proxy {
 }
 
 // startProxies starts n stock proxies of the upstream, each with a certificate
-// from the lab CA, its own storage (on the masters' storage engine) and its own
-// access log.
-func (l *Lab) startProxies(ctx context.Context, ca *CA, n int) error {
+// from the lab CA for its address and extraIPs (the nginx nodes' hops, when they
+// go to the proxies), its own storage (on the masters' storage engine) and its
+// own access log.
+func (l *Lab) startProxies(ctx context.Context, ca *CA, n int, extraIPs ...net.IP) error {
 	if n < 0 || n > 50 {
 		return fmt.Errorf("lab: proxies must be 0..50, got %d", n)
 	}
@@ -61,7 +62,7 @@ func (l *Lab) startProxies(ctx context.Context, ca *CA, n int) error {
 		name := proxyPrefix + strconv.Itoa(i)
 		d := filepath.Join(l.Dir, name)
 		addr := ProxyAddr(l.Slot, i)
-		if err := ca.Issue(d, net.ParseIP(strings.Split(addr, ":")[0])); err != nil {
+		if err := ca.Issue(d, append([]net.IP{net.ParseIP(strings.Split(addr, ":")[0])}, extraIPs...)...); err != nil {
 			return err
 		}
 		args := []string{filepath.Join(l.BinDir, "hopless-lab"), "proxy",

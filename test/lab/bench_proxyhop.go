@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -19,12 +20,14 @@ import (
 // the CA that issued the proxies' new certificates. The nodes' hosts.toml trusts it.
 func (l *Lab) BenchCABundle() string { return filepath.Join(l.Dir, "bench-ca", "bundle.pem") }
 
-// HopToProxies points every node's NGINX hop at the lab's stock distribution
-// proxies instead of the masters, least_conn over all of them. The lab must be in
-// nginx mode, with stock proxies (Options.Proxies > 0). The masters keep running
-// but get no node traffic; a node pulls an upstream repository by its own name
-// (the proxies know no local prefix): ImageHost/deckhouse/ce/X, not
-// ImageHost/system/deckhouse/X.
+// HopToProxies points every nginx node's NGINX hop at the lab's stock
+// distribution proxies instead of the masters, least_conn over all of them. The
+// lab must have a node in nginx mode, and stock proxies (Options.Proxies > 0).
+// The masters keep running but get no traffic from those nodes; such a node
+// pulls an upstream repository by its own name (the proxies know no local
+// prefix): ImageHost/deckhouse/ce/X, not ImageHost/system/deckhouse/X, as
+// PullRefFor says from then on. Options.NginxToProxies does this at Up, with the
+// lab CA.
 //
 // TLS stays end to end, so the proxies' certificates must also name the hops'
 // addresses. The lab CA's key is gone once the lab is up, so a CA of its own
@@ -32,8 +35,9 @@ func (l *Lab) BenchCABundle() string { return filepath.Join(l.Dir, "bench-ca", "
 // the proxies are restarted with them (their caches are kept), and every node's
 // hosts.toml trusts BenchCABundle, which containerd reads again at each pull.
 func (l *Lab) HopToProxies(ctx context.Context) error {
-	if l.Mode != ModeNginx {
-		return fmt.Errorf("lab: HopToProxies needs nginx mode, the lab is in %s mode", l.Mode)
+	modes := l.nodeModes()
+	if !slices.Contains(modes, ModeNginx) {
+		return fmt.Errorf("lab: HopToProxies needs a node in nginx mode, the lab's nodes are in modes %s", strings.Join(modes, ","))
 	}
 	proxies := l.Proxies()
 	if len(proxies) == 0 {
@@ -55,7 +59,7 @@ func (l *Lab) HopToProxies(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	hops := nginxIPs(ModeNginx, l.Slot, len(l.Nodes))
+	hops := nginxIPs(l.Slot, modes)
 	var addrs []string
 	for _, p := range proxies {
 		addrs = append(addrs, p.Addr)
@@ -75,6 +79,9 @@ func (l *Lab) HopToProxies(ctx context.Context) error {
 		return fmt.Errorf("nginx stream module path: %w", err)
 	}
 	for i, n := range l.Nodes {
+		if modes[i] != ModeNginx {
+			continue
+		}
 		name, addr := NginxName(i+1), NginxAddr(l.Slot, i+1)
 		hop := l.proc(name)
 		if hop == nil {
@@ -106,5 +113,6 @@ func (l *Lab) HopToProxies(ctx context.Context) error {
 			return err
 		}
 	}
-	return nil
+	l.NginxToProxies = true
+	return l.save()
 }

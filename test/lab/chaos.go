@@ -117,7 +117,10 @@ func (l *Lab) RotateCA(ctx context.Context) error {
 	if err := writeFile(l.CA, bundle, 0o644); err != nil {
 		return fmt.Errorf("rotate CA: %w", err)
 	}
-	extra := nginxIPs(l.Mode, l.Slot, len(l.Nodes))
+	var extra []net.IP
+	if !l.NginxToProxies {
+		extra = nginxIPs(l.Slot, l.nodeModes())
+	}
 	for i, m := range l.Masters {
 		if err := l.Stop(m.Name); err != nil {
 			return fmt.Errorf("rotate CA: %w", err)

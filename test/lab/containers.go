@@ -41,8 +41,13 @@ func checkContainers(o *Options) error {
 			return fmt.Errorf("lab: %s is missing (run make build tools): %w", f, err)
 		}
 	}
-	if o.Mode == ModeInprocess {
+	if len(o.NodeModes) == 0 && o.Mode == ModeInprocess {
 		return fmt.Errorf("lab: running containers needs stock containerd (its shim is beside it), not --mode %s", o.Mode)
+	}
+	for i, m := range o.NodeModes {
+		if m == ModeInprocess {
+			return fmt.Errorf("lab: running containers needs stock containerd (its shim is beside it), not node-%d's mode %s", i+1, m)
+		}
 	}
 	return nil
 }

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -74,7 +75,11 @@ type Options struct {
 	Dir     string
 	Masters int
 	Nodes   int
-	Mode    string
+	// Mode is every node's mode, or, with NodeModes, the lab's default mode.
+	Mode string
+	// NodeModes, if set, is each node's own mode, node-1 first: exactly one per
+	// node. Empty means every node is Mode.
+	NodeModes []string
 	// Slot picks the loopback network 127.<slot>.0.0/16; 0 is the default.
 	Slot int
 	// BinDir holds registryd and hopless-lab; ToolsDir holds containerd-stock and crictl.
@@ -85,6 +90,11 @@ type Options struct {
 	// Proxies is the number of stock distribution proxies to start, the
 	// benchmarks' baseline (see baseline.go); 0 starts none.
 	Proxies int
+	// NginxToProxies sends the nginx nodes' hops least_conn to the stock
+	// proxies instead of the masters, the system as clusters run it today (see
+	// PullRefFor for what such a node pulls). It needs Proxies and a node in
+	// ModeNginx.
+	NginxToProxies bool
 	// Weights are the masters' weights in the nodes' hopless config (inprocess mode);
 	// empty means 1 each.
 	Weights []int
@@ -169,11 +179,18 @@ type Node struct {
 	// HostRoot is, for a node started by StartHostRootNode, the host root it runs
 	// chrooted into; Dir then holds only its crictl.yaml and log.
 	HostRoot string `json:"host_root,omitempty"`
+	// Mode is the node's mode; empty (a host-root node, an older lab.json) means
+	// the lab's Mode.
+	Mode string `json:"mode,omitempty"`
+	// NRIPlugin is how the node runs hopless-nri (NRIExternal, NRIPreinstalled),
+	// empty for none.
+	NRIPlugin string `json:"nri_plugin,omitempty"`
 }
 
 // Lab is a running (or recorded) lab.
 type Lab struct {
-	Dir       string   `json:"dir"`
+	Dir string `json:"dir"`
+	// Mode is the lab's default node mode; NodeMode says each node's own.
 	Mode      string   `json:"mode"`
 	Slot      int      `json:"slot"`
 	BinDir    string   `json:"bin_dir"`
@@ -205,6 +222,27 @@ type Lab struct {
 	Containers    bool   `json:"containers,omitempty"`
 	// Storage is the Option of the same name.
 	Storage string `json:"storage,omitempty"`
+	// NginxToProxies says that the nginx nodes' hops go to the stock proxies
+	// (Options.NginxToProxies, or HopToProxies since).
+	NginxToProxies bool `json:"nginx_to_proxies,omitempty"`
+}
+
+// NodeMode is node i's (1-based) mode: the lab's Mode unless the node has one of
+// its own.
+func (l *Lab) NodeMode(i int) string {
+	if i >= 1 && i <= len(l.Nodes) {
+		return l.modeOf(l.Nodes[i-1])
+	}
+	return l.Mode
+}
+
+// nodeModes is every node's mode, node-1 first.
+func (l *Lab) nodeModes() []string {
+	modes := make([]string, len(l.Nodes))
+	for i := range modes {
+		modes[i] = l.NodeMode(i + 1)
+	}
+	return modes
 }
 
 // FaultsFile is where the upstream reads the faults it injects (see WriteFaults).
@@ -285,6 +323,10 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 		CRIConfigPath:  o.CRIConfigPath,
 		Containers:     o.Containers,
 		Storage:        o.Storage,
+		NginxToProxies: o.NginxToProxies,
+	}
+	if l.NRIPlugin == "" && slices.Contains(o.modes(), ModeNRI) {
+		l.NRIPlugin = NRIExternal
 	}
 	if err := l.up(ctx, o); err != nil {
 		if derr := l.Down(); derr != nil {
@@ -308,37 +350,8 @@ func (o *Options) check() error {
 	if o.Slot < 0 || o.Slot > 255 {
 		return fmt.Errorf("lab: --slot must be 0..255, got %d", o.Slot)
 	}
-	if o.Mode != ModeStock && o.Mode != ModeInprocess && o.Mode != ModeNginx && o.Mode != ModeNRI {
-		return fmt.Errorf("lab: --mode %q is not supported; supported: %s, %s, %s, %s", o.Mode, ModeStock, ModeInprocess, ModeNginx, ModeNRI)
-	}
-	if o.Mode == ModeNRI {
-		if o.NRIPlugin == "" {
-			o.NRIPlugin = NRIExternal
-		}
-		if o.NRIPlugin != NRIExternal && o.NRIPlugin != NRIPreinstalled {
-			return fmt.Errorf("lab: --nri-plugin %q is not supported; supported: %s, %s", o.NRIPlugin, NRIExternal, NRIPreinstalled)
-		}
-		if _, err := os.Stat(filepath.Join(o.BinDir, "hopless-nri")); err != nil {
-			return fmt.Errorf("lab: %s is missing (run make build): %w", filepath.Join(o.BinDir, "hopless-nri"), err)
-		}
-	} else if o.NRIPlugin != "" && o.Mode != ModeInprocess {
-		return fmt.Errorf("lab: --nri-plugin needs --mode %s (or %s, beside the hopless plugin), got %s", ModeNRI, ModeInprocess, o.Mode)
-	}
-	if o.NRIPlugin != "" && o.NRIPlugin != NRIExternal && o.NRIPlugin != NRIPreinstalled {
-		return fmt.Errorf("lab: --nri-plugin %q is not supported; supported: %s, %s", o.NRIPlugin, NRIExternal, NRIPreinstalled)
-	}
-	if o.NRIPlugin != "" {
-		if _, err := os.Stat(filepath.Join(o.BinDir, "hopless-nri")); err != nil {
-			return fmt.Errorf("lab: %s is missing (run make build): %w", filepath.Join(o.BinDir, "hopless-nri"), err)
-		}
-	}
-	if o.Mode == ModeNginx {
-		if err := checkNginx(o.ToolsDir); err != nil {
-			return err
-		}
-	}
-	if o.HoplessExtra != "" && o.Mode != ModeInprocess {
-		return fmt.Errorf("lab: hopless extra config needs --mode %s, got %s", ModeInprocess, o.Mode)
+	if err := o.checkModes(); err != nil {
+		return err
 	}
 	if o.Containers {
 		if err := checkContainers(o); err != nil {
@@ -367,6 +380,116 @@ func (o *Options) check() error {
 		filepath.Join(o.ToolsDir, "containerd-stock"), filepath.Join(o.ToolsDir, "crictl")} {
 		if _, err := os.Stat(f); err != nil {
 			return fmt.Errorf("lab: %s is missing (run make build tools): %w", f, err)
+		}
+	}
+	return nil
+}
+
+// supportedMode reports whether m is a node mode.
+func supportedMode(m string) bool {
+	switch m {
+	case ModeStock, ModeInprocess, ModeNginx, ModeNRI:
+		return true
+	}
+	return false
+}
+
+const supportedModes = ModeStock + ", " + ModeInprocess + ", " + ModeNginx + ", " + ModeNRI
+
+// nodeMode is node i's (1-based) mode.
+func (o *Options) nodeMode(i int) string {
+	if i >= 1 && i <= len(o.NodeModes) {
+		return o.NodeModes[i-1]
+	}
+	return o.Mode
+}
+
+// nodeModes is every node's mode, node-1 first.
+func (o *Options) nodeModes() []string {
+	modes := make([]string, o.Nodes)
+	for i := range modes {
+		modes[i] = o.nodeMode(i + 1)
+	}
+	return modes
+}
+
+// modes are the modes in use, for the checks that need a node of some mode: Mode
+// alone (even with no nodes, as before NodeModes), or NodeModes.
+func (o *Options) modes() []string {
+	if len(o.NodeModes) > 0 {
+		return o.NodeModes
+	}
+	return []string{o.Mode}
+}
+
+// modesFlag says the modes in use as the flags that set them, for errors.
+func (o *Options) modesFlag() string {
+	if len(o.NodeModes) > 0 {
+		return "--node-modes " + strings.Join(o.NodeModes, ",")
+	}
+	return "--mode " + o.Mode
+}
+
+// nodeNRIPlugin is how node i (1-based) runs hopless-nri: always in ModeNRI
+// (NRIExternal unless NRIPlugin says otherwise), beside an inprocess node only if
+// NRIPlugin asks for it, never otherwise.
+func (o *Options) nodeNRIPlugin(i int) string {
+	switch o.nodeMode(i) {
+	case ModeNRI:
+		if o.NRIPlugin == "" {
+			return NRIExternal
+		}
+		return o.NRIPlugin
+	case ModeInprocess:
+		return o.NRIPlugin
+	}
+	return ""
+}
+
+// checkModes checks Mode, NodeModes and the options that need a node of some
+// mode. An empty Mode with NodeModes becomes node-1's mode.
+func (o *Options) checkModes() error {
+	if o.Mode == "" && len(o.NodeModes) > 0 {
+		o.Mode = o.NodeModes[0]
+	}
+	if !supportedMode(o.Mode) {
+		return fmt.Errorf("lab: --mode %q is not supported; supported: %s", o.Mode, supportedModes)
+	}
+	if len(o.NodeModes) > 0 && len(o.NodeModes) != o.Nodes {
+		return fmt.Errorf("lab: --node-modes lists %d modes for %d nodes; give one per node", len(o.NodeModes), o.Nodes)
+	}
+	for i, m := range o.NodeModes {
+		if !supportedMode(m) {
+			return fmt.Errorf("lab: --node-modes: node-%d's mode %q is not supported; supported: %s", i+1, m, supportedModes)
+		}
+	}
+	modes := o.modes()
+	nri, inprocess, nginx := slices.Contains(modes, ModeNRI), slices.Contains(modes, ModeInprocess), slices.Contains(modes, ModeNginx)
+	if o.NRIPlugin != "" && o.NRIPlugin != NRIExternal && o.NRIPlugin != NRIPreinstalled {
+		return fmt.Errorf("lab: --nri-plugin %q is not supported; supported: %s, %s", o.NRIPlugin, NRIExternal, NRIPreinstalled)
+	}
+	if o.NRIPlugin != "" && !nri && !inprocess {
+		return fmt.Errorf("lab: --nri-plugin needs a node in mode %s (or %s, beside the hopless plugin), got %s", ModeNRI, ModeInprocess, o.modesFlag())
+	}
+	if nri || o.NRIPlugin != "" {
+		if _, err := os.Stat(filepath.Join(o.BinDir, "hopless-nri")); err != nil {
+			return fmt.Errorf("lab: %s is missing (run make build): %w", filepath.Join(o.BinDir, "hopless-nri"), err)
+		}
+	}
+	if nginx {
+		if err := checkNginx(o.ToolsDir); err != nil {
+			return err
+		}
+	}
+	if o.HoplessExtra != "" && !inprocess {
+		return fmt.Errorf("lab: hopless extra config needs a node in mode %s, got %s", ModeInprocess, o.modesFlag())
+	}
+	if o.NginxToProxies {
+		if o.Proxies < 1 {
+			return errors.New("lab: --nginx-to-proxies needs stock proxies (--proxies N)")
+		}
+		if !nginx {
+			return fmt.Errorf("lab: --nginx-to-proxies needs a node in mode %s, got %s", ModeNginx, o.modesFlag())
 		}
 	}
 	return nil
@@ -429,16 +552,23 @@ func (l *Lab) up(ctx context.Context, o Options) error {
 		l.Masters = append(l.Masters, Master{Name: fmt.Sprintf("master-%d", i), Addr: MasterAddr(l.Slot, i), Metrics: MasterMetricsAddr(l.Slot, i),
 			Log: filepath.Join(l.Dir, fmt.Sprintf("master-%d", i), "log")})
 	}
+	// TLS stays end to end through an NGINX hop, so the certificates of whatever
+	// the hops pass to must name the hops' addresses too.
+	hops := nginxIPs(l.Slot, o.nodeModes())
+	masterHops, proxyHops := hops, []net.IP(nil)
+	if o.NginxToProxies {
+		masterHops, proxyHops = nil, hops
+	}
 	for i := 1; i <= o.Masters; i++ {
-		if err := l.startMaster(ctx, ca, i, nginxIPs(l.Mode, l.Slot, o.Nodes)...); err != nil {
+		if err := l.startMaster(ctx, ca, i, masterHops...); err != nil {
 			return err
 		}
 	}
-	if err := l.startProxies(ctx, ca, o.Proxies); err != nil {
+	if err := l.startProxies(ctx, ca, o.Proxies, proxyHops...); err != nil {
 		return err
 	}
 	for i := 1; i <= o.Nodes; i++ {
-		if err := l.startNode(ctx, i); err != nil {
+		if err := l.startNode(ctx, i, o.nodeMode(i), o.nodeNRIPlugin(i)); err != nil {
 			return err
 		}
 	}
@@ -466,7 +596,7 @@ func (l *Lab) proc(name string) *Proc {
 }
 
 // startMaster starts master i with a certificate for its own address and
-// extraIPs (the nodes' NGINX hops in nginx mode).
+// extraIPs (the nginx nodes' hops, when they go to the masters).
 func (l *Lab) startMaster(ctx context.Context, ca *CA, i int, extraIPs ...net.IP) error {
 	name := fmt.Sprintf("master-%d", i)
 	d := filepath.Join(l.Dir, name)
@@ -495,15 +625,17 @@ func (l *Lab) startMaster(ctx context.Context, ca *CA, i int, extraIPs ...net.IP
 	return l.launchProc(ctx, p, httpsReady(ca.Pool(), "https://"+addr+"/readyz"))
 }
 
-func (l *Lab) startNode(ctx context.Context, i int) error {
+// startNode starts node i in mode, with hopless-nri run as nriPlugin says (empty:
+// none).
+func (l *Lab) startNode(ctx context.Context, i int, mode, nriPlugin string) error {
 	name := fmt.Sprintf("node-%d", i)
 	d := filepath.Join(l.Dir, name)
 	sock, err := l.socketPath(name)
 	if err != nil {
 		return err
 	}
-	n := Node{Name: name, Dir: d, Sock: sock, Crictl: filepath.Join(d, "crictl.yaml")}
-	if l.Mode == ModeNginx {
+	n := Node{Name: name, Dir: d, Sock: sock, Crictl: filepath.Join(d, "crictl.yaml"), Mode: mode, NRIPlugin: nriPlugin}
+	if mode == ModeNginx {
 		if err := l.startNginx(ctx, i); err != nil {
 			return err
 		}
@@ -513,17 +645,17 @@ func (l *Lab) startNode(ctx context.Context, i int) error {
 	}
 	l.Nodes = append(l.Nodes, n)
 	bin := filepath.Join(l.ToolsDir, "containerd-stock")
-	if l.Mode == ModeInprocess {
+	if mode == ModeInprocess {
 		bin = filepath.Join(l.BinDir, "containerd")
 	}
 	args := []string{bin, "--config", filepath.Join(d, "config.toml")}
 	if err := l.launch(ctx, name, args, filepath.Join(d, "log"), l.nodeReady(i)); err != nil {
 		return err
 	}
-	switch {
-	case l.NRIPlugin == "":
+	switch nriPlugin {
+	case "":
 		return nil
-	case l.NRIPlugin == NRIPreinstalled:
+	case NRIPreinstalled:
 		return waitReady(ctx, l.proc(name), readyTimeout, l.nriReady(i))
 	default:
 		return l.startNRI(ctx, i)
@@ -631,6 +763,7 @@ func (l *Lab) writeEnv() error {
 	kv("LAB_NODES", strconv.Itoa(len(l.Nodes)))
 	for i, n := range l.Nodes {
 		kv(fmt.Sprintf("LAB_NODE_%d_SOCK", i+1), n.Sock)
+		kv(fmt.Sprintf("LAB_NODE_%d_MODE", i+1), l.NodeMode(i+1))
 		kv(fmt.Sprintf("LAB_CRICTL_%d", i+1), n.Crictl)
 	}
 	kv("LAB_CRICTL_BIN", filepath.Join(l.ToolsDir, "crictl"))
@@ -813,6 +946,17 @@ func (l *Lab) Crictl(ctx context.Context, node int, args ...string) (string, err
 		return string(out), fmt.Errorf("crictl %s on node-%d: %w: %s", strings.Join(args, " "), node, err, strings.TrimSpace(string(out)))
 	}
 	return string(out), nil
+}
+
+// PullRefFor is the reference that node (1-based) pulls for an upstream
+// repository: PullRef, except on an nginx node whose hop goes to the stock
+// proxies (NginxToProxies), which know no local prefix: there it is the
+// repository's upstream name, ImageHost/deckhouse/ce/X:tag.
+func (l *Lab) PullRefFor(node int, repo, tag string) string {
+	if l.NginxToProxies && l.NodeMode(node) == ModeNginx {
+		return l.ImageHost + "/" + repo + ":" + tag
+	}
+	return l.PullRef(repo, tag)
 }
 
 // PullRef is the reference a node pulls for an upstream repository: repositories

@@ -108,10 +108,10 @@ next:
 }
 
 // NodeMetrics reads node's metrics: containerd's /v1/metrics on the node's metrics
-// address, which inprocess nodes serve, or in ModeNRI those of its hopless-nri,
-// which exports plugin/balance's gauges too.
+// address, which inprocess nodes serve, or on a node in ModeNRI those of its
+// hopless-nri, which exports plugin/balance's gauges too.
 func (l *Lab) NodeMetrics(ctx context.Context, node int) (Scrape, error) {
-	if l.Mode == ModeNRI {
+	if l.NodeMode(node) == ModeNRI {
 		return GetMetrics(ctx, "http://"+NRIMetricsAddr(l.Slot, node)+"/metrics")
 	}
 	return GetMetrics(ctx, "http://"+NodeMetricsAddr(l.Slot, node)+"/v1/metrics")

@@ -81,38 +81,55 @@ stream {
 }
 `))
 
-// nginxIPs are the hop addresses of n nodes in nginx mode, which the masters'
-// certificates must name; none in other modes.
-func nginxIPs(mode string, slot, n int) []net.IP {
-	if mode != ModeNginx {
-		return nil
-	}
+// nginxIPs are the hop addresses of the nodes in nginx mode (modes[i] is node
+// i+1's), which the certificates of what the hops pass to must name.
+func nginxIPs(slot int, modes []string) []net.IP {
 	var ips []net.IP
-	for i := 1; i <= n; i++ {
-		ips = append(ips, net.ParseIP(strings.Split(NginxAddr(slot, i), ":")[0]))
+	for i, m := range modes {
+		if m == ModeNginx {
+			ips = append(ips, net.ParseIP(strings.Split(NginxAddr(slot, i+1), ":")[0]))
+		}
 	}
 	return ips
 }
 
+// nginxBackends are what the hops pass to: the stock proxies with
+// NginxToProxies, else the masters.
+func (l *Lab) nginxBackends() []string {
+	var addrs []string
+	if l.NginxToProxies {
+		for _, p := range l.Proxies() {
+			addrs = append(addrs, p.Addr)
+		}
+		return addrs
+	}
+	for _, m := range l.Masters {
+		addrs = append(addrs, m.Addr)
+	}
+	return addrs
+}
+
 // startNginx starts node i's hop, with its config, pid file and logs in
-// DIR/nginx-i, and waits until a TLS request through it reaches a master.
+// DIR/nginx-i, and waits until a TLS request through it reaches a master (or, with
+// NginxToProxies, a stock proxy).
 func (l *Lab) startNginx(ctx context.Context, i int) error {
 	name, addr := NginxName(i), NginxAddr(l.Slot, i)
 	if err := checkFree(addr); err != nil {
 		return err
 	}
 	d := filepath.Join(l.Dir, name)
-	var masters []string
-	for _, m := range l.Masters {
-		masters = append(masters, m.Addr)
+	backends := l.nginxBackends()
+	node := fmt.Sprintf("node-%d", i)
+	if l.NginxToProxies {
+		node += " (to the stock proxies)"
 	}
 	// nginx reads a relative path in its config from its prefix, not from here.
 	module, err := filepath.Abs(nginxStreamModule(l.ToolsDir))
 	if err != nil {
 		return fmt.Errorf("nginx stream module path: %w", err)
 	}
-	cfg, err := render(nginxConf, map[string]any{"Node": fmt.Sprintf("node-%d", i), "Module": module,
-		"Dir": d, "Masters": masters, "Addr": addr})
+	cfg, err := render(nginxConf, map[string]any{"Node": node, "Module": module,
+		"Dir": d, "Masters": backends, "Addr": addr})
 	if err != nil {
 		return err
 	}
@@ -131,19 +148,26 @@ func (l *Lab) startNginx(ctx context.Context, i int) error {
 }
 
 // nginxReady is the readiness check of the named hop: an HTTPS GET of a
-// master's /readyz through it, which also checks that the master's
-// certificate names the hop's address.
+// master's /readyz (a stock proxy's /v2/ with NginxToProxies) through it,
+// which also checks that the certificate behind it names the hop's address.
 func (l *Lab) nginxReady(pool *x509.CertPool, name string) func(context.Context) error {
 	i, err := strconv.Atoi(strings.TrimPrefix(name, nginxPrefix))
 	if err != nil || !strings.HasPrefix(name, nginxPrefix) {
 		return func(context.Context) error { return fmt.Errorf("lab has no nginx hop %q", name) }
 	}
-	return httpsReady(pool, "https://"+NginxAddr(l.Slot, i)+"/readyz")
+	path := "/readyz"
+	if l.NginxToProxies {
+		path = "/v2/"
+	}
+	return httpsReady(pool, "https://"+NginxAddr(l.Slot, i)+path)
 }
 
 // nginxHostsData is node i's hosts.toml data in nginx mode: one mirror, the
 // node's hop, as in real clusters (there it is https://127.0.0.1:5001).
 func (l *Lab) nginxHostsData(i int) map[string]any {
-	return map[string]any{"Why": l.ImageHost + " is served by the masters through this node's NGINX stream hop",
-		"Server": l.ImageHost, "CA": l.CA, "Masters": []string{NginxAddr(l.Slot, i)}}
+	why := l.ImageHost + " is served by the masters through this node's NGINX stream hop"
+	if l.NginxToProxies {
+		why = l.ImageHost + " is served by the stock distribution proxies through this node's NGINX stream hop"
+	}
+	return map[string]any{"Why": why, "Server": l.ImageHost, "CA": l.CA, "Masters": []string{NginxAddr(l.Slot, i)}}
 }

@@ -174,6 +174,14 @@ func render(t *template.Template, data any) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
+// modeOf is n's mode: its own, or the lab's.
+func (l *Lab) modeOf(n Node) string {
+	if n.Mode != "" {
+		return n.Mode
+	}
+	return l.Mode
+}
+
 func (l *Lab) writeNodeConfig(n Node, i int) error {
 	data := map[string]any{"Name": n.Name, "Dir": n.Dir, "Sock": n.Sock, "Hopless": (*hopless)(nil), "NRI": (*Node)(nil),
 		"Section": HoplessSection, "CRIImagesExtra": l.CRIImagesExtra, "HoplessExtra": l.HoplessExtra,
@@ -192,7 +200,8 @@ func (l *Lab) writeNodeConfig(n Node, i int) error {
 	// mode; in inprocess mode, where the plugin reaches the masters, the upstream, which
 	// a fallback pull then uses.
 	hostsData := map[string]any{"Why": l.ImageHost + " is served by the masters", "Server": l.ImageHost, "CA": l.CA, "Masters": masters}
-	if l.Mode == ModeInprocess {
+	mode := l.modeOf(n)
+	if mode == ModeInprocess {
 		h := &hopless{Host: l.ImageHost, CA: l.CA, Fallback: l.Fallback, Credentials: l.NodeCredentials}
 		for j, m := range l.Masters {
 			w := 1
@@ -208,16 +217,16 @@ func (l *Lab) writeNodeConfig(n Node, i int) error {
 		data["Metrics"] = NodeMetricsAddr(l.Slot, i)
 		hostsData = map[string]any{"Why": "the hopless plugin serves " + l.ImageHost + "; a fallback pull goes to the upstream", "Server": l.Upstream, "CA": l.CA, "Masters": nil}
 	}
-	if l.Mode == ModeNginx {
+	if mode == ModeNginx {
 		hostsData = l.nginxHostsData(i)
 	}
-	if l.Mode == ModeInprocess && l.NRIPlugin != "" {
+	if mode == ModeInprocess && n.NRIPlugin != "" {
 		data["NRI"] = &n
 		if err := l.writeNRIConfig(n, i); err != nil {
 			return err
 		}
 	}
-	if l.Mode == ModeNRI {
+	if mode == ModeNRI {
 		// What the node had before hopless: the image host alone, where nothing
 		// listens. hopless-nri backs it up before its first write.
 		hostsData = map[string]any{"Why": "the node's own hosts.toml, before hopless-nri", "Server": l.ImageHost, "CA": l.CA, "Masters": nil}

@@ -88,7 +88,7 @@ func (l *Lab) writeNRIConfig(n Node, i int) error {
 	// Beside our containerd build, the plugin is left to find out that it must
 	// leave hosts.toml alone.
 	hostsMode := "manage"
-	if l.Mode == ModeInprocess {
+	if l.modeOf(n) == ModeInprocess {
 		hostsMode = "auto"
 	}
 	cfg := fmt.Sprintf(`# hopless-nri of lab node %s
@@ -114,7 +114,7 @@ log_file = %q
 			return fmt.Errorf("creating %s: %w", d, err)
 		}
 	}
-	if l.NRIPlugin != NRIPreinstalled {
+	if n.NRIPlugin != NRIPreinstalled {
 		return nil
 	}
 	if err := writeFile(filepath.Join(n.NRIConfDir(), NRIPluginName+".conf"), []byte(cfg), 0o644); err != nil {
@@ -163,8 +163,8 @@ func (l *Lab) startNRI(ctx context.Context, i int) error {
 	return l.launch(ctx, name, args, filepath.Join(n.Dir, "nri.out"), l.nriReady(i))
 }
 
-// nriReady passes once node i's plugin serves its metrics and, in ModeNRI, has
-// written the image host's hosts.toml.
+// nriReady passes once node i's plugin serves its metrics and, on a node in
+// ModeNRI, has written the image host's hosts.toml.
 func (l *Lab) nriReady(i int) func(context.Context) error {
 	return func(ctx context.Context) error {
 		if i < 1 || i > len(l.Nodes) {
@@ -182,7 +182,7 @@ func (l *Lab) nriReady(i int) func(context.Context) error {
 		if resp.StatusCode != http.StatusOK {
 			return fmt.Errorf("hopless-nri metrics: %s", resp.Status)
 		}
-		if l.Mode != ModeNRI {
+		if l.NodeMode(i) != ModeNRI {
 			return nil
 		}
 		b, err := os.ReadFile(l.Nodes[i-1].HostsToml(l.ImageHost))

@@ -33,14 +33,17 @@ func newApp() *cli.App {
 		Commands: []*cli.Command{
 			{
 				Name:  "up",
-				Usage: "start an upstream, masters and containerd nodes",
+				Usage: "start an upstream, masters, optional stock proxies and containerd nodes, each node in one mode",
 				Flags: []cli.Flag{
 					dirFlag,
 					&cli.IntFlag{Name: "masters", Value: 3},
 					&cli.IntFlag{Name: "nodes", Value: 1},
 					&cli.StringFlag{Name: "mode", Value: lab.ModeInprocess, Usage: "node mode: inprocess (our containerd), stock (stock containerd, hosts.toml), nginx (stock containerd through a per-node NGINX stream hop) or nri (stock containerd, hosts.toml kept by hopless-nri)"},
+					&cli.StringFlag{Name: "node-modes", Usage: "each node's own mode, node-1 first, one per node, e.g. inprocess,nri,nginx (default: every node in --mode)"},
+					&cli.IntFlag{Name: "proxies", Usage: "stock distribution proxies of the upstream to start (proxy-N on 127.SLOT.4.N:5001), the benchmarks' baseline"},
+					&cli.BoolFlag{Name: "nginx-to-proxies", Usage: "the nginx nodes' hops go least_conn to the stock proxies instead of the masters (needs --proxies); such a node pulls upstream names, IMAGE_HOST/deckhouse/ce/X"},
 					&cli.BoolFlag{Name: "containers", Usage: "let the nodes run pods and containers (runc, host network, the lab's sandbox image); stock and nri modes"},
-					&cli.StringFlag{Name: "nri-plugin", Usage: "with --mode nri: external (its own process on the NRI socket, the default) or preinstalled (launched by containerd)"},
+					&cli.StringFlag{Name: "nri-plugin", Usage: "for nri nodes: external (its own process on the NRI socket, the default) or preinstalled (launched by containerd); given, inprocess nodes run it too, beside the hopless plugin"},
 					&cli.IntSliceFlag{Name: "weights", Usage: "masters' weights for inprocess and nri nodes, e.g. 3,1,1"},
 					&cli.BoolFlag{Name: "fallback", Usage: "inprocess nodes fall back to the upstream when every master is down"},
 					&cli.IntFlag{Name: "slot", Usage: "loopback network 127.SLOT.0.0/16, to run several labs at once"},
@@ -62,6 +65,7 @@ func newApp() *cli.App {
 					o.Weights, o.Fallback = c.IntSlice("weights"), c.Bool("fallback")
 					o.CRIImagesExtra, o.HoplessExtra, o.NoCRIWait = c.String("cri-images-extra"), c.String("hopless-extra"), c.Bool("no-cri-wait")
 					o.NRIPlugin, o.Containers = c.String("nri-plugin"), c.Bool("containers")
+					o.NodeModes, o.Proxies, o.NginxToProxies = splitList(c.String("node-modes")), c.Int("proxies"), c.Bool("nginx-to-proxies")
 					o.Registryd.Pprof = c.Bool("pprof")
 					if o.Storage = c.String("storage"); o.Storage == "filesystem" {
 						o.Storage = lab.StorageFilesystem
@@ -464,6 +468,18 @@ func options(c *cli.Context) (lab.Options, error) {
 		tools = filepath.Join(bin, "..", ".tools", "bin")
 	}
 	return lab.Options{BinDir: bin, ToolsDir: filepath.Clean(tools), Masters: 3, Nodes: 1, Mode: lab.ModeInprocess}, nil
+}
+
+// splitList splits a comma-separated flag value, trimming spaces; "" is none.
+func splitList(s string) []string {
+	if strings.TrimSpace(s) == "" {
+		return nil
+	}
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		parts[i] = strings.TrimSpace(p)
+	}
+	return parts
 }
 
 func printStatus(l *lab.Lab) error {
