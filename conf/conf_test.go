@@ -343,6 +343,16 @@ dail = "1s"
 			want: []fieldWant{{"registry[0].endpoint[1].weight", `must be an integer, got string "2"`}},
 		},
 		{
+			name: "float of the wrong type",
+			text: nodeOK + "[registry.body]\nrelative_rate = \"0.5\"\n",
+			want: []fieldWant{{"registry[0].body.relative_rate", `must be a number, got string "0.5"`}},
+		},
+		{
+			name: "float from an integer a float64 cannot hold",
+			text: nodeOK + "[registry.body]\nrelative_rate = 9007199254740993\n",
+			want: []fieldWant{{"registry[0].body.relative_rate", "integer 9007199254740993 is out of range"}},
+		},
+		{
 			name: "table where an array of tables belongs",
 			text: "[registry]\nhost = \"a\"\n",
 			want: []fieldWant{{"registry", "must be an array, got a table"}},
@@ -351,6 +361,12 @@ dail = "1s"
 			name: "syntax error",
 			text: nodeOK + "weight = = 1\n",
 			want: []fieldWant{{"line 10", "expected value"}},
+		},
+		{
+			// The decoder's message quotes the text, line break included.
+			name: "syntax error quoting a line break stays on one line",
+			text: nodeOK + "weight = 0b\n",
+			want: []fieldWant{{"line 10", `not a binary number: '0b\n'`}},
 		},
 
 		// URLs.
@@ -573,6 +589,11 @@ url = "https://10.0.0.1:5001"
 				{"registry[0].body.window", "must be > 0, got 0s"},
 				{"registry[0].body.resume_attempts", "must be >= 0, got -1"},
 			},
+		},
+		{
+			name: "relative_rate nan",
+			text: nodeOK + "[registry.body]\nrelative_rate = nan\n",
+			want: []fieldWant{{"registry[0].body.relative_rate", "must be >= 0 and < 1, got NaN"}},
 		},
 		{
 			name: "zero duration",

@@ -139,8 +139,16 @@ func (in *Install) applyDefaults(raw map[string]any, _ string) {
 	def(&n.StateDir, DefaultInstallNRIStateDir, "nri", "state_dir")
 	def(&n.LogLevel, DefaultLogLevel, "nri", "log_level")
 	in.RegistryTables = nil
-	if regs, ok := raw["registry"].([]map[string]any); ok {
+	switch regs := raw["registry"].(type) {
+	case []map[string]any:
 		in.RegistryTables = regs
+	case []any:
+		// An inline array, registry = [{ host = ... }]: checkValue made each a table.
+		for _, r := range regs {
+			if m, ok := r.(map[string]any); ok {
+				in.RegistryTables = append(in.RegistryTables, m)
+			}
+		}
 	}
 }
 

@@ -54,6 +54,48 @@ dest = "/etc/hopless/ca.pem"
 	}
 }
 
+// node.toml is written from RegistryTables, whichever TOML form the registries take.
+func TestLoadInstallRegistryTables(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		text string
+		want []map[string]any
+	}{
+		{
+			name: "arrays of tables",
+			text: "[[registry]]\nhost = \"a.example\"\n[[registry.endpoint]]\nurl = \"https://10.0.0.1:5001\"\n" +
+				"[[registry]]\nhost = \"b.example\"\n[[registry.endpoint]]\nurl = \"https://10.0.0.2:5001\"\n",
+			want: []map[string]any{
+				{"host": "a.example", "endpoint": []map[string]any{{"url": "https://10.0.0.1:5001"}}},
+				{"host": "b.example", "endpoint": []map[string]any{{"url": "https://10.0.0.2:5001"}}},
+			},
+		},
+		{
+			name: "inline array",
+			text: "registry = [\n" +
+				"  { host = \"a.example\", endpoint = [{ url = \"https://10.0.0.1:5001\" }] },\n" +
+				"  { host = \"b.example\", endpoint = [{ url = \"https://10.0.0.2:5001\" }] },\n]\n",
+			want: []map[string]any{
+				{"host": "a.example", "endpoint": []any{map[string]any{"url": "https://10.0.0.1:5001"}}},
+				{"host": "b.example", "endpoint": []any{map[string]any{"url": "https://10.0.0.2:5001"}}},
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			in, err := LoadInstall(writeConfig(t, "install.toml", tt.text, nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(in.Registries) != 2 || !reflect.DeepEqual(in.RegistryTables, tt.want) {
+				t.Errorf("%d registries, tables %#v; want 2, %#v", len(in.Registries), in.RegistryTables, tt.want)
+			}
+		})
+	}
+}
+
 func TestLoadInstallEverythingSet(t *testing.T) {
 	t.Parallel()
 	p := writeConfig(t, "install.toml", `node_name = "worker-1"

@@ -93,11 +93,11 @@ func decode(name, text string, v any) (map[string]any, error) {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
 			if pe.LastKey != "" {
-				return nil, fmt.Errorf("%s: line %d: %s: %s: %w", name, pe.Position.Line, pe.LastKey, pe.Message, errdefs.ErrInvalidArgument)
+				return nil, fmt.Errorf("%s: line %d: %s: %s: %w", name, pe.Position.Line, oneLine(pe.LastKey), oneLine(pe.Message), errdefs.ErrInvalidArgument)
 			}
-			return nil, fmt.Errorf("%s: line %d: %s: %w", name, pe.Position.Line, pe.Message, errdefs.ErrInvalidArgument)
+			return nil, fmt.Errorf("%s: line %d: %s: %w", name, pe.Position.Line, oneLine(pe.Message), errdefs.ErrInvalidArgument)
 		}
-		return nil, fmt.Errorf("%s: %v: %w", name, err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("%s: %s: %w", name, oneLine(err.Error()), errdefs.ErrInvalidArgument)
 	}
 	if errs := checkTable(name, "", raw, reflect.TypeOf(v).Elem()); len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -105,7 +105,7 @@ func decode(name, text string, v any) (map[string]any, error) {
 	// checkTable has vetted every key and value; these are backstops.
 	md, err := toml.Decode(text, v)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %v: %w", name, err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("%s: %s: %w", name, oneLine(err.Error()), errdefs.ErrInvalidArgument)
 	}
 	var errs []error
 	for _, k := range md.Undecoded() {
@@ -118,6 +118,12 @@ func decode(name, text string, v any) (map[string]any, error) {
 		return nil, errors.Join(errs...)
 	}
 	return raw, nil
+}
+
+// oneLine escapes the line breaks in a TOML decoder's message, which may quote the
+// text: errors.Join separates the problems of a file by newlines, each naming the file.
+func oneLine(s string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(s, "\r", `\r`), "\n", `\n`)
 }
 
 var (
@@ -231,6 +237,17 @@ func checkValue(file, p string, v any, t reflect.Type) []error {
 	case t.Kind() == reflect.Bool:
 		if _, ok := v.(bool); !ok {
 			return wrong("true or false")
+		}
+	case t.Kind() == reflect.Float64:
+		switch n := v.(type) {
+		case float64:
+		case int64:
+			// The decoder refuses an integer that a float64 cannot hold exactly.
+			if n < -(1<<53-1) || n > 1<<53-1 {
+				return []error{fieldErr(file, p, "integer %d is out of range", n)}
+			}
+		default:
+			return wrong("a number")
 		}
 	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Int64:
 		n, ok := v.(int64)

@@ -141,7 +141,7 @@ func (h Hedge) validate(file, f string) []error {
 
 func (b Body) validate(file, f string) []error {
 	var errs []error
-	if b.RelativeRate < 0 || b.RelativeRate >= 1 {
+	if !(b.RelativeRate >= 0 && b.RelativeRate < 1) { // NaN too
 		errs = append(errs, fieldErr(file, f+".relative_rate", "must be >= 0 and < 1, got %g", b.RelativeRate))
 	}
 	for _, d := range []struct {

@@ -132,7 +132,9 @@ func endpointURL(s string) (string, error) {
 		(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
 		return "", fmt.Errorf("bad URL %q: want https://host[:port] or http://host[:port]: %w", s, errdefs.ErrInvalidArgument)
 	}
-	return u.Scheme + "://" + u.Host, nil
+	// String escapes the host again: an IPv6 zone's % must be written %25 for containerd
+	// to parse the URL.
+	return (&url.URL{Scheme: u.Scheme, Host: u.Host}).String(), nil
 }
 
 func pathLine(key, field, p string) (string, error) {

@@ -176,6 +176,22 @@ server = "https://registry.example"
 `,
 		},
 		{
+			name: "IPv6 zone stays escaped, as containerd parses the key",
+			reg: func() conf.Registry {
+				r := registry("registry.example")
+				r.Fallback = true
+				return r
+			},
+			order: eps("https://[fe80::1%25eth0]:5001"),
+			want: `# managed by hopless-nri: do not edit; registry.example
+server = "https://registry.example"
+
+[host."https://[fe80::1%25eth0]:5001"]
+  capabilities = ["pull", "resolve"]
+  dial_timeout = "1s"
+`,
+		},
+		{
 			name: "paths that need escaping",
 			reg: func() conf.Registry {
 				r := registry("registry.example")
