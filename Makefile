@@ -12,7 +12,7 @@ TOOLS := $(CURDIR)/.tools/bin
 LAB_DIR ?= $(CURDIR)/.lab
 TEST_TIMEOUT ?= 14m
 
-.PHONY: all build tools lint test unit e2e demo bench clean
+.PHONY: all build tools lint test unit e2e demo bench fuzz clean
 
 all: build
 
@@ -105,6 +105,18 @@ lint: $(TOOLS)/staticcheck
 # Unit tests beside the code, then the end-to-end tests on real labs.
 test: build tools
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+# Every fuzz target for FUZZTIME each, one after the other (go test -fuzz takes one
+# target of one package at a time). Their seed corpora (testdata/fuzz) also run as
+# plain tests in make test. CI runs this with a short FUZZTIME.
+FUZZTIME ?= 30s
+fuzz:
+	@set -e; for dir in $$(grep -l '^func Fuzz' $$(git ls-files '*_test.go') | xargs -n1 dirname | sort -u); do \
+	  for f in $$($(GO) test -list '^Fuzz' ./$$dir | grep '^Fuzz'); do \
+	    echo "== ./$$dir $$f ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -parallel 2 ./$$dir; \
+	  done; \
+	done
 
 demo: build tools
 	bin/hopless-lab demo --dir $(LAB_DIR)/demo
