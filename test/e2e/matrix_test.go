@@ -1,0 +1,346 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hopless/hopless/test/lab"
+)
+
+// slotMatrix is TestFaultMatrix's slot.
+const slotMatrix = 72
+
+// The matrix lab's nodes: ours in-process and on NRI, and today's setup, an NGINX
+// stream hop to distribution's own proxies (one per master, each caching alone).
+const (
+	mxInprocess = 1
+	mxNRI       = 2
+	mxNginx     = 3
+	// mxBound bounds every pull of the matrix; a pull cut there is FAILED.
+	mxBound = 40 * time.Second
+)
+
+var mxNodeNames = map[int]string{mxInprocess: "in-process", mxNRI: "NRI", mxNginx: "NGINX + distribution's proxy"}
+
+// mxOutcome is what one node's pull of one image came to.
+type mxOutcome struct {
+	err  error
+	secs float64
+	// upstream is the number of blob GETs of the image's layers that reached the
+	// upstream, of layers.
+	upstream, layers int
+}
+
+func (o mxOutcome) String() string {
+	if o.err != nil {
+		// crictl's error ends with the cause; its first line is enough.
+		msg, _, _ := strings.Cut(o.err.Error(), "\n")
+		msg = strings.ReplaceAll(msg, `\"`, `"`)
+		if len(msg) > 110 {
+			msg = "…" + msg[len(msg)-110:]
+		}
+		return fmt.Sprintf("FAILED after %.1f s (%s); upstream GETs %d/%d", o.secs, strings.TrimSpace(msg), o.upstream, o.layers)
+	}
+	return fmt.Sprintf("ok in %.1f s; upstream GETs %d/%d", o.secs, o.upstream, o.layers)
+}
+
+// mxRow is one fault of the matrix. fault injects it for the nodes (masters and
+// proxies alike) and returns what undoes it; check asserts what ours must do.
+type mxRow struct {
+	name, expect string
+	// fault gets the upstream repository of the image that bad rows fail.
+	fault func(t *testing.T, l *lab.Lab, badRepo string) (undo func())
+	// bad is set for faults of one image's upstream repository: every node pulls
+	// that image, and while it does, a healthy image of its own, which must pull.
+	bad bool
+	// warm pulls the image through each node's caches (not onto the nodes) before
+	// the fault.
+	warm bool
+	// recovers: the healthy image need not pull while the fault is on, but must
+	// once it is undone.
+	recovers bool
+	check    func(t *testing.T, l *lab.Lab, node int, img lab.SeedResult, o mxOutcome)
+}
+
+// TestFaultMatrix runs each fault on an in-process node, an NRI node and an NGINX-hop
+// node whose hop goes to distribution's stock proxies, in one lab, and logs the
+// outcome of each as a table (RELIABILITY.md). What ours must do is asserted; the
+// NGINX hop's outcome is recorded, as the baseline.
+func TestFaultMatrix(t *testing.T) {
+	t.Parallel()
+	l := upLab(t, slotMatrix, 3, 3, func(o *lab.Options) {
+		o.NodeModes = []string{lab.ModeInprocess, lab.ModeNRI, lab.ModeNginx}
+		o.Proxies, o.NginxToProxies = 3, true
+	})
+	succeeds := func(t *testing.T, _ *lab.Lab, node int, _ lab.SeedResult, o mxOutcome) {
+		if node != mxNginx && o.err != nil {
+			t.Errorf("%s node: %v", mxNodeNames[node], o)
+		}
+	}
+	onceEach := func(t *testing.T, l *lab.Lab, node int, img lab.SeedResult, o mxOutcome) {
+		succeeds(t, l, node, img, o)
+		if node != mxNginx && o.upstream != o.layers {
+			t.Errorf("%s node: %d upstream GETs for %d layers, want each once", mxNodeNames[node], o.upstream, o.layers)
+		}
+	}
+	fails := func(t *testing.T, l *lab.Lab, node int, img lab.SeedResult, o mxOutcome) {
+		if node != mxNginx && o.err == nil {
+			t.Errorf("%s node pulled an image whose upstream fails", mxNodeNames[node])
+		}
+	}
+	both := func(names ...string) func(t *testing.T, l *lab.Lab, _ string) func() {
+		return func(t *testing.T, l *lab.Lab, _ string) func() {
+			for _, n := range names {
+				mxSignal(t, l, n, syscall.SIGSTOP)
+			}
+			return func() {
+				for _, n := range names {
+					mxSignal(t, l, n, syscall.SIGCONT)
+				}
+			}
+		}
+	}
+	faults := func(f lab.Faults) func(t *testing.T, l *lab.Lab, badRepo string) func() {
+		return func(t *testing.T, l *lab.Lab, badRepo string) func() {
+			f.Repo = badRepo
+			plFaults(t, l, f)
+			return func() { plFaults(t, l, lab.Faults{}) }
+		}
+	}
+	rows := []mxRow{
+		{name: "two of three masters killed (kill -9), restarted after", expect: "pulls from the master left; each layer fetched once",
+			fault: func(t *testing.T, l *lab.Lab, _ string) func() {
+				names := []string{"master-2", "master-3", "proxy-2", "proxy-3"}
+				for _, n := range names {
+					mxSignal(t, l, n, syscall.SIGKILL)
+				}
+				mxWaitNRIFirst(t, l, 1)
+				return func() {
+					for _, n := range names {
+						mxRestart(t, l, n)
+					}
+				}
+			}, check: onceEach},
+		{name: "two of three masters frozen (SIGSTOP)", expect: "pulls from the master left", fault: func(t *testing.T, l *lab.Lab, _ string) func() {
+			undo := both("master-2", "master-3", "proxy-2", "proxy-3")(t, l, "")
+			mxWaitNRIFirst(t, l, 1)
+			return undo
+		}, check: succeeds},
+		{name: "one master flapping (300 ms stopped, 300 ms running)", expect: "pulls", fault: func(t *testing.T, l *lab.Lab, _ string) func() {
+			stops := []func() error{l.Flap("master-2", 300*time.Millisecond, 300*time.Millisecond), l.Flap("proxy-2", 300*time.Millisecond, 300*time.Millisecond)}
+			return func() {
+				for _, stop := range stops {
+					if err := stop(); err != nil {
+						t.Error(err)
+					}
+				}
+			}
+		}, check: succeeds},
+		{name: "upstream answers 503 for one image", expect: "that image fails; another image pulls, fetched once", bad: true,
+			fault: faults(lab.Faults{Status: 503}), check: fails},
+		{name: "upstream hangs for one image", expect: "another image pulls while that one hangs", bad: true,
+			fault: faults(lab.Faults{Hang: true}), check: func(*testing.T, *lab.Lab, int, lab.SeedResult, mxOutcome) {}},
+		{name: "upstream serves other bytes for a digest", expect: "that image fails; nothing unverified is stored", bad: true,
+			fault: faults(lab.Faults{Corrupt: true}), check: func(t *testing.T, l *lab.Lab, node int, img lab.SeedResult, o mxOutcome) {
+				fails(t, l, node, img, o)
+				for _, m := range l.Masters {
+					blobs := clStoreBlobs(t, l, m.Name)
+					for _, d := range img.Layers {
+						if _, ok := blobs[d]; ok {
+							t.Errorf("%s stored layer %s, whose upstream bytes do not match it", m.Name, d)
+						}
+					}
+				}
+			}},
+		{name: "upstream cuts each blob once mid-body", expect: "pulls; the masters resume", fault: faults(lab.Faults{CutAfter: 100 << 10, CutTimes: 1}), check: succeeds},
+		{name: "upstream slow, 1 MiB/s", expect: "pulls", fault: faults(lab.Faults{ThrottleBPS: 1 << 20}), check: onceEach},
+		{name: "a master's stored blob corrupted, size and times kept", expect: "in-process: pulls the right bytes (the plugin verifies and fetches again)", warm: true,
+			fault: func(t *testing.T, l *lab.Lab, _ string) func() { return func() {} },
+			check: func(t *testing.T, l *lab.Lab, node int, img lab.SeedResult, o mxOutcome) {
+				if node == mxInprocess && o.err != nil {
+					t.Errorf("in-process node: %v", o)
+				}
+			}},
+		// Last: registryd honours a 429's Retry-After for the whole upstream (a rate
+		// limit is the upstream's, not one image's), so other images of that upstream
+		// fail fast until it has passed; they must pull once it has.
+		{name: "upstream answers 429, Retry-After 2, for one image", expect: "that image fails; other images of the upstream pull once Retry-After has passed", bad: true,
+			fault: faults(lab.Faults{Status: 429, Headers: map[string]string{"Retry-After": "2"}}), check: fails, recovers: true},
+	}
+	var table []string
+	for i, r := range rows {
+		t.Run(r.name, func(t *testing.T) {
+			cells := map[int]string{}
+			imgs := map[int]lab.SeedResult{}
+			good := map[int]lab.SeedResult{}
+			repos := map[int]string{}
+			badRepo := fmt.Sprintf("%s/mx%02d-bad", lab.UpstreamPath, i)
+			var bad lab.SeedResult
+			if r.bad {
+				bad = seed(t, l, badRepo, "v1", 2, 256<<10)
+			}
+			for node := mxInprocess; node <= mxNginx; node++ {
+				repos[node] = fmt.Sprintf("%s/mx%02d-n%d", lab.UpstreamPath, i, node)
+				imgs[node] = seed(t, l, repos[node], "v1", 2, 256<<10)
+				if r.bad {
+					good[node], imgs[node], repos[node] = imgs[node], bad, badRepo
+				}
+				if r.warm {
+					mxWarm(t, l, node, repos[node], imgs[node])
+				}
+			}
+			if r.warm {
+				for node := mxInprocess; node <= mxNRI; node++ {
+					mxCorruptStored(t, l, imgs[node].Layers[0])
+				}
+			}
+			undo := r.fault(t, l, badRepo)
+			type result struct {
+				node int
+				o    mxOutcome
+			}
+			results := make(chan result, 3)
+			for node := mxInprocess; node <= mxNginx; node++ {
+				go func() {
+					results <- result{node, mxPull(l, node, repos[node], imgs[node])}
+				}()
+			}
+			if r.bad {
+				// The healthy image pulls while the bad one is still in flight.
+				for node := mxInprocess; node <= mxNginx; node++ {
+					o := mxPull(l, node, fmt.Sprintf("%s/mx%02d-n%d", lab.UpstreamPath, i, node), good[node])
+					cells[node] = "other image: " + o.String()
+					if node != mxNginx && !r.recovers && (o.err != nil || o.upstream != o.layers) {
+						t.Errorf("%s node: a healthy image beside the failing one: %v", mxNodeNames[node], o)
+					}
+				}
+			}
+			for range 3 {
+				res := <-results
+				if c := cells[res.node]; c != "" {
+					cells[res.node] = "this image: " + res.o.String() + "; " + c
+				} else {
+					cells[res.node] = res.o.String()
+				}
+				r.check(t, l, res.node, imgs[res.node], res.o)
+			}
+			undo()
+			if r.recovers {
+				for node := mxInprocess; node <= mxNginx; node++ {
+					var o mxOutcome
+					if why := clPoll(mxBound, func() string {
+						if o = mxPull(l, node, fmt.Sprintf("%s/mx%02d-n%d", lab.UpstreamPath, i, node), good[node]); o.err != nil {
+							return o.String()
+						}
+						return ""
+					}); why != "" && node != mxNginx {
+						t.Errorf("%s node: the healthy image did not pull after the fault ended: %s", mxNodeNames[node], why)
+					}
+					cells[node] += "; after Retry-After: " + o.String()
+				}
+			}
+			table = append(table, fmt.Sprintf("| %s | %s | %s | %s | %s |", r.name, r.expect, cells[mxInprocess], cells[mxNRI], cells[mxNginx]))
+		})
+	}
+	t.Logf("fault matrix:\n| fault | expected (ours) | %s | %s | %s |\n|---|---|---|---|---|\n%s",
+		mxNodeNames[mxInprocess], mxNodeNames[mxNRI], mxNodeNames[mxNginx], strings.Join(table, "\n"))
+}
+
+// mxPull pulls the image of repo on node (by the node's own name for it), bounded by
+// mxBound, and counts the upstream's GETs of its layers.
+func mxPull(l *lab.Lab, node int, repo string, img lab.SeedResult) mxOutcome {
+	ctx, cancel := context.WithTimeout(context.Background(), mxBound)
+	defer cancel()
+	start := time.Now()
+	_, err := l.Crictl(ctx, node, "pull", l.PullRefFor(node, repo, "v1"))
+	o := mxOutcome{err: err, secs: time.Since(start).Seconds(), layers: len(img.Layers)}
+	if entries, lerr := l.UpstreamLog(); lerr == nil {
+		for _, e := range lab.BlobGETs(entries) {
+			for _, d := range img.Layers {
+				if e.Digest() == d {
+					o.upstream++
+				}
+			}
+		}
+	}
+	return o
+}
+
+func mxSignal(t *testing.T, l *lab.Lab, name string, sig syscall.Signal) {
+	t.Helper()
+	if err := l.Signal(name, sig); err != nil {
+		t.Fatalf("signal %s %v: %v", name, sig, err)
+	}
+}
+
+// mxRestart starts a killed process again once it is gone.
+func mxRestart(t *testing.T, l *lab.Lab, name string) {
+	t.Helper()
+	if why := clPoll(plWait, func() string {
+		for _, s := range l.Status() {
+			if s.Name == name && s.Alive {
+				return name + " still runs"
+			}
+		}
+		return ""
+	}); why != "" {
+		t.Fatal(why)
+	}
+	if err := l.Start(ctxFor(t, plWait), name); err != nil {
+		t.Fatalf("starting %s again: %v", name, err)
+	}
+}
+
+// mxWaitNRIFirst waits until the NRI node's hosts.toml lists master i first: its
+// plugin has seen the others fail (a fault in place before the pull).
+func mxWaitNRIFirst(t *testing.T, l *lab.Lab, i int) {
+	t.Helper()
+	want := `[host."https://` + lab.MasterAddr(l.Slot, i) + `"]`
+	path := l.Nodes[mxNRI-1].HostsToml(l.ImageHost)
+	if why := clPoll(plWait, func() string {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err.Error()
+		}
+		if j := strings.Index(string(b), `[host."`); j < 0 || !strings.HasPrefix(string(b[j:]), want) {
+			return fmt.Sprintf("%s does not list master-%d first:\n%s", path, i, b)
+		}
+		return ""
+	}); why != "" {
+		t.Fatal(why)
+	}
+}
+
+// mxWarm pulls img through node's caches over HTTP (the masters, or the proxies for
+// the NGINX node), without putting it on the node.
+func mxWarm(t *testing.T, l *lab.Lab, node int, repo string, img lab.SeedResult) {
+	t.Helper()
+	if node == mxNginx {
+		return
+	}
+	clPullHTTP(t, clHTTP(t, l), l, 1, repo, "v1", img, nil)
+}
+
+// mxCorruptStored flips a byte of every master's stored copy of d, keeping its size
+// and times.
+func mxCorruptStored(t *testing.T, l *lab.Lab, d string) {
+	t.Helper()
+	n := 0
+	for i, m := range l.Masters {
+		if _, ok := clStoreBlobs(t, l, m.Name)[d]; !ok {
+			continue
+		}
+		if err := l.CorruptStoredBlob(i+1, d); err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+	if n == 0 {
+		t.Fatalf("no master stores %s to corrupt", d)
+	}
+}
