@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -53,7 +55,8 @@ func (o mxOutcome) String() string {
 // proxies alike) and returns what undoes it; check asserts what ours must do.
 type mxRow struct {
 	name, expect string
-	// fault gets the upstream repository of the image that bad rows fail.
+	// fault gets the upstream repository of the image that bad rows fail; empty for
+	// the other rows, whose upstream faults hit every image.
 	fault func(t *testing.T, l *lab.Lab, badRepo string) (undo func())
 	// bad is set for faults of one image's upstream repository: every node pulls
 	// that image, and while it does, a healthy image of its own, which must pull.
@@ -64,6 +67,13 @@ type mxRow struct {
 	// recovers: the healthy image need not pull while the fault is on, but must
 	// once it is undone.
 	recovers bool
+	// only, if set, is the one node the fault applies to; the others are n/a.
+	only int
+	// size is the layers' size; 0 is 256 KiB.
+	size int64
+	// during runs once the pulls have started; with it, the pulls that it broke
+	// are made again after undo, and the second pull is the one checked.
+	during func(t *testing.T, l *lab.Lab, imgs map[int]lab.SeedResult)
 	check    func(t *testing.T, l *lab.Lab, node int, img lab.SeedResult, o mxOutcome)
 }
 
@@ -166,6 +176,20 @@ func TestFaultMatrix(t *testing.T) {
 					t.Errorf("in-process node: %v", o)
 				}
 			}},
+		{name: "the node's containerd killed (kill -9) mid-pull, restarted, pulled again", expect: "the second pull completes; each layer fetched from the upstream once",
+			size: 2 << 20, fault: faults(lab.Faults{ThrottleBPS: 2 << 20}), during: func(t *testing.T, l *lab.Lab, imgs map[int]lab.SeedResult) {
+				mxWaitFilling(t, l, imgs[mxInprocess], imgs[mxNRI])
+				for node := mxInprocess; node <= mxNginx; node++ {
+					mxSignal(t, l, fmt.Sprintf("node-%d", node), syscall.SIGKILL)
+				}
+			}, check: onceEach},
+		{name: "the NRI plugin killed (kill -9), restarted after", expect: "pulls: hosts.toml stays as the plugin left it", only: mxNRI,
+			fault: func(t *testing.T, l *lab.Lab, _ string) func() {
+				mxSignal(t, l, "nri-2", syscall.SIGKILL)
+				return func() { mxRestart(t, l, "nri-2") }
+			}, check: succeeds},
+		{name: "the NRI plugin frozen (SIGSTOP)", expect: "pulls: containerd does not wait on the plugin to pull", only: mxNRI,
+			fault: both("nri-2"), check: succeeds},
 		// Last: registryd honours a 429's Retry-After for the whole upstream (a rate
 		// limit is the upstream's, not one image's), so other images of that upstream
 		// fail fast until it has passed; they must pull once it has.
@@ -186,7 +210,7 @@ func TestFaultMatrix(t *testing.T) {
 			}
 			for node := mxInprocess; node <= mxNginx; node++ {
 				repos[node] = fmt.Sprintf("%s/mx%02d-n%d", lab.UpstreamPath, i, node)
-				imgs[node] = seed(t, l, repos[node], "v1", 2, 256<<10)
+				imgs[node] = seed(t, l, repos[node], "v1", 2, cmp.Or(r.size, 256<<10))
 				if r.bad {
 					good[node], imgs[node], repos[node] = imgs[node], bad, badRepo
 				}
@@ -199,16 +223,32 @@ func TestFaultMatrix(t *testing.T) {
 					mxCorruptStored(t, l, imgs[node].Layers[0])
 				}
 			}
-			undo := r.fault(t, l, badRepo)
+			// The upstream's faults hit only the bad image when there is one, and
+			// every image otherwise.
+			scope := ""
+			if r.bad {
+				scope = badRepo
+			}
+			undo := r.fault(t, l, scope)
 			type result struct {
 				node int
 				o    mxOutcome
 			}
+			applies := func(node int) bool { return r.only == 0 || r.only == node }
 			results := make(chan result, 3)
+			pulls := 0
 			for node := mxInprocess; node <= mxNginx; node++ {
+				if !applies(node) {
+					cells[node] = "n/a"
+					continue
+				}
+				pulls++
 				go func() {
 					results <- result{node, mxPull(l, node, repos[node], imgs[node])}
 				}()
+			}
+			if r.during != nil {
+				r.during(t, l, imgs)
 			}
 			if r.bad {
 				// The healthy image pulls while the bad one is still in flight.
@@ -220,8 +260,13 @@ func TestFaultMatrix(t *testing.T) {
 					}
 				}
 			}
-			for range 3 {
+			first := map[int]mxOutcome{}
+			for range pulls {
 				res := <-results
+				first[res.node] = res.o
+				if r.during != nil {
+					continue
+				}
 				if c := cells[res.node]; c != "" {
 					cells[res.node] = "this image: " + res.o.String() + "; " + c
 				} else {
@@ -230,6 +275,17 @@ func TestFaultMatrix(t *testing.T) {
 				r.check(t, l, res.node, imgs[res.node], res.o)
 			}
 			undo()
+			if r.during != nil {
+				for node := mxInprocess; node <= mxNginx; node++ {
+					if !applies(node) {
+						continue
+					}
+					mxRestart(t, l, fmt.Sprintf("node-%d", node))
+					o := mxPull(l, node, repos[node], imgs[node])
+					cells[node] = "first pull: " + first[node].String() + "; again: " + o.String()
+					r.check(t, l, node, imgs[node], o)
+				}
+			}
 			if r.recovers {
 				for node := mxInprocess; node <= mxNginx; node++ {
 					var o mxOutcome
@@ -314,6 +370,34 @@ func mxWaitNRIFirst(t *testing.T, l *lab.Lab, i int) {
 	}); why != "" {
 		t.Fatal(why)
 	}
+}
+
+// mxWaitFilling waits until a master is filling a layer of each of imgs (its
+// spool holds part of it): those pulls are mid-blob.
+func mxWaitFilling(t *testing.T, l *lab.Lab, imgs ...lab.SeedResult) {
+	t.Helper()
+	if why := clPoll(plWait, func() string {
+		for _, img := range imgs {
+			if !mxFilling(l, img) {
+				return "no master is filling a layer of " + img.Ref
+			}
+		}
+		return ""
+	}); why != "" {
+		t.Fatal(why)
+	}
+}
+
+func mxFilling(l *lab.Lab, img lab.SeedResult) bool {
+	for _, m := range l.Masters {
+		for _, d := range img.Layers {
+			p := filepath.Join(l.MasterData(m.Name), "_spool", "sha256", strings.TrimPrefix(d, "sha256:")+".partial")
+			if fi, err := os.Stat(p); err == nil && fi.Size() > 0 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // mxWarm pulls img through node's caches over HTTP (the masters, or the proxies for
