@@ -1,16 +1,21 @@
 package server
 
 import (
+	"bytes"
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/hopless/hopless/conf"
 	"github.com/hopless/hopless/test/registrytest"
 )
 
@@ -191,4 +196,97 @@ func validHeaderValue(v string) bool {
 		}
 	}
 	return true
+}
+
+// FuzzBlobRange sends arbitrary Range headers for blobs that the store has no room
+// for, so that every request is a miss streamed from the upstream: no panic (a cut
+// response is one), no 5xx, and the answer is the blob (200), the part of it that
+// Content-Range names (206, with a Content-Length to match), or 416.
+func FuzzBlobRange(f *testing.F) {
+	up := registrytest.NewUpstream(f)
+	img := registrytest.Image(f, 70<<10, 2)
+	up.Push(f, registrytest.UpstreamPath+"/install", "v1", img)
+	env := registrytest.NewEnv(f, "", up)
+	// Above any filesystem's size: nothing is stored, every blob is streamed through.
+	env.Config.Storage.MinFree = conf.Space{Bytes: 1 << 60}
+	s, _ := newServer(f, env.Config)
+	layers, err := img.Layers()
+	if err != nil {
+		f.Fatal(err)
+	}
+	var digests []string
+	blobs := map[string][]byte{}
+	for _, l := range layers {
+		d, err := l.Digest()
+		if err != nil {
+			f.Fatal(err)
+		}
+		rc, err := l.Compressed()
+		if err != nil {
+			f.Fatal(err)
+		}
+		b, err := io.ReadAll(rc)
+		_ = rc.Close()
+		if err != nil {
+			f.Fatal(err)
+		}
+		digests = append(digests, d.String())
+		blobs[d.String()] = b
+	}
+	for _, rng := range []string{
+		"", "bytes=0-99", "bytes=100-", "bytes=990-5000", "bytes=-10", "bytes=-5000", "bytes=0-0",
+		"bytes=71680-", "bytes=5-4", "bytes=-0", "bytes=x-1", "bytes=0-1,5-6", "items=0-1", "bytes=5",
+		"bytes=0-9223372036854775807", "bytes=1000-9223372036854775807", "bytes=-9223372036854775807",
+		"bytes=9223372036854775807-", "bytes=0-9223372036854775808", "bytes=+5-+9",
+	} {
+		f.Add(false, uint8(0), rng)
+		f.Add(true, uint8(1), rng)
+	}
+	f.Fuzz(func(t *testing.T, head bool, which uint8, rng string) {
+		if !validHeaderValue(rng) {
+			return
+		}
+		d := digests[int(which)%len(digests)]
+		blob := blobs[d]
+		method := http.MethodGet
+		if head {
+			method = http.MethodHead
+		}
+		r := httptest.NewRequest(method, "/v2/system/deckhouse/install/blobs/"+d, nil)
+		if rng != "" {
+			r.Header.Set("Range", rng)
+		}
+		w := httptest.NewRecorder()
+		s.handler.ServeHTTP(w, r)
+		what := fmt.Sprintf("%s of %d bytes with Range %q", method, len(blob), rng)
+		if w.Header().Get("Hopless-Cache") != "miss" {
+			t.Fatalf("%s: %d, Hopless-Cache %q; want every request a miss", what, w.Code, w.Header().Get("Hopless-Cache"))
+		}
+		var want []byte
+		switch w.Code {
+		case http.StatusOK:
+			want = blob
+		case http.StatusPartialContent:
+			var first, last, total int64
+			cr := w.Header().Get("Content-Range")
+			if n, err := fmt.Sscanf(cr, "bytes %d-%d/%d", &first, &last, &total); n != 3 || err != nil ||
+				first < 0 || first > last || total != int64(len(blob)) || last >= total || cr != fmt.Sprintf("bytes %d-%d/%d", first, last, total) {
+				t.Fatalf("%s: 206 with Content-Range %q", what, cr)
+			}
+			want = blob[first : last+1]
+		case http.StatusRequestedRangeNotSatisfiable:
+			if cr := w.Header().Get("Content-Range"); cr != fmt.Sprintf("bytes */%d", len(blob)) {
+				t.Fatalf("%s: 416 with Content-Range %q", what, cr)
+			}
+			return
+		default:
+			t.Fatalf("%s: %d %s", what, w.Code, w.Body)
+		}
+		if cl := w.Header().Get("Content-Length"); cl != strconv.Itoa(len(want)) {
+			t.Fatalf("%s: %d with Content-Length %q, want %d", what, w.Code, cl, len(want))
+		}
+		if !head && !bytes.Equal(w.Body.Bytes(), want) {
+			t.Fatalf("%s: %d, %d bytes that are not the %d expected", what, w.Code, w.Body.Len(), len(want))
+		}
+	})
 }
