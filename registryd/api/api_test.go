@@ -54,7 +54,7 @@ type fixture struct {
 
 // newFixture pushes a small image as install:v1 and serves the API; token is the
 // API token ("" disables pins and prefetch).
-func newFixture(t *testing.T, token string) *fixture {
+func newFixture(t testing.TB, token string) *fixture {
 	t.Helper()
 	o := fixtureOptions{token: token}
 	if token != "" {
@@ -74,7 +74,7 @@ type fixtureOptions struct {
 	now        func() time.Time
 }
 
-func newFixtureWith(t *testing.T, o fixtureOptions) *fixture {
+func newFixtureWith(t testing.TB, o fixtureOptions) *fixture {
 	t.Helper()
 	token := o.token
 	up := registrytest.NewUpstream(t)
@@ -147,7 +147,7 @@ func (f *fixture) nodeClient(t *testing.T, node string) *api.Client {
 	return api.NewClient(f.srv.URL, nodeTokenOf(t, node), f.srv.Client().Transport.(*http.Transport).TLSClientConfig)
 }
 
-func nodeTokenOf(t *testing.T, node string) string {
+func nodeTokenOf(t testing.TB, node string) string {
 	t.Helper()
 	tok, err := nodetoken.Derive([]byte(nodeKey), node)
 	if err != nil {
@@ -198,7 +198,7 @@ func (f *fixture) prefetch(t *testing.T, images ...string) api.Job {
 	return job
 }
 
-func manifestDigest(t *testing.T, img v1.Image) digest.Digest {
+func manifestDigest(t testing.TB, img v1.Image) digest.Digest {
 	return digest.Digest(registrytest.Digest(t, img).String())
 }
 

@@ -314,7 +314,9 @@ func noCache(h http.Header) bool {
 // else (including multiple ranges) is served whole, which RFC 9110 allows. It returns
 // the half-open interval [start, end).
 func parseRange(h string, size int64) (start, end int64, partial, ok bool) {
-	if h == "" {
+	// An empty blob has no part to send ("bytes 0--1/0"): it is served whole, as
+	// http.ServeContent serves it on a hit for "bytes=0-".
+	if h == "" || size == 0 {
 		return 0, size, false, true
 	}
 	spec, found := strings.CutPrefix(h, "bytes=")
@@ -345,7 +347,7 @@ func parseRange(h string, size int64) (start, end int64, partial, ok bool) {
 		if err != nil || v < s {
 			return 0, 0, false, false
 		}
-		if v+1 < size {
+		if v < size-1 {
 			e = v + 1
 		}
 	}

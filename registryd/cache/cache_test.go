@@ -186,7 +186,7 @@ func TestBlobServing(t *testing.T) {
 	up := registrytest.NewUpstream(t)
 	// Each case gets a blob of its own; 200 KiB spans several of the fill's 64 KiB
 	// release steps.
-	img := registrytest.Image(t, 200<<10, 5)
+	img := registrytest.Image(t, 200<<10, 6)
 	up.Push(t, registrytest.UpstreamPath+"/install", "v1", img)
 	blobs := blobBytes(t, img)
 	layers := registrytest.Blobs(t, img)[1:]
@@ -224,6 +224,12 @@ func TestBlobServing(t *testing.T) {
 			name: "Range suffix", method: http.MethodGet, rng: "bytes=-100", wantStatus: http.StatusPartialContent,
 			want: func(b []byte) ([]byte, string) {
 				return b[len(b)-100:], fmt.Sprintf("bytes %d-%d/%d", len(b)-100, len(b)-1, len(b))
+			},
+		},
+		{
+			name: "Range to the int64 limit", method: http.MethodGet, rng: "bytes=1000-9223372036854775807", wantStatus: http.StatusPartialContent,
+			want: func(b []byte) ([]byte, string) {
+				return b[1000:], fmt.Sprintf("bytes 1000-%d/%d", len(b)-1, len(b))
 			},
 		},
 	}

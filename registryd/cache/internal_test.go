@@ -42,12 +42,23 @@ func TestParseRange(t *testing.T) {
 		{"bytes=0-1,5-6", 0, size, false, true},
 		{"items=0-1", 0, size, false, true},
 		{"bytes=5", 0, size, false, true},
+		// The last position at the int64 limit is the end of the blob, not a wrap.
+		{"bytes=0-9223372036854775807", 0, size, true, true},
+		{"bytes=10-9223372036854775807", 10, size, true, true},
+		{"bytes=0-9223372036854775808", 0, 0, false, false},
+		{"bytes=-9223372036854775807", 0, size, true, true},
 	}
 	for _, tt := range tests {
 		start, end, partial, ok := parseRange(tt.header, size)
 		if ok != tt.satisfiable || (ok && (start != tt.start || end != tt.end || partial != tt.partial)) {
 			t.Errorf("parseRange(%q) = %d, %d, %v, %v; want %d, %d, %v, %v",
 				tt.header, start, end, partial, ok, tt.start, tt.end, tt.partial, tt.satisfiable)
+		}
+	}
+	// An empty blob is served whole: no range of it, "bytes 0--1/0", is sent.
+	for _, h := range []string{"bytes=-10", "bytes=0-", "bytes=0-0"} {
+		if start, end, partial, ok := parseRange(h, 0); !ok || partial || start != 0 || end != 0 {
+			t.Errorf("parseRange(%q, 0) = %d, %d, %v, %v; want 0, 0, whole", h, start, end, partial, ok)
 		}
 	}
 }

@@ -77,6 +77,21 @@ func TestInputValidation(t *testing.T) {
 		{name: "tags list", path: repo + "/tags/list", status: 404, code: "UNSUPPORTED"},
 		{name: "tags list of a bad name", path: "/v2/A/tags/list", status: 400, code: "NAME_INVALID"},
 		{name: "not the registry API", path: "/etc/passwd", status: 404, code: "UNSUPPORTED"},
+		{name: "encoded dot dot in upper case", path: "/v2/../x/manifests/v1", rawPath: "/v2/%2E%2E/x/manifests/v1", status: 400, code: "NAME_INVALID"},
+		{name: "encoded dot dot as the reference", path: repo + "/manifests/..", rawPath: repo + "/manifests/%2e%2e", status: 400, code: "NAME_INVALID"},
+		{name: "double-encoded dot dot", path: "/v2/system/deckhouse/%252e%252e/other/manifests/v1", status: 400, code: "NAME_INVALID", message: `"system/deckhouse/%2e%2e/other"`},
+		{name: "double-encoded slash", path: "/v2/system/deckhouse/install%252f..%252fx/manifests/v1", status: 400, code: "NAME_INVALID"},
+		{name: "NUL in a name", path: "/v2/system/deckhouse/in%00stall/manifests/v1", status: 400, code: "NAME_INVALID", message: `"system/deckhouse/in\x00stall"`},
+		{name: "CRLF in a name", path: "/v2/system/deckhouse/install%0d%0aX-Injected:%201/manifests/v1", status: 400, code: "NAME_INVALID", message: `install\r\nX-Injected`},
+		{name: "CRLF in a tag", path: repo + "/manifests/v1%0d%0aX-Injected", status: 400, code: "TAG_INVALID", message: `"v1\r\nX-Injected"`},
+		{name: "CRLF in a digest", path: repo + "/blobs/sha256:" + hex64 + "%0d%0a", status: 400, code: "DIGEST_INVALID"},
+		{name: "CRLF in ns", path: repo + "/manifests/v1?ns=evil.example%0d%0aX-Injected:%201", status: 403, code: "DENIED", message: `"evil.example\r\nX-Injected: 1"`},
+		{name: "blob digest uppercase hex", path: repo + "/blobs/sha256:" + strings.Repeat("A", 64), status: 400, code: "DIGEST_INVALID"},
+		{name: "blob digest uppercase algorithm", path: repo + "/blobs/SHA256:" + hex64, status: 400, code: "DIGEST_INVALID"},
+		{name: "blob digest too long", path: repo + "/blobs/sha256:" + hex64 + "a", status: 400, code: "DIGEST_INVALID"},
+		{name: "blob digest sha512 of sha256's length", path: repo + "/blobs/sha512:" + hex64, status: 400, code: "DIGEST_INVALID"},
+		{name: "manifest digest of an unknown algorithm", path: repo + "/manifests/sha1:" + hex64[:40], status: 400, code: "DIGEST_INVALID"},
+		{name: "blob digest empty", path: repo + "/blobs/sha256:", status: 400, code: "DIGEST_INVALID"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -13,7 +13,7 @@ import (
 )
 
 // newServer builds a Server that is closed when the test ends.
-func newServer(t *testing.T, cfg *conf.Registryd, opts ...Option) (*Server, *registrytest.LogBuffer) {
+func newServer(t testing.TB, cfg *conf.Registryd, opts ...Option) (*Server, *registrytest.LogBuffer) {
 	t.Helper()
 	log, buf := registrytest.Logger(t)
 	s, err := New(t.Context(), cfg, append([]Option{WithLogger(log)}, opts...)...)

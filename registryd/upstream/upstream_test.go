@@ -333,6 +333,10 @@ func TestParseContentRange(t *testing.T) {
 		{in: "bytes a-9/10", wantErr: true},
 		{in: "bytes -1-9/10", wantErr: true},
 		{in: "", wantErr: true},
+		{in: "bytes 0-9223372036854775806/9223372036854775807", first: 0, last: 9223372036854775806, total: 9223372036854775807},
+		{in: "bytes 0-9223372036854775807/9223372036854775807", wantErr: true},
+		{in: "bytes 0-9223372036854775808/*", wantErr: true},
+		{in: "bytes */-1", wantErr: true},
 	}
 	for _, tt := range tests {
 		first, last, total, err := parseContentRange(tt.in)
