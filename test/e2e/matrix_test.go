@@ -74,7 +74,7 @@ type mxRow struct {
 	// during runs once the pulls have started; with it, the pulls that it broke
 	// are made again after undo, and the second pull is the one checked.
 	during func(t *testing.T, l *lab.Lab, imgs map[int]lab.SeedResult)
-	check    func(t *testing.T, l *lab.Lab, node int, img lab.SeedResult, o mxOutcome)
+	check  func(t *testing.T, l *lab.Lab, node int, img lab.SeedResult, o mxOutcome)
 }
 
 // TestFaultMatrix runs each fault on an in-process node, an NRI node and an NGINX-hop
