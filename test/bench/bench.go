@@ -162,6 +162,7 @@ func All() []Bench {
 		{Name: "index-100k", About: "registryd's store index at 100,000 entries on the filesystem driver: index writes per hour of steady reads, eviction planning and the store lock it holds, start after an unclean stop, vs. the bookkeeping it replaced (write every 5 s, plan under the lock, rebuild before New returns)", Run: indexBench100k},
 		{Name: "fleet", About: "100 simulated nodes (in-process balancers), each sending a request about every second, against 3 masters weighted 3:1:1: each master's share of the requests and its active-check load, then master-1 frozen and thawed: time until 95 % of the active nodes stop using it, until 95 % of the nodes take it back, and its load after the thaw; vs. the old check schedule (every master every second, no slow start)", Run: fleet},
 		{Name: "fleet-1000", About: "as fleet, with 1000 simulated nodes that pull now and then (12 requests, about every 90 s; 100 nodes with --quick)", Run: fleet1000},
+		{Name: "soak", About: "1000 pulls (50 with --quick) on an in-process and an NRI node while a seeded chaos loop kills or freezes one master at a time, and every other one on an NGINX-hop node to the same masters: failed pulls vs. the hop, and the goroutines, open files and RSS of each registryd and containerd, failing on growth", Run: soak},
 		{Name: "hedge-load", About: "cold pulls while every master is slow to the first byte: backend requests per client request and hedges, in-process vs. the NGINX stream hop and stock hosts.toml", Run: hedgeLoad},
 	}
 }
