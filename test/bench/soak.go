@@ -108,6 +108,7 @@ func soak(ctx context.Context, c Config) ([]Result, error) {
 		// The first tenth of the pulls fill connection pools and caches: growth is
 		// measured from there.
 		if i == pulls/10 {
+			samples.take(ctx, l)
 			samples.restart()
 		}
 		runErr = pull(1+i%2, &ours)

@@ -69,6 +69,8 @@ type mxRow struct {
 	recovers bool
 	// only, if set, is the one node the fault applies to; the others are n/a.
 	only int
+	// bound, if set, bounds this row's pulls instead of mxBound.
+	bound time.Duration
 	// size is the layers' size; 0 is 256 KiB.
 	size int64
 	// during runs once the pulls have started; with it, the pulls that it broke
@@ -153,7 +155,7 @@ func TestFaultMatrix(t *testing.T) {
 		}, check: succeeds},
 		{name: "upstream answers 503 for one image", expect: "that image fails; another image pulls, fetched once", bad: true,
 			fault: faults(lab.Faults{Status: 503}), check: fails},
-		{name: "upstream hangs for one image", expect: "another image pulls while that one hangs", bad: true,
+		{name: "upstream hangs for one image", expect: "another image pulls while that one hangs", bad: true, bound: 15 * time.Second,
 			fault: faults(lab.Faults{Hang: true}), check: func(*testing.T, *lab.Lab, int, lab.SeedResult, mxOutcome) {}},
 		{name: "upstream serves other bytes for a digest", expect: "that image fails; nothing unverified is stored", bad: true,
 			fault: faults(lab.Faults{Corrupt: true}), check: func(t *testing.T, l *lab.Lab, node int, img lab.SeedResult, o mxOutcome) {
@@ -244,7 +246,7 @@ func TestFaultMatrix(t *testing.T) {
 				}
 				pulls++
 				go func() {
-					results <- result{node, mxPull(l, node, repos[node], imgs[node])}
+					results <- result{node, mxPullWithin(l, node, repos[node], imgs[node], cmp.Or(r.bound, mxBound))}
 				}()
 			}
 			if r.during != nil {
@@ -310,7 +312,12 @@ func TestFaultMatrix(t *testing.T) {
 // mxPull pulls the image of repo on node (by the node's own name for it), bounded by
 // mxBound, and counts the upstream's GETs of its layers.
 func mxPull(l *lab.Lab, node int, repo string, img lab.SeedResult) mxOutcome {
-	ctx, cancel := context.WithTimeout(context.Background(), mxBound)
+	return mxPullWithin(l, node, repo, img, mxBound)
+}
+
+// mxPullWithin is mxPull bounded by bound.
+func mxPullWithin(l *lab.Lab, node int, repo string, img lab.SeedResult, bound time.Duration) mxOutcome {
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
 	start := time.Now()
 	_, err := l.Crictl(ctx, node, "pull", l.PullRefFor(node, repo, "v1"))

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"syscall"
 	"testing"
 
@@ -8,11 +9,13 @@ import (
 )
 
 // TestPullPath walks one lab through the pull path: a cold pull, a second node served
-// from the masters' cache, a pull with the upstream down, and a pull with a master
-// killed.
+// from the masters' cache, a pull with the upstream down, and pulls with a master
+// killed. Its nodes are one of each: stock hosts.toml, in-process and NRI.
 func TestPullPath(t *testing.T) {
 	t.Parallel()
-	l := upLab(t, slotPullPath, 3, 3)
+	l := upLab(t, slotPullPath, 3, 3, func(o *lab.Options) {
+		o.NodeModes = []string{lab.ModeStock, lab.ModeInprocess, lab.ModeNRI}
+	})
 	repo := lab.UpstreamPath + "/e2e"
 	img := seed(t, l, repo, "v1", 3, 2<<20)
 	ref := l.PullRef(repo, "v1")
@@ -51,19 +54,24 @@ func TestPullPath(t *testing.T) {
 		}
 	})
 
-	t.Run("pull succeeds with one master killed", func(t *testing.T) {
-		img2 := seed(t, l, repo, "v2", 2, 1<<20)
+	t.Run("pulls succeed with one master killed", func(t *testing.T) {
+		imgs := map[int]lab.SeedResult{}
+		for node := 1; node <= 3; node++ {
+			imgs[node] = seed(t, l, repo, fmt.Sprintf("k%d", node), 2, 1<<20)
+		}
 		before := servedBy(t, l)
 		if err := l.Signal("master-1", syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
-		pull(t, l, 1, l.PullRef(repo, "v2"), img2.Digest)
+		for node := 1; node <= 3; node++ {
+			pull(t, l, node, l.PullRef(repo, fmt.Sprintf("k%d", node)), imgs[node].Digest)
+		}
 		after := servedBy(t, l)
 		if after["master-1"] != before["master-1"] {
 			t.Errorf("killed master-1 served blobs: %s -> %s", describe(before), describe(after))
 		}
 		if after["master-2"]+after["master-3"] <= before["master-2"]+before["master-3"] {
-			t.Errorf("no other master served the pull: %s -> %s", describe(before), describe(after))
+			t.Errorf("no other master served the pulls: %s -> %s", describe(before), describe(after))
 		}
 	})
 }
