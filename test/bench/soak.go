@@ -18,8 +18,8 @@ import (
 // soakSeedEnv, when set, is the chaos loop's seed, to replay a run.
 const soakSeedEnv = "HOPLESS_SOAK_SEED"
 
-// Soak's growth bounds: the last sample of a process may exceed its first by at most
-// this much (and by the same fraction of the first).
+// Soak's growth bounds: the last sample of a process may exceed the largest of the
+// first half of its samples by at most this much, plus this fraction of it.
 const (
 	soakGrowthFraction   = 0.5
 	soakGoroutinesGrowth = 100
@@ -63,7 +63,11 @@ func soak(ctx context.Context, c Config) ([]Result, error) {
 		}
 	}
 
-	samples := newSoakSamples()
+	warmup := soakWarmup
+	if c.Quick {
+		warmup = 3 * time.Second
+	}
+	samples := newSoakSamples(warmup)
 	samples.take(ctx, l)
 	done := make(chan struct{})
 	var wg sync.WaitGroup
@@ -108,8 +112,7 @@ func soak(ctx context.Context, c Config) ([]Result, error) {
 		// The first tenth of the pulls fill connection pools and caches: growth is
 		// measured from there.
 		if i == pulls/10 {
-			samples.take(ctx, l)
-			samples.restart()
+			samples.warmedUp()
 		}
 		runErr = pull(1+i%2, &ours)
 		if runErr == nil && i%2 == 0 {
@@ -228,13 +231,23 @@ type soakSample struct {
 // soakProc is the samples of one process (by name and PID: a restarted master is
 // a new one).
 type soakProc struct {
-	name              string
+	name string
+	// first is the first sample once the process has warmed up (see soakWarmup);
+	// warm says whether there is one.
 	first, last       soakSample
+	warm              bool
+	born              time.Time
 	n, peakGoroutines int
 	peakRSS, peakFDs  int64
+	// judged are the samples from first on.
+	judged []soakSample
 }
 
 func (p soakProc) String() string {
+	if !p.warm {
+		return fmt.Sprintf("%s (pid %d, %d samples): not judged, it did not run through the warm-up (killed soon after a restart); last: %d goroutines, %d open files, RSS %d MiB",
+			p.name, p.last.pid, p.n, p.last.goroutines, p.last.fds, p.last.rss>>20)
+	}
 	g := "goroutines n/a (no Go metrics)"
 	if p.first.goroutines >= 0 {
 		g = fmt.Sprintf("goroutines %d/%d/%d", p.first.goroutines, p.peakGoroutines, p.last.goroutines)
@@ -243,34 +256,63 @@ func (p soakProc) String() string {
 		p.name, p.first.pid, p.n, g, p.first.fds, p.peakFDs, p.last.fds, p.first.rss>>20, p.peakRSS>>20, p.last.rss>>20)
 }
 
-// grown says how p's last sample exceeds its first beyond the bounds, or "".
+// grown says how p grew beyond the bounds while it ran, or "": its last sample
+// against the largest of the first half of its samples after warm-up. Clients'
+// idle connections raise a master's goroutines and open files to a plateau that
+// their idle timeouts set; a leak goes on rising through the second half. A process
+// that never warmed up (killed soon after a restart), or was sampled too little
+// after, is not judged.
 func (p soakProc) grown() string {
+	if !p.warm || len(p.judged) < 4 {
+		return ""
+	}
+	var base soakSample
+	for _, x := range p.judged[:len(p.judged)/2] {
+		base.goroutines, base.fds, base.rss = max(base.goroutines, x.goroutines), max(base.fds, x.fds), max(base.rss, x.rss)
+	}
 	over := func(first, last, slack int64) bool {
 		return last > first+slack+int64(float64(first)*soakGrowthFraction)
 	}
 	var why []string
-	if p.first.goroutines >= 0 && over(int64(p.first.goroutines), int64(p.last.goroutines), soakGoroutinesGrowth) {
-		why = append(why, fmt.Sprintf("goroutines %d -> %d", p.first.goroutines, p.last.goroutines))
+	if p.first.goroutines >= 0 && over(int64(base.goroutines), int64(p.last.goroutines), soakGoroutinesGrowth) {
+		why = append(why, fmt.Sprintf("goroutines %d -> %d", base.goroutines, p.last.goroutines))
 	}
-	if over(int64(p.first.fds), int64(p.last.fds), soakFDsGrowth) {
-		why = append(why, fmt.Sprintf("open files %d -> %d", p.first.fds, p.last.fds))
+	if over(int64(base.fds), int64(p.last.fds), soakFDsGrowth) {
+		why = append(why, fmt.Sprintf("open files %d -> %d", base.fds, p.last.fds))
 	}
-	if over(p.first.rss, p.last.rss, soakRSSGrowth) {
-		why = append(why, fmt.Sprintf("RSS %d -> %d MiB", p.first.rss>>20, p.last.rss>>20))
+	if over(base.rss, p.last.rss, soakRSSGrowth) {
+		why = append(why, fmt.Sprintf("RSS %d -> %d MiB", base.rss>>20, p.last.rss>>20))
 	}
 	if len(why) == 0 {
 		return ""
 	}
-	return p.name + ": " + strings.Join(why, ", ")
+	return p.name + ": " + strings.Join(why, ", ") + " (the first half's largest -> the last)"
 }
+
+// soakWarmup is how long a process runs under the soak before its first sample
+// counts: connection pools and caches fill in that time (a client's idle
+// connections, for one, stay open for a minute or more). Quick runs take 3 s.
+const soakWarmup = 20 * time.Second
 
 type soakSamples struct {
-	mu    sync.Mutex
-	procs map[string]*soakProc // by name and PID
-	order []string
+	mu       sync.Mutex
+	procs    map[string]*soakProc // by name and PID
+	order    []string
+	warmFrom time.Time // zero until the soak's own warm-up pulls are done
+	warmup   time.Duration
 }
 
-func newSoakSamples() *soakSamples { return &soakSamples{procs: map[string]*soakProc{}} }
+func newSoakSamples(warmup time.Duration) *soakSamples {
+	return &soakSamples{procs: map[string]*soakProc{}, warmup: warmup}
+}
+
+// warmedUp marks the end of the soak's warm-up pulls: from now on, a process that
+// has run for soakWarmup has its first sample.
+func (s *soakSamples) warmedUp() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.warmFrom = time.Now()
+}
 
 // take samples every master and the in-process and NRI nodes' containerd. A
 // process that cannot be read now (killed, frozen) is skipped this time.
@@ -290,24 +332,22 @@ func (s *soakSamples) take(ctx context.Context, l *lab.Lab) {
 		key := st.Name + "/" + strconv.Itoa(st.PID)
 		s.mu.Lock()
 		p := s.procs[key]
+		now := time.Now()
 		if p == nil {
-			p = &soakProc{name: st.Name, first: smp}
+			p = &soakProc{name: st.Name, born: now}
 			s.procs[key] = p
 			s.order = append(s.order, key)
 		}
+		if !p.warm && !s.warmFrom.IsZero() && now.Sub(p.born) >= s.warmup {
+			p.first, p.warm = smp, true
+		}
 		p.last, p.n = smp, p.n+1
+		if p.warm {
+			p.judged = append(p.judged, smp)
+		}
 		p.peakRSS, p.peakFDs = max(p.peakRSS, smp.rss), max(p.peakFDs, int64(smp.fds))
 		p.peakGoroutines = max(p.peakGoroutines, smp.goroutines)
 		s.mu.Unlock()
-	}
-}
-
-// restart makes every process's last sample its first: growth is measured from now.
-func (s *soakSamples) restart() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, p := range s.procs {
-		p.first = p.last
 	}
 }
 
