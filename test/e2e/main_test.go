@@ -46,7 +46,8 @@ const (
 	slotLabCLI = iota
 	slotBusyPort
 	slotPullPath
-	slotBench
+	// Slots 100 and up belong to the benchmarks that TestBenchHarness runs
+	// (bench_test.go), one each.
 	// Slots 10..19 belong to the cache tests (cache_test.go).
 	slotCacheSingleFlight = 10
 	slotCacheStreaming    = 11
