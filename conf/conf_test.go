@@ -232,35 +232,7 @@ url = "https://10.0.0.2:5001"
 		},
 		{
 			name: "full valid file, relative paths resolved against the config directory",
-			text: `
-[[registry]]
-host = "Registry.Example"
-fallback = true
-endpoint = [{ url = "http://10.0.0.1" }, { url = "https://10.0.0.1" }]
-
-[registry.tls]
-ca = "pki/ca.pem"
-cert = "pki/client.pem"
-key = "pki/client.key"
-insecure = true
-
-[registry.auth]
-credentials_file = "creds"
-
-[registry.timeouts]
-dial = "2s"
-response_header = "4s"
-stall = "1m"
-health_interval = "2s"
-health_timeout = "2s"
-hedge_min = "1s"
-hedge_max = "1s"
-
-[[registry]]
-host = "[::1]:5001"
-[[registry.endpoint]]
-url = "https://[::1]:5001"
-`,
+			text: fuzzNodeFull,
 			files: []file{
 				{name: "pki/ca.pem", text: "ca"},
 				{name: "pki/client.pem", text: "cert"},

@@ -24,7 +24,7 @@ import (
 // fuzzName is the name the fuzz targets decode under: every error must start with it.
 const fuzzName = "fuzz.toml"
 
-// fuzzNodeFull is the "full valid file" of TestLoadNode.
+// fuzzNodeFull is the "full valid file" of TestLoadNode, which reads it from here.
 const fuzzNodeFull = `
 [[registry]]
 host = "Registry.Example"
@@ -392,16 +392,7 @@ func FuzzDecodeNRI(f *testing.F) {
 	dir, secret := fuzzFiles(f)
 	for _, s := range []string{
 		"node_config = \"node.toml\"\n",
-		`node_config = "/etc/hopless/node.toml"
-node_name = "worker-1.example"
-hosts = "manage"
-config_path = "/etc/containerd/registry.d"
-state_dir = "/var/lib/x"
-containerd_socket = "/run/k3s/containerd.sock"
-pins_token_file = "node.token"
-metrics_listen = "127.0.0.1:9761"
-log_level = "debug"
-`,
+		nriEverything,
 		"node_config = \"n.toml\"\npins_token_file = \"open-secret\"\n",
 		"node_config = \"n.toml\"\nconfig_path = \"/etc/containerd/certs.d\"\nstate_dir = \"/etc/containerd/certs.d/hopless\"\n",
 		"node_config = \"n.toml\"\nkubeconfig = \"kube/config\"\nlog_file = \"/var/log/hopless-nri.log\"\nhosts = \"off\"\n",

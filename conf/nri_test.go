@@ -27,17 +27,8 @@ func TestLoadNRI(t *testing.T) {
 			},
 		},
 		{
-			name: "everything set",
-			text: `node_config = "/etc/hopless/node.toml"
-node_name = "worker-1.example"
-hosts = "manage"
-config_path = "/etc/containerd/registry.d"
-state_dir = "/var/lib/x"
-containerd_socket = "/run/k3s/containerd.sock"
-pins_token_file = "node.token"
-metrics_listen = "127.0.0.1:9761"
-log_level = "debug"
-`,
+			name:  "everything set",
+			text:  nriEverything,
 			files: []file{{name: "node.token", text: "hpn1.worker-1.example.x"}},
 			check: func(t *testing.T, dir string, n *NRI) {
 				want := NRI{NodeConfig: "/etc/hopless/node.toml", NodeName: "worker-1.example", Hosts: HostsManage,
@@ -116,3 +107,15 @@ func TestDecodeNRIRelativeToBase(t *testing.T) {
 		t.Errorf("NodeConfig = %q, want it under the base dir", n.NodeConfig)
 	}
 }
+
+// nriEverything sets every NRI setting; FuzzDecodeNRI seeds from it too.
+const nriEverything = `node_config = "/etc/hopless/node.toml"
+node_name = "worker-1.example"
+hosts = "manage"
+config_path = "/etc/containerd/registry.d"
+state_dir = "/var/lib/x"
+containerd_socket = "/run/k3s/containerd.sock"
+pins_token_file = "node.token"
+metrics_listen = "127.0.0.1:9761"
+log_level = "debug"
+`
