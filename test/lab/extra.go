@@ -91,8 +91,29 @@ type AuthUpstream struct {
 	Authorized atomic.Int64
 	Refused    atomic.Int64
 
+	served
+}
+
+// served is an HTTPS server that a lab helper runs in the calling process; Close
+// stops it at once.
+type served struct {
 	srv  *http.Server
 	done chan error
+}
+
+// serve runs srv on ln with TLS until Close.
+func (s *served) serve(srv *http.Server, ln net.Listener) {
+	s.srv, s.done = srv, make(chan error, 1)
+	go func() { s.done <- srv.ServeTLS(ln, "", "") }()
+}
+
+// Close stops the server at once.
+func (s *served) Close() error {
+	err := s.srv.Close()
+	if serr := <-s.done; !errors.Is(serr, http.ErrServerClosed) {
+		err = errors.Join(err, serr)
+	}
+	return err
 }
 
 // StartAuthUpstream starts an AuthUpstream that accepts user and password. Close it
@@ -118,8 +139,8 @@ func (l *Lab) StartAuthUpstream(user, password string) (*AuthUpstream, error) {
 	target := &url.URL{Scheme: "https", Host: l.Upstream}
 	rp := httputil.NewSingleHostReverseProxy(target)
 	rp.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
-	a := &AuthUpstream{Addr: ln.Addr().String(), done: make(chan error, 1)}
-	a.srv = &http.Server{
+	a := &AuthUpstream{Addr: ln.Addr().String()}
+	a.serve(&http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			u, p, ok := r.BasicAuth()
 			if !ok || subtle.ConstantTimeCompare([]byte(u), []byte(user)) != 1 || subtle.ConstantTimeCompare([]byte(p), []byte(password)) != 1 {
@@ -134,16 +155,6 @@ func (l *Lab) StartAuthUpstream(user, password string) (*AuthUpstream, error) {
 		}),
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
 		ReadHeaderTimeout: readyTimeout,
-	}
-	go func() { a.done <- a.srv.ServeTLS(ln, "", "") }()
+	}, ln)
 	return a, nil
-}
-
-// Close stops the proxy at once.
-func (a *AuthUpstream) Close() error {
-	err := a.srv.Close()
-	if serr := <-a.done; !errors.Is(serr, http.ErrServerClosed) {
-		err = errors.Join(err, serr)
-	}
-	return err
 }

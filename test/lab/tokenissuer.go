@@ -10,7 +10,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -44,8 +43,7 @@ type TokenIssuer struct {
 	user     string
 	password string
 	ttl      time.Duration
-	srv      *http.Server
-	done     chan error
+	served
 }
 
 // TokenClaims are the claims of a token that Sign makes.
@@ -91,12 +89,11 @@ func (l *Lab) StartTokenIssuer(name, user, password string, ttl time.Duration) (
 		return nil, fmt.Errorf("token issuer: %w", err)
 	}
 	ti := &TokenIssuer{Realm: "https://" + ln.Addr().String() + "/token", Service: "hopless-lab", Issuer: name,
-		Bundle: bundle, key: key, user: user, password: password, ttl: ttl, done: make(chan error, 1)}
+		Bundle: bundle, key: key, user: user, password: password, ttl: ttl}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /token", ti.serveToken)
-	ti.srv = &http.Server{Handler: mux, ReadHeaderTimeout: readyTimeout,
-		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}}
-	go func() { ti.done <- ti.srv.ServeTLS(ln, "", "") }()
+	ti.serve(&http.Server{Handler: mux, ReadHeaderTimeout: readyTimeout,
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}}, ln)
 	return ti, nil
 }
 
@@ -155,13 +152,4 @@ func (ti *TokenIssuer) Sign(c TokenClaims) (string, error) {
 		return "", fmt.Errorf("token issuer: signing: %w", err)
 	}
 	return raw, nil
-}
-
-// Close stops the issuer at once.
-func (ti *TokenIssuer) Close() error {
-	err := ti.srv.Close()
-	if serr := <-ti.done; !errors.Is(serr, http.ErrServerClosed) {
-		err = errors.Join(err, serr)
-	}
-	return err
 }
