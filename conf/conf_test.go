@@ -2207,6 +2207,11 @@ func TestFieldError(t *testing.T) {
 	if !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("errors.Is(err, ErrInvalidArgument) = false")
 	}
+	// A value with a line break (a path, here) stays on the error's one line.
+	fe = &FieldError{File: "nri.conf", Field: "pins_token_file", Msg: "file /etc/x\ny not found"}
+	if got, want := fe.Error(), `nri.conf: pins_token_file: file /etc/x\ny not found`; got != want {
+		t.Errorf("Error() = %q, want %q", got, want)
+	}
 }
 
 func TestReadCredentials(t *testing.T) {

@@ -357,8 +357,10 @@ type FieldError struct {
 	Msg   string
 }
 
+// Error is one line, whatever the values it quotes hold (a path from the config
+// may have a line break in it): every line of an error names its file.
 func (e *FieldError) Error() string {
-	return fmt.Sprintf("%s: %s: %s", e.File, e.Field, e.Msg)
+	return oneLine(fmt.Sprintf("%s: %s: %s", e.File, e.Field, e.Msg))
 }
 
 // Unwrap lets callers test for errdefs.IsInvalidArgument.
