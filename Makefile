@@ -103,11 +103,8 @@ lint: $(TOOLS)/staticcheck
 	$(TOOLS)/staticcheck ./...
 
 # Unit tests beside the code, then the end-to-end tests on real labs.
-# -parallel 3 on 2 cores: the end-to-end tests spend most of their time waiting on
-# timeouts, hangs and frozen processes, so a third runs in the CPU the other two
-# leave idle (make test used half of the 2 cores with 2).
 test: build tools
-	$(GO) test -race -count=1 -parallel 3 -timeout $(TEST_TIMEOUT) ./...
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 # Every fuzz target for FUZZTIME each, one after the other (go test -fuzz takes one
 # target of one package at a time). Their seed corpora (testdata/fuzz) also run as
