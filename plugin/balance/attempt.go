@@ -40,6 +40,12 @@ type attempt struct {
 	hedged    bool        // it was sent as a hedge
 	suspects  bool        // holds one count of the endpoint's suspect
 	detached  bool        // left to run after the race ended
+
+	// stalled, set for an attempt of a race, tells the race that the endpoint
+	// failed an active check while this attempt waited for headers; it is sent
+	// at most once (stallSent), into a buffer of one per endpoint.
+	stalled   chan<- *attempt
+	stallSent bool
 }
 
 // newAttempt prepares req for t's endpoint, with only the scheme and host changed.
@@ -109,12 +115,35 @@ func (a *attempt) roundTrip() (*http.Response, error) {
 	return resp, err
 }
 
-// abortWaiting cancels the attempt if it still waits for headers: its endpoint just
-// failed an active check, so the answer is not coming, and the request moves on now
-// rather than at its own deadline (or a hedge that the budget may not allow).
+// endpointFailed tells the attempt's race, if it still waits for headers, that its
+// endpoint just failed an active check. The race decides whether to abort it. An
+// attempt left to run after its race (detached) is aborted at once: no request
+// waits on it. One outside a race (a request that may not be repeated) has nowhere
+// else to go and waits to its own deadline.
+func (a *attempt) endpointFailed() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	switch {
+	case a.answered:
+	case a.detached:
+		a.abortLocked()
+	case a.stalled != nil && !a.stallSent:
+		a.stallSent = true
+		a.stalled <- a
+	}
+}
+
+// abortWaiting cancels the attempt if it still waits for headers: its endpoint
+// failed an active check, so the answer is likely not coming, and the request moves
+// on now rather than at its own deadline (or a hedge that the budget may not allow).
 func (a *attempt) abortWaiting() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.abortLocked()
+}
+
+// abortLocked is abortWaiting with a.mu held.
+func (a *attempt) abortLocked() {
 	if !a.answered {
 		a.cancel(&timeoutError{what: "no response headers before the endpoint failed its active check", d: time.Since(a.start).Round(time.Millisecond)})
 	}
@@ -244,15 +273,19 @@ func (a *attempt) clearSuspect() {
 
 // abandon ends a loser's part in the race: it is cancelled, unless it was overtaken
 // and still waits for headers, in which case it runs on to its deadline so that a
-// frozen endpoint is caught.
+// frozen endpoint is caught; or, if its endpoint has already failed a check (the
+// race kept it as its last), it is aborted as failed.
 func (a *attempt) abandon() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.overtaken && !a.answered {
+	switch {
+	case a.overtaken && !a.answered && a.stallSent:
+		a.abortLocked()
+	case a.overtaken && !a.answered:
 		a.detached = true
-		return
+	default:
+		a.cancel(errLost)
 	}
-	a.cancel(errLost)
 }
 
 // finish releases the attempt once its response is done with. Idempotent.

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -406,6 +407,7 @@ func (b *Balancer) race(req *http.Request, tried map[*endpoint]bool, accept func
 	ctx := req.Context()
 	class := classOf(req)
 	results := make(chan result, len(b.eps))
+	stalled := make(chan *attempt, len(b.eps)) // one attempt per endpoint at most
 	var (
 		mu              sync.Mutex // guards done against late results
 		done            bool
@@ -423,7 +425,7 @@ func (b *Balancer) race(req *http.Request, tried map[*endpoint]bool, accept func
 		tried[t.ep] = true
 		launched++
 		a := b.newAttempt(req, t)
-		a.hedged = hedged
+		a.hedged, a.stalled = hedged, stalled
 		inflight = append(inflight, a)
 		go func() {
 			resp, err := a.roundTrip()
@@ -531,6 +533,15 @@ func (b *Balancer) race(req *http.Request, tried map[*endpoint]bool, accept func
 				hedge.Reset(b.hedge.delay(class))
 			} else if len(inflight) == 0 {
 				return nil, nil, lost()
+			}
+		case a := <-stalled:
+			// Its endpoint failed an active check. The request moves on if an
+			// endpoint is left to try; the last one is waited on to its own
+			// deadline, as a stream proxy would: when every master fails a check
+			// in turn, a node too busy to get the checks answered in time is
+			// likelier than all of them frozen at once.
+			if slices.Contains(inflight, a) && b.untried(tried) {
+				a.abortWaiting() // its result moves the request on
 			}
 		case <-hedge.C:
 			// The endpoints still waited on are checked now, with a bound of

@@ -89,7 +89,12 @@
 // to serve (its upstream is slow) passes, and the request waits within the hedge
 // budget; a frozen one fails, is marked unhealthy, and every attempt waiting on it
 // is aborted and retried elsewhere at once: the cost of a master frozen at a pull's
-// start is about one hedge delay plus that check, whatever the budget allows.
+// start is about one hedge delay plus that check, whatever the budget allows. The
+// exception is a request's last endpoint, with every other one tried: it is waited
+// on to ResponseHeader, since when each master in turn fails a check that quick, a
+// node too busy to get the answers in time is likelier than every master frozen
+// (seen with 100 balancers on 2 cores). A request that may not be repeated (an
+// upload) has no other endpoint, and also waits.
 //
 // When no endpoint is in rotation, requests still go to them (panic routing), the
 // best first: healthy by the last check, then the fewest consecutive failures, then

@@ -369,7 +369,7 @@ func (b *Balancer) recordCheck(e *endpoint, err error, now time.Time) {
 			b.log.Warn("registry endpoint failed its active check", "endpoint", e.name, "err", err)
 			for a := range e.waiting {
 				// Not under b.mu: the attempt's own lock is taken with b.mu free.
-				go a.abortWaiting()
+				go a.endpointFailed()
 			}
 			b.checkSoon(e, now)
 		}
@@ -601,4 +601,16 @@ func (b *Balancer) Status() []EndpointStatus {
 		out[i] = s
 	}
 	return out
+}
+
+// untried reports whether an endpoint is not in tried: one that a request may still
+// be sent to, by panic routing if by nothing else. The endpoints are fixed when the
+// balancer is made.
+func (b *Balancer) untried(tried map[*endpoint]bool) bool {
+	for _, e := range b.eps {
+		if !tried[e] {
+			return true
+		}
+	}
+	return false
 }

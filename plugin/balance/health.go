@@ -219,7 +219,8 @@ func (b *Balancer) runCheck(ctx context.Context, s scheduled) {
 // request has waited on e past its hedge delay. A master that answers GET /v2/
 // but is slow to serve (its upstream is slow) passes, and the request keeps
 // waiting within the hedge budget; a frozen one fails, is marked unhealthy, and
-// every request waiting on it moves on now instead of at the next periodic check.
+// every request waiting on it that has an endpoint left to try moves on now
+// instead of at the next periodic check.
 func (b *Balancer) probe(e *endpoint, timeout time.Duration) {
 	if !e.probing.CompareAndSwap(false, true) {
 		return

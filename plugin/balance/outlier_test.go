@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -501,6 +502,37 @@ func TestCheckAbortsWaiting(t *testing.T) {
 	}
 	if n := metric(t, reg, "hopless_plugin_errors_total", map[string]string{"endpoint": stuck.String(), "kind": "timeout"}); n != 1 {
 		t.Errorf("errors{kind=timeout} of the frozen endpoint = %v, want 1", n)
+	}
+}
+
+// TestCheckKeepsLastEndpoint checks that a failed active check does not abort a
+// request's attempt on its last endpoint: with both endpoints frozen, the first is
+// left when its check fails, and the second is waited on to the response-header
+// deadline, as a stream proxy would wait, instead of failing the request as soon as
+// its check fails too (a node too busy to get checks answered fails them all).
+func TestCheckKeepsLastEndpoint(t *testing.T) {
+	t.Parallel()
+	first, last := frozen(t, "http"), frozen(t, "http")
+	reg := prometheus.NewRegistry()
+	b := newBalancer(t, Config{
+		Endpoints:          []Endpoint{{URL: first, Weight: 100}, {URL: last, Weight: 1}},
+		ResponseHeader:     2 * time.Second,
+		HealthTimeout:      50 * time.Millisecond,
+		HedgeBudgetPercent: -1,
+		Metrics:            NewMetrics(reg),
+	})
+	_, _, err := get(t, b, "/v2/x/manifests/v1")
+	var down *AllDownError
+	if !errors.As(err, &down) {
+		t.Fatalf("err = %v, want *AllDownError", err)
+	}
+	contains(t, "the error", err.Error(),
+		first.String()+": GET "+first.String()+"/v2/x/manifests/v1: no response headers before the endpoint failed its active check",
+		last.String()+": GET "+last.String()+"/v2/x/manifests/v1: no response headers within 2s")
+	for _, u := range []*url.URL{first, last} {
+		if n := metric(t, reg, "hopless_plugin_errors_total", map[string]string{"endpoint": u.String(), "kind": "health"}); n != 1 {
+			t.Errorf("errors{kind=health} of %s = %v, want 1: one on-demand check failed", u, n)
+		}
 	}
 }
 
