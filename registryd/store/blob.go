@@ -298,6 +298,15 @@ func (s *Store) openBlob(ctx context.Context, d digest.Digest, recheck, touch bo
 			return err == nil && driverFileID(fi) == id
 		}
 	}
+	if want, ok := s.recordedSize(d); ok && want != id.size {
+		// One digest has one size: the stored copy was cut or grown since it was
+		// committed. It is removed, and the caller fills it again as a miss,
+		// before any header names the wrong size.
+		_ = r.Close()
+		why := fmt.Sprintf("%d bytes stored, %d committed", id.size, want)
+		s.verifyFailed(d, why, same)
+		return nil, 0, fmt.Errorf("blob %s: stored copy has the wrong size (%s), removed: %w (%w)", d, why, errdefs.ErrNotFound, errdefs.ErrDataLoss)
+	}
 	if touch {
 		s.touch(d, id.size)
 	}

@@ -171,6 +171,17 @@ func (s *Store) touch(d digest.Digest, size int64) {
 	}
 }
 
+// recordedSize is d's size as the index holds it, if it holds d as a blob.
+func (s *Store) recordedSize(d digest.Digest) (int64, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.entries[d]
+	if e == nil || e.kind != kindBlob {
+		return 0, false
+	}
+	return e.size, true
+}
+
 // forget drops d from the index after its content turned out to be gone.
 func (s *Store) forget(d digest.Digest) {
 	s.mu.Lock()

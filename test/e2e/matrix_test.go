@@ -62,8 +62,12 @@ type mxRow struct {
 	// that image, and while it does, a healthy image of its own, which must pull.
 	bad bool
 	// warm pulls the image through each node's caches (not onto the nodes) before
-	// the fault.
-	warm bool
+	// the fault: over HTTP through the masters for ours; with warmNginx, also a
+	// pull on the NGINX node, removed after, which leaves it in one proxy's cache.
+	warm, warmNginx bool
+	// damage, if set, is done to the masters' stored copies of the warm image's
+	// first layer.
+	damage func(t *testing.T, l *lab.Lab, digest string)
 	// recovers: the healthy image need not pull while the fault is on, but must
 	// once it is undone.
 	recovers bool
@@ -73,10 +77,13 @@ type mxRow struct {
 	bound time.Duration
 	// size is the layers' size; 0 is 256 KiB.
 	size int64
-	// during runs once the pulls have started; with it, the pulls that it broke
-	// are made again after undo, and the second pull is the one checked.
-	during func(t *testing.T, l *lab.Lab, imgs map[int]lab.SeedResult)
-	check  func(t *testing.T, l *lab.Lab, node int, img lab.SeedResult, o mxOutcome)
+	// during runs once the pulls have started; with it, every pull is made again
+	// after undo (with killsNodes, once the nodes' containerd is started again),
+	// and the second pull is the one checked; checkFirst, if set, checks the first.
+	during     func(t *testing.T, l *lab.Lab, imgs map[int]lab.SeedResult)
+	killsNodes bool
+	checkFirst func(t *testing.T, l *lab.Lab, node int, img lab.SeedResult, o mxOutcome)
+	check      func(t *testing.T, l *lab.Lab, node int, img lab.SeedResult, o mxOutcome)
 }
 
 // TestFaultMatrix runs each fault on an in-process node, an NRI node and an NGINX-hop
@@ -88,6 +95,8 @@ func TestFaultMatrix(t *testing.T) {
 	l := upLab(t, slotMatrix, 3, 3, func(o *lab.Options) {
 		o.NodeModes = []string{lab.ModeInprocess, lab.ModeNRI, lab.ModeNginx}
 		o.Proxies, o.NginxToProxies = 3, true
+		// A disk of its own per master, which a row fills.
+		o.Registryd.StorageTmpfs = "128m"
 	})
 	succeeds := func(t *testing.T, _ *lab.Lab, node int, _ lab.SeedResult, o mxOutcome) {
 		if node != mxNginx && o.err != nil {
@@ -97,7 +106,7 @@ func TestFaultMatrix(t *testing.T) {
 	onceEach := func(t *testing.T, l *lab.Lab, node int, img lab.SeedResult, o mxOutcome) {
 		succeeds(t, l, node, img, o)
 		if node != mxNginx && o.upstream != o.layers {
-			t.Errorf("%s node: %d upstream GETs for %d layers, want each once", mxNodeNames[node], o.upstream, o.layers)
+			t.Errorf("%s node: %d upstream GETs for %d layers, want each once: %s", mxNodeNames[node], o.upstream, o.layers, mxLayerGETs(l, img))
 		}
 	}
 	fails := func(t *testing.T, l *lab.Lab, node int, img lab.SeedResult, o mxOutcome) {
@@ -155,6 +164,8 @@ func TestFaultMatrix(t *testing.T) {
 		}, check: succeeds},
 		{name: "upstream answers 503 for one image", expect: "that image fails; another image pulls, fetched once", bad: true,
 			fault: faults(lab.Faults{Status: 503}), check: fails},
+		{name: "upstream answers 500 for one image", expect: "that image fails; another image pulls, fetched once", bad: true,
+			fault: faults(lab.Faults{Status: 500}), check: fails},
 		{name: "upstream hangs for one image", expect: "another image pulls while that one hangs", bad: true, bound: 15 * time.Second,
 			fault: faults(lab.Faults{Hang: true}), check: func(*testing.T, *lab.Lab, int, lab.SeedResult, mxOutcome) {}},
 		{name: "upstream serves other bytes for a digest", expect: "that image fails; nothing unverified is stored", bad: true,
@@ -171,15 +182,54 @@ func TestFaultMatrix(t *testing.T) {
 			}},
 		{name: "upstream cuts each blob once mid-body", expect: "pulls; the masters resume", fault: faults(lab.Faults{CutAfter: 100 << 10, CutTimes: 1}), check: succeeds},
 		{name: "upstream slow, 1 MiB/s", expect: "pulls", fault: faults(lab.Faults{ThrottleBPS: 1 << 20}), check: onceEach},
-		{name: "a master's stored blob corrupted, size and times kept", expect: "in-process: pulls the right bytes (the plugin verifies and fetches again)", warm: true,
+		{name: "upstream down (killed) after the images were pulled through the caches, restarted after", expect: "pulls from the masters' caches; no GET reaches the upstream",
+			warm: true, warmNginx: true, fault: func(t *testing.T, l *lab.Lab, _ string) func() {
+				mxSignal(t, l, "upstream", syscall.SIGKILL)
+				return func() { mxRestart(t, l, "upstream") }
+			}, check: onceEach},
+		{name: "a master's stored blob corrupted, size and times kept", expect: "in-process: pulls the right bytes (the plugin verifies and fetches again)", warm: true, damage: mxCorruptStored,
 			fault: func(t *testing.T, l *lab.Lab, _ string) func() { return func() {} },
 			check: func(t *testing.T, l *lab.Lab, node int, img lab.SeedResult, o mxOutcome) {
 				if node == mxInprocess && o.err != nil {
 					t.Errorf("in-process node: %v", o)
 				}
 			}},
-		{name: "the node's containerd killed (kill -9) mid-pull, restarted, pulled again", expect: "the second pull completes; each layer fetched from the upstream once",
+		{name: "a master's stored blob truncated to half", expect: "pulls the right bytes: the master finds the size wrong and fetches the blob again", warm: true, damage: mxTruncateStored,
+			fault: func(t *testing.T, l *lab.Lab, _ string) func() { return func() {} }, check: succeeds},
+		{name: "every master's disk full (its storage tmpfs filled; the proxies' disks are not)", expect: "pulls: the misses are streamed through, verified, not stored",
+			fault: func(t *testing.T, l *lab.Lab, _ string) func() {
+				var undo []func()
+				for i := range l.Masters {
+					root := l.StorageRoot(i + 1)
+					undo = append(undo, takeDisk(t, root, "mx-filler", freeSpace(t, root)-64<<10))
+				}
+				return func() {
+					for _, u := range undo {
+						u()
+					}
+				}
+			}, check: succeeds},
+		{name: "the master filling a blob killed (kill -9) mid-fill (layers of 2 MiB at 2 MiB/s), restarted at once", expect: "in-process: the pull goes on; every pull of ours completes, again if the first broke",
 			size: 2 << 20, fault: faults(lab.Faults{ThrottleBPS: 2 << 20}), during: func(t *testing.T, l *lab.Lab, imgs map[int]lab.SeedResult) {
+				mxWaitFilling(t, l, imgs[mxInprocess], imgs[mxNRI])
+				i := cmp.Or(mxFillingMaster(l, imgs[mxInprocess]), mxFillingMaster(l, imgs[mxNRI]))
+				if i == 0 {
+					t.Fatal("no master is filling a layer any more: the fill ended before the kill")
+				}
+				names := []string{fmt.Sprintf("master-%d", i), fmt.Sprintf("proxy-%d", i)}
+				for _, n := range names {
+					mxSignal(t, l, n, syscall.SIGKILL)
+				}
+				for _, n := range names {
+					mxRestart(t, l, n)
+				}
+			}, checkFirst: func(t *testing.T, l *lab.Lab, node int, img lab.SeedResult, o mxOutcome) {
+				if node == mxInprocess && o.err != nil {
+					t.Errorf("in-process node, first pull: %v", o)
+				}
+			}, check: succeeds},
+		{name: "the node's containerd killed (kill -9) mid-pull, restarted, pulled again", expect: "the second pull completes; each layer fetched from the upstream once",
+			size: 2 << 20, fault: faults(lab.Faults{ThrottleBPS: 2 << 20}), killsNodes: true, during: func(t *testing.T, l *lab.Lab, imgs map[int]lab.SeedResult) {
 				mxWaitFilling(t, l, imgs[mxInprocess], imgs[mxNRI])
 				for node := mxInprocess; node <= mxNginx; node++ {
 					mxSignal(t, l, fmt.Sprintf("node-%d", node), syscall.SIGKILL)
@@ -217,12 +267,12 @@ func TestFaultMatrix(t *testing.T) {
 					good[node], imgs[node], repos[node] = imgs[node], bad, badRepo
 				}
 				if r.warm {
-					mxWarm(t, l, node, repos[node], imgs[node])
+					mxWarm(t, l, node, repos[node], imgs[node], r.warmNginx)
 				}
 			}
-			if r.warm {
+			if r.damage != nil {
 				for node := mxInprocess; node <= mxNRI; node++ {
-					mxCorruptStored(t, l, imgs[node].Layers[0])
+					r.damage(t, l, imgs[node].Layers[0])
 				}
 			}
 			// The upstream's faults hit only the bad image when there is one, and
@@ -258,7 +308,7 @@ func TestFaultMatrix(t *testing.T) {
 					o := mxPull(l, node, fmt.Sprintf("%s/mx%02d-n%d", lab.UpstreamPath, i, node), good[node])
 					cells[node] = "other image: " + o.String()
 					if node != mxNginx && !r.recovers && (o.err != nil || o.upstream != o.layers) {
-						t.Errorf("%s node: a healthy image beside the failing one: %v", mxNodeNames[node], o)
+						t.Errorf("%s node: a healthy image beside the failing one: %v: %s", mxNodeNames[node], o, mxLayerGETs(l, good[node]))
 					}
 				}
 			}
@@ -267,6 +317,9 @@ func TestFaultMatrix(t *testing.T) {
 				res := <-results
 				first[res.node] = res.o
 				if r.during != nil {
+					if r.checkFirst != nil {
+						r.checkFirst(t, l, res.node, imgs[res.node], res.o)
+					}
 					continue
 				}
 				if c := cells[res.node]; c != "" {
@@ -282,7 +335,9 @@ func TestFaultMatrix(t *testing.T) {
 					if !applies(node) {
 						continue
 					}
-					mxRestart(t, l, fmt.Sprintf("node-%d", node))
+					if r.killsNodes {
+						mxRestart(t, l, fmt.Sprintf("node-%d", node))
+					}
 					o := mxPull(l, node, repos[node], imgs[node])
 					cells[node] = "first pull: " + first[node].String() + "; again: " + o.String()
 					r.check(t, l, node, imgs[node], o)
@@ -395,26 +450,41 @@ func mxWaitFilling(t *testing.T, l *lab.Lab, imgs ...lab.SeedResult) {
 	}
 }
 
-func mxFilling(l *lab.Lab, img lab.SeedResult) bool {
-	for _, m := range l.Masters {
+func mxFilling(l *lab.Lab, img lab.SeedResult) bool { return mxFillingMaster(l, img) > 0 }
+
+// mxFillingMaster is the index (1-based) of a master whose spool holds part of a
+// layer of img, or 0.
+func mxFillingMaster(l *lab.Lab, img lab.SeedResult) int {
+	for i, m := range l.Masters {
 		for _, d := range img.Layers {
 			p := filepath.Join(l.MasterData(m.Name), "_spool", "sha256", strings.TrimPrefix(d, "sha256:")+".partial")
 			if fi, err := os.Stat(p); err == nil && fi.Size() > 0 {
-				return true
+				return i + 1
 			}
 		}
 	}
-	return false
+	return 0
 }
 
-// mxWarm pulls img through node's caches over HTTP (the masters, or the proxies for
-// the NGINX node), without putting it on the node.
-func mxWarm(t *testing.T, l *lab.Lab, node int, repo string, img lab.SeedResult) {
+// mxWarm pulls img through node's caches, without leaving it on the node: over HTTP
+// from a master for ours; for the NGINX node, if nginx is set, by a pull on the node
+// (which fills the one proxy its hop chose) and a removal.
+func mxWarm(t *testing.T, l *lab.Lab, node int, repo string, img lab.SeedResult, nginx bool) {
 	t.Helper()
-	if node == mxNginx {
+	if node != mxNginx {
+		clPullHTTP(t, clHTTP(t, l), l, 1, repo, "v1", img, nil)
 		return
 	}
-	clPullHTTP(t, clHTTP(t, l), l, 1, repo, "v1", img, nil)
+	if !nginx {
+		return
+	}
+	if o := mxPull(l, node, repo, img); o.err != nil {
+		t.Fatalf("warming the NGINX node's proxies: %v", o)
+	}
+	ref := l.PullRefFor(node, repo, "v1")
+	if out, err := l.Crictl(ctxFor(t, plWait), node, "rmi", ref); err != nil {
+		t.Fatalf("crictl rmi %s: %v: %s", ref, err, out)
+	}
 }
 
 // mxCorruptStored flips a byte of every master's stored copy of d, keeping its size
@@ -434,4 +504,39 @@ func mxCorruptStored(t *testing.T, l *lab.Lab, d string) {
 	if n == 0 {
 		t.Fatalf("no master stores %s to corrupt", d)
 	}
+}
+
+// mxTruncateStored cuts every master's stored copy of d to half its size.
+func mxTruncateStored(t *testing.T, l *lab.Lab, d string) {
+	t.Helper()
+	n := 0
+	for i, m := range l.Masters {
+		if _, ok := clStoreBlobs(t, l, m.Name)[d]; !ok {
+			continue
+		}
+		if err := l.TruncateStoredBlob(i+1, d); err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+	if n == 0 {
+		t.Fatalf("no master stores %s to truncate", d)
+	}
+}
+
+// mxLayerGETs describes the upstream's GETs of img's layers, for a failure message.
+func mxLayerGETs(l *lab.Lab, img lab.SeedResult) string {
+	entries, err := l.UpstreamLog()
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for _, e := range lab.BlobGETs(entries) {
+		for _, d := range img.Layers {
+			if e.Digest() == d {
+				out = append(out, fmt.Sprintf("%s %s from %s: %d, %d bytes, Range %q", e.Time.Format("15:04:05.000"), d[:19], e.Remote, e.Status, e.Bytes, e.Range))
+			}
+		}
+	}
+	return strings.Join(out, "; ")
 }

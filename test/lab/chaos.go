@@ -193,3 +193,23 @@ func (l *Lab) CorruptStoredBlob(master int, digest string) error {
 	}
 	return nil
 }
+
+// TruncateStoredBlob cuts master's (1-based) stored copy of digest to half its size,
+// as a crash or a full disk under another writer would leave it.
+func (l *Lab) TruncateStoredBlob(master int, digest string) error {
+	path, err := l.StoredBlobPath(master, digest)
+	if err != nil {
+		return fmt.Errorf("truncate stored blob: %w", err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("truncate stored blob: master-%d does not hold %s: %w", master, digest, err)
+	}
+	if !fi.Mode().IsRegular() || fi.Size() < 2 {
+		return fmt.Errorf("truncate stored blob: %s is not a file of 2 bytes or more", path)
+	}
+	if err := os.Truncate(path, fi.Size()/2); err != nil {
+		return fmt.Errorf("truncate stored blob: %w", err)
+	}
+	return nil
+}
