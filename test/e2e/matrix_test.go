@@ -242,6 +242,58 @@ func TestFaultMatrix(t *testing.T) {
 			}, check: succeeds},
 		{name: "the NRI plugin frozen (SIGSTOP)", expect: "pulls: containerd does not wait on the plugin to pull", only: mxNRI,
 			fault: both("nri-2"), check: succeeds},
+		{name: "master-2's certificate expired (and proxy-2's), restarted with it", expect: "pulls from the other masters", fault: func(t *testing.T, l *lab.Lab, _ string) func() {
+			names := []string{"master-2", "proxy-2"}
+			for _, n := range names {
+				mxReissue(t, l, n, lab.CertExpired)
+			}
+			mxWaitNRILast(t, l, 2)
+			return func() {
+				for _, n := range names {
+					mxReissue(t, l, n, lab.CertRenewed)
+				}
+			}
+		}, check: succeeds},
+		{name: "every master's certificate replaced (a new key, the same CA), one master after another, during the pulls (layers of 2 MiB at 2 MiB/s)", expect: "in-process: the pull goes on; every pull of ours completes, again if the first broke",
+			size: 2 << 20, fault: faults(lab.Faults{ThrottleBPS: 2 << 20}), during: func(t *testing.T, l *lab.Lab, imgs map[int]lab.SeedResult) {
+				mxWaitFilling(t, l, imgs[mxInprocess], imgs[mxNRI])
+				for i := range l.Masters {
+					for _, n := range []string{fmt.Sprintf("master-%d", i+1), fmt.Sprintf("proxy-%d", i+1)} {
+						mxReissue(t, l, n, lab.CertRenewed)
+					}
+				}
+			}, checkFirst: func(t *testing.T, l *lab.Lab, node int, img lab.SeedResult, o mxOutcome) {
+				if node == mxInprocess && o.err != nil {
+					t.Errorf("in-process node, first pull: %v", o)
+				}
+			}, check: succeeds},
+		// After this one the masters' peers and the nodes' balancers take a while to
+		// trust each other again: only the 429 row, which waits for recovery, follows.
+		{name: "the masters' certificates from a CA the nodes do not trust (a wrong CA on the nodes)", expect: "fails; the error names the certificate; nothing reaches the upstream",
+			fault: func(t *testing.T, l *lab.Lab, _ string) func() {
+				var names []string
+				for i := range l.Masters {
+					names = append(names, fmt.Sprintf("master-%d", i+1), fmt.Sprintf("proxy-%d", i+1))
+				}
+				for _, n := range names {
+					mxReissue(t, l, n, lab.CertUntrusted)
+				}
+				return func() {
+					for _, n := range names {
+						mxReissue(t, l, n, lab.CertRenewed)
+					}
+				}
+			}, check: func(t *testing.T, l *lab.Lab, node int, img lab.SeedResult, o mxOutcome) {
+				if node == mxNginx {
+					return
+				}
+				if o.err == nil || !strings.Contains(o.err.Error(), "certificate") {
+					t.Errorf("%s node: %v; want a failure that names the certificate", mxNodeNames[node], o)
+				}
+				if o.upstream != 0 {
+					t.Errorf("%s node: %d upstream GETs for a pull that no master answered", mxNodeNames[node], o.upstream)
+				}
+			}},
 		// Last: registryd honours a 429's Retry-After for the whole upstream (a rate
 		// limit is the upstream's, not one image's), so other images of that upstream
 		// fail fast until it has passed; they must pull once it has.
@@ -538,5 +590,53 @@ func mxLayerGETs(l *lab.Lab, img lab.SeedResult) string {
 			}
 		}
 	}
+	// What the masters said of these layers and of their peers says why a layer
+	// went to the upstream twice: the last few of their warnings.
+	var said []string
+	for _, m := range l.Masters {
+		b, err := os.ReadFile(m.Log)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, `"level":"WARN"`) || strings.Contains(line, `"level":"ERROR"`) || strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") {
+				for _, d := range img.Layers {
+					if strings.Contains(line, d) || strings.Contains(line, "peer") {
+						said = append(said, m.Name+": "+line)
+						break
+					}
+				}
+			}
+		}
+	}
+	out = append(out, said[max(0, len(said)-20):]...)
 	return strings.Join(out, "; ")
+}
+
+// mxReissue gives the named master or proxy a certificate of kind and restarts it.
+func mxReissue(t *testing.T, l *lab.Lab, name string, kind lab.CertKind) {
+	t.Helper()
+	if err := l.ReissueCert(ctxFor(t, plWait), name, kind); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// mxWaitNRILast waits until the NRI node's hosts.toml lists master i last: its
+// plugin has seen it fail.
+func mxWaitNRILast(t *testing.T, l *lab.Lab, i int) {
+	t.Helper()
+	want := `[host."https://` + lab.MasterAddr(l.Slot, i) + `"]`
+	path := l.Nodes[mxNRI-1].HostsToml(l.ImageHost)
+	if why := clPoll(plWait, func() string {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err.Error()
+		}
+		if j := strings.LastIndex(string(b), `[host."`); j < 0 || !strings.HasPrefix(string(b[j:]), want) {
+			return fmt.Sprintf("%s does not list master-%d last:\n%s", path, i, b)
+		}
+		return ""
+	}); why != "" {
+		t.Fatal(why)
+	}
 }

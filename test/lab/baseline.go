@@ -3,7 +3,7 @@ package lab
 import (
 	"bufio"
 	"context"
-	"crypto/x509"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -81,10 +81,10 @@ func (l *Lab) startProxies(ctx context.Context, ca *CA, n int, extraIPs ...net.I
 }
 
 // proxyReady is the readiness check of the named proxy, for Lab.Start.
-func (l *Lab) proxyReady(pool *x509.CertPool, name string) func(context.Context) error {
+func (l *Lab) proxyReady(cfg *tls.Config, name string) func(context.Context) error {
 	for _, p := range l.Proxies() {
 		if p.Name == name {
-			return httpsReady(pool, "https://"+p.Addr+"/v2/")
+			return httpsReadyTLS(cfg, "https://"+p.Addr+"/v2/")
 		}
 	}
 	return func(context.Context) error { return fmt.Errorf("lab has no proxy %q", name) }

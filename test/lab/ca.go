@@ -22,8 +22,9 @@ type CA struct {
 	CertPEM []byte
 }
 
-// NewCA creates a CA and writes its certificate to dir/ca.pem (the key stays in memory:
-// a lab never issues certificates after it is up).
+// NewCA creates a CA and writes its certificate to dir/ca.pem and its key to
+// dir/ca-key.pem (mode 0600), from which LoadCA reads it to issue certificates to a
+// running lab's servers.
 func NewCA(dir string) (*CA, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -50,36 +51,76 @@ func NewCA(dir string) (*CA, error) {
 	if err := writeFile(filepath.Join(dir, "ca.pem"), ca.CertPEM, 0o644); err != nil {
 		return nil, err
 	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("encoding CA key: %w", err)
+	}
+	if err := writeFile(filepath.Join(dir, "ca-key.pem"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+		return nil, err
+	}
 	return ca, nil
+}
+
+// LoadCA reads the CA that NewCA wrote to dir.
+func LoadCA(dir string) (*CA, error) {
+	certPEM, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	if err != nil {
+		return nil, fmt.Errorf("loading the lab CA: %w", err)
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(dir, "ca-key.pem"))
+	if err != nil {
+		return nil, fmt.Errorf("loading the lab CA: %w", err)
+	}
+	cb, _ := pem.Decode(certPEM)
+	kb, _ := pem.Decode(keyPEM)
+	if cb == nil || kb == nil {
+		return nil, fmt.Errorf("loading the lab CA: %s holds no PEM certificate and key", dir)
+	}
+	cert, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("loading the lab CA: %w", err)
+	}
+	key, err := x509.ParseECPrivateKey(kb.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("loading the lab CA: %w", err)
+	}
+	return &CA{cert: cert, key: key, CertPEM: certPEM}, nil
 }
 
 // Issue writes a server certificate for the given IPs to dir/cert.pem and dir/key.pem.
 func (ca *CA) Issue(dir string, ips ...net.IP) error {
+	_, err := ca.IssueValid(dir, time.Now().Add(-time.Hour), time.Now().Add(30*24*time.Hour), ips...)
+	return err
+}
+
+// IssueValid is Issue for a certificate valid from notBefore to notAfter; it returns
+// the certificate (DER).
+func (ca *CA) IssueValid(dir string, notBefore, notAfter time.Time, ips ...net.IP) ([]byte, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return fmt.Errorf("generating server key: %w", err)
+		return nil, fmt.Errorf("generating server key: %w", err)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
 		Subject:      pkix.Name{CommonName: ips[0].String()},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(30 * 24 * time.Hour),
+		NotBefore:    notBefore,
+		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		IPAddresses:  ips,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
-		return fmt.Errorf("issuing certificate for %v: %w", ips, err)
+		return nil, fmt.Errorf("issuing certificate for %v: %w", ips, err)
 	}
 	kb, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
-		return fmt.Errorf("encoding server key: %w", err)
+		return nil, fmt.Errorf("encoding server key: %w", err)
 	}
 	if err := writeFile(filepath.Join(dir, "cert.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		return err
+		return nil, err
 	}
-	return writeFile(filepath.Join(dir, "key.pem"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	return der, writeFile(filepath.Join(dir, "key.pem"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
 }
 
 // Pool returns a cert pool holding the CA.

@@ -715,9 +715,14 @@ func (l *Lab) run(ctx context.Context, p *Proc, ready func(context.Context) erro
 }
 
 func httpsReady(pool *x509.CertPool, url string) func(context.Context) error {
+	return httpsReadyTLS(&tls.Config{RootCAs: pool}, url)
+}
+
+// httpsReadyTLS is httpsReady with the client's TLS settings.
+func httpsReadyTLS(cfg *tls.Config, url string) func(context.Context) error {
 	c := &http.Client{
 		Timeout:   time.Second,
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
+		Transport: &http.Transport{TLSClientConfig: cfg},
 	}
 	return func(ctx context.Context) error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -902,6 +907,14 @@ func (l *Lab) Start(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	return l.startProc(ctx, p, &tls.Config{RootCAs: pool})
+}
+
+// startProc starts p, a stopped process of the lab, again; its readiness check
+// connects with cfg.
+func (l *Lab) startProc(ctx context.Context, p *Proc, cfg *tls.Config) error {
+	name := p.Name
+	pool := cfg.RootCAs
 	var ready func(context.Context) error
 	switch {
 	case name == "upstream":
@@ -918,7 +931,7 @@ func (l *Lab) Start(ctx context.Context, name string) error {
 	case strings.HasPrefix(name, "master-"):
 		for _, m := range l.Masters {
 			if m.Name == name {
-				ready = httpsReady(pool, "https://"+m.Addr+"/readyz")
+				ready = httpsReadyTLS(cfg, "https://"+m.Addr+"/readyz")
 			}
 		}
 	case strings.HasPrefix(name, "node-"):
@@ -928,7 +941,7 @@ func (l *Lab) Start(ctx context.Context, name string) error {
 		i, _ := strconv.Atoi(strings.TrimPrefix(name, nriPrefix))
 		ready = l.nriReady(i)
 	case strings.HasPrefix(name, proxyPrefix):
-		ready = l.proxyReady(pool, name)
+		ready = l.proxyReady(cfg, name)
 	case strings.HasPrefix(name, nginxPrefix):
 		ready = l.nginxReady(pool, name)
 	}
