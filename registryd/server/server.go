@@ -21,6 +21,7 @@ import (
 	"github.com/distribution/distribution/v3/registry/handlers"
 
 	"github.com/hopless/hopless/conf"
+	"github.com/hopless/hopless/internal/certreload"
 	"github.com/hopless/hopless/internal/nodetoken"
 	"github.com/hopless/hopless/registryd/api"
 	"github.com/hopless/hopless/registryd/cache"
@@ -125,11 +126,13 @@ func New(ctx context.Context, cfg *conf.Registryd, opts ...Option) (s *Server, e
 		listening: make(chan struct{}),
 	}
 	if !cfg.Server.Insecure {
-		cert, err := tls.LoadX509KeyPair(cfg.Server.TLSCert, cfg.Server.TLSKey)
+		// A renewed certificate (cert-manager, a Secret's update) is served
+		// without a restart.
+		cr, err := certreload.New(cfg.Server.TLSCert, cfg.Server.TLSKey, s.log)
 		if err != nil {
-			return nil, fmt.Errorf("loading server certificate %s and key %s: %w", cfg.Server.TLSCert, cfg.Server.TLSKey, err)
+			return nil, fmt.Errorf("loading server %w", err)
 		}
-		s.tls = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+		s.tls = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: cr.GetCertificate}
 	}
 
 	st, err := store.New(ctx, cfg.Storage, store.WithLogger(s.log), store.WithMetrics(s.metrics), store.WithClock(o.now),

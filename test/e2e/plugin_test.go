@@ -266,8 +266,11 @@ func TestPluginMasterKilledMidPull(t *testing.T) {
 		done <- err
 	}()
 	// The node's hopless_plugin_bytes_total counts body bytes as containerd reads
-	// them: 1 MiB from one master means it is in the middle of a layer.
+	// them: a master that has sent 1 MiB and is still sending (its count grew
+	// since the previous look) is in the middle of a layer. Without the second
+	// condition a master whose layer had ended was killed now and then, idle.
 	var victim lab.Master
+	prev := map[string]float64{}
 	deadline := time.Now().Add(plWait)
 	for victim.Name == "" {
 		select {
@@ -280,10 +283,12 @@ func TestPluginMasterKilledMidPull(t *testing.T) {
 		}
 		metrics := plNodeMetrics(t, l, 1)
 		for _, m := range l.Masters {
-			if sampleSum(t, metrics, "hopless_plugin_bytes_total", map[string]string{"endpoint": plEndpoint(m)}) >= 1<<20 {
+			n := sampleSum(t, metrics, "hopless_plugin_bytes_total", map[string]string{"endpoint": plEndpoint(m)})
+			if n >= 1<<20 && n > prev[m.Name] && prev[m.Name] > 0 {
 				victim = m
 				break
 			}
+			prev[m.Name] = n
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

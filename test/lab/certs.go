@@ -51,32 +51,14 @@ func (l *Lab) ReissueCert(ctx context.Context, name string, kind CertKind) error
 	if p == nil {
 		return fmt.Errorf("reissue cert: lab has no process %q", name)
 	}
-	dir := filepath.Join(l.Dir, name)
-	old, err := readCert(filepath.Join(dir, "cert.pem"))
-	if err != nil {
-		return fmt.Errorf("reissue cert for %s: %w", name, err)
-	}
-	var ca *CA
-	if kind == CertUntrusted {
-		ca, err = NewCA(filepath.Join(l.Dir, "untrusted-ca", name))
-	} else {
-		ca, err = LoadCA(filepath.Join(l.Dir, "ca"))
-	}
-	if err != nil {
-		return fmt.Errorf("reissue cert for %s: %w", name, err)
-	}
-	notBefore, notAfter := time.Now().Add(-time.Hour), time.Now().Add(30*24*time.Hour)
-	if kind == CertExpired {
-		notBefore, notAfter = time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour)
-	}
 	if p.Alive() {
 		if err := l.Stop(name); err != nil {
 			return fmt.Errorf("reissue cert for %s: %w", name, err)
 		}
 	}
-	der, err := ca.IssueValid(dir, notBefore, notAfter, old.IPAddresses...)
+	der, err := l.writeCert(name, kind)
 	if err != nil {
-		return fmt.Errorf("reissue cert for %s: %w", name, err)
+		return err
 	}
 	// Readiness trusts exactly the certificate just issued: the nodes may not.
 	pinned := &tls.Config{
@@ -92,6 +74,57 @@ func (l *Lab) ReissueCert(ctx context.Context, name string, kind CertKind) error
 		return fmt.Errorf("reissue cert for %s: starting it again: %w", name, err)
 	}
 	return nil
+}
+
+// ReplaceCert writes a renewed certificate and key for the named master over its
+// files while it runs, as cert-manager would, and returns the certificate (DER).
+func (l *Lab) ReplaceCert(name string) ([]byte, error) {
+	if !strings.HasPrefix(name, "master-") {
+		return nil, fmt.Errorf("replace cert: %s is no master", name)
+	}
+	return l.writeCert(name, CertRenewed)
+}
+
+// writeCert issues name a certificate of kind, for the addresses of its current one.
+func (l *Lab) writeCert(name string, kind CertKind) ([]byte, error) {
+	dir := filepath.Join(l.Dir, name)
+	old, err := readCert(filepath.Join(dir, "cert.pem"))
+	if err != nil {
+		return nil, fmt.Errorf("reissue cert for %s: %w", name, err)
+	}
+	var ca *CA
+	if kind == CertUntrusted {
+		ca, err = NewCA(filepath.Join(l.Dir, "untrusted-ca", name))
+	} else {
+		ca, err = LoadCA(filepath.Join(l.Dir, "ca"))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reissue cert for %s: %w", name, err)
+	}
+	notBefore, notAfter := time.Now().Add(-time.Hour), time.Now().Add(30*24*time.Hour)
+	if kind == CertExpired {
+		notBefore, notAfter = time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour)
+	}
+	der, err := ca.IssueValid(dir, notBefore, notAfter, old.IPAddresses...)
+	if err != nil {
+		return nil, fmt.Errorf("reissue cert for %s: %w", name, err)
+	}
+	return der, nil
+}
+
+// ServedCert is the certificate (DER) that addr presents, trusted or not.
+func ServedCert(ctx context.Context, addr string) ([]byte, error) {
+	d := tls.Dialer{Config: &tls.Config{InsecureSkipVerify: true}}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("TLS dial %s: %w", addr, err)
+	}
+	defer c.Close()
+	certs := c.(*tls.Conn).ConnectionState().PeerCertificates
+	if len(certs) == 0 {
+		return nil, fmt.Errorf("TLS dial %s: no certificate", addr)
+	}
+	return certs[0].Raw, nil
 }
 
 func readCert(path string) (*x509.Certificate, error) {

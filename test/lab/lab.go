@@ -111,6 +111,9 @@ type Options struct {
 	// HoplessExtra is raw TOML lines added at the top of the inprocess nodes'
 	// hopless plugin section, e.g. "cri_local_pull = 'warn'".
 	HoplessExtra string
+	// RegistryExtra is raw TOML lines added to the image host's [[registry]] table
+	// of the inprocess nodes, e.g. "hedge = { budget_percent = 0 }".
+	RegistryExtra string
 	// NoCRIWait makes a node count as started once containerd's socket accepts
 	// connections, instead of once CRI answers: for nodes whose CRI is meant to
 	// fail.
@@ -213,6 +216,7 @@ type Lab struct {
 	// names.
 	CRIImagesExtra string `json:"cri_images_extra,omitempty"`
 	HoplessExtra   string `json:"hopless_extra,omitempty"`
+	RegistryExtra  string `json:"registry_extra,omitempty"`
 	NoCRIWait      bool   `json:"no_cri_wait,omitempty"`
 	// NRIPlugin and NRIExtra are the Options of the same names (ModeNRI).
 	NRIPlugin string `json:"nri_plugin,omitempty"`
@@ -317,6 +321,7 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 
 		CRIImagesExtra: o.CRIImagesExtra,
 		HoplessExtra:   o.HoplessExtra,
+		RegistryExtra:  o.RegistryExtra,
 		NoCRIWait:      o.NoCRIWait,
 		NRIPlugin:      o.NRIPlugin,
 		NRIExtra:       o.NRIExtra,
@@ -481,7 +486,7 @@ func (o *Options) checkModes() error {
 			return err
 		}
 	}
-	if o.HoplessExtra != "" && !inprocess {
+	if (o.HoplessExtra != "" || o.RegistryExtra != "") && !inprocess {
 		return fmt.Errorf("lab: hopless extra config needs a node in mode %s, got %s", ModeInprocess, o.modesFlag())
 	}
 	if o.NginxToProxies {

@@ -95,6 +95,10 @@ disabled_plugins = [
   [[plugins.'{{.Section}}'.registry]]
     host = '{{.Hopless.Host}}'
     fallback = {{.Hopless.Fallback}}
+{{- with .RegistryExtra}}
+    # Options.RegistryExtra
+{{indent (indent .)}}
+{{- end}}
     [plugins.'{{.Section}}'.registry.tls]
       ca = '{{.Hopless.CA}}'
 {{- with .Hopless.Credentials}}
@@ -184,7 +188,7 @@ func (l *Lab) modeOf(n Node) string {
 
 func (l *Lab) writeNodeConfig(n Node, i int) error {
 	data := map[string]any{"Name": n.Name, "Dir": n.Dir, "Sock": n.Sock, "Hopless": (*hopless)(nil), "NRI": (*Node)(nil),
-		"Section": HoplessSection, "CRIImagesExtra": l.CRIImagesExtra, "HoplessExtra": l.HoplessExtra,
+		"Section": HoplessSection, "CRIImagesExtra": l.CRIImagesExtra, "HoplessExtra": l.HoplessExtra, "RegistryExtra": l.RegistryExtra,
 		"CRIConfigPath": filepath.Join(n.Dir, "certs.d"), "Sandbox": "", "Disabled": disabledPlugins()}
 	if l.Containers {
 		data["Sandbox"], data["Runc"] = l.SandboxImage(), runcPath(l.ToolsDir)
