@@ -188,14 +188,14 @@ func TestFaultMatrix(t *testing.T) {
 				mxSignal(t, l, "upstream", syscall.SIGKILL)
 				return func() { mxRestart(t, l, "upstream") }
 			}, check: onceEach},
-		{name: "a master's stored blob corrupted, size and times kept", expect: "in-process: pulls the right bytes (the plugin verifies and fetches again)", warm: true, damage: mxCorruptStored,
+		{name: "a master's stored blob corrupted, size and times kept", expect: "in-process: pulls the right bytes (the plugin verifies and fetches again)", warm: true, damage: mxDamage("corrupt", (*lab.Lab).CorruptStoredBlob),
 			fault: func(t *testing.T, l *lab.Lab, _ string) func() { return func() {} },
 			check: func(t *testing.T, l *lab.Lab, node int, img lab.SeedResult, o mxOutcome) {
 				if node == mxInprocess && o.err != nil {
 					t.Errorf("in-process node: %v", o)
 				}
 			}},
-		{name: "a master's stored blob truncated to half", expect: "pulls the right bytes: the master finds the size wrong and fetches the blob again", warm: true, damage: mxTruncateStored,
+		{name: "a master's stored blob truncated to half", expect: "pulls the right bytes: the master finds the size wrong and fetches the blob again", warm: true, damage: mxDamage("truncate", (*lab.Lab).TruncateStoredBlob),
 			fault: func(t *testing.T, l *lab.Lab, _ string) func() { return func() {} }, check: succeeds},
 		{name: "every master's disk full (its storage tmpfs filled; the proxies' disks are not)", expect: "pulls: the misses are streamed through, verified, not stored",
 			fault: func(t *testing.T, l *lab.Lab, _ string) func() {
@@ -486,20 +486,7 @@ func mxRestart(t *testing.T, l *lab.Lab, name string) {
 // plugin has seen the others fail (a fault in place before the pull).
 func mxWaitNRIFirst(t *testing.T, l *lab.Lab, i int) {
 	t.Helper()
-	want := `[host."https://` + lab.MasterAddr(l.Slot, i) + `"]`
-	path := l.Nodes[mxNRI-1].HostsToml(l.ImageHost)
-	if why := clPoll(plWait, func() string {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err.Error()
-		}
-		if j := strings.Index(string(b), `[host."`); j < 0 || !strings.HasPrefix(string(b[j:]), want) {
-			return fmt.Sprintf("%s does not list master-%d first:\n%s", path, i, b)
-		}
-		return ""
-	}); why != "" {
-		t.Fatal(why)
-	}
+	mxWaitNRIOrder(t, l, i, "first", strings.Index)
 }
 
 // mxWaitFilling waits until a master is filling a layer of each of imgs (its
@@ -555,43 +542,6 @@ func mxWarm(t *testing.T, l *lab.Lab, node int, repo string, img lab.SeedResult,
 	}
 }
 
-// mxCorruptStored flips a byte of every master's stored copy of d, keeping its size
-// and times.
-func mxCorruptStored(t *testing.T, l *lab.Lab, d string) {
-	t.Helper()
-	n := 0
-	for i, m := range l.Masters {
-		if _, ok := clStoreBlobs(t, l, m.Name)[d]; !ok {
-			continue
-		}
-		if err := l.CorruptStoredBlob(i+1, d); err != nil {
-			t.Fatal(err)
-		}
-		n++
-	}
-	if n == 0 {
-		t.Fatalf("no master stores %s to corrupt", d)
-	}
-}
-
-// mxTruncateStored cuts every master's stored copy of d to half its size.
-func mxTruncateStored(t *testing.T, l *lab.Lab, d string) {
-	t.Helper()
-	n := 0
-	for i, m := range l.Masters {
-		if _, ok := clStoreBlobs(t, l, m.Name)[d]; !ok {
-			continue
-		}
-		if err := l.TruncateStoredBlob(i+1, d); err != nil {
-			t.Fatal(err)
-		}
-		n++
-	}
-	if n == 0 {
-		t.Fatalf("no master stores %s to truncate", d)
-	}
-}
-
 // mxLayerGETs describes the upstream's GETs of img's layers, for a failure message.
 func mxLayerGETs(l *lab.Lab, img lab.SeedResult) string {
 	entries, err := l.UpstreamLog()
@@ -641,6 +591,13 @@ func mxReissue(t *testing.T, l *lab.Lab, name string, kind lab.CertKind) {
 // plugin has seen it fail.
 func mxWaitNRILast(t *testing.T, l *lab.Lab, i int) {
 	t.Helper()
+	mxWaitNRIOrder(t, l, i, "last", strings.LastIndex)
+}
+
+// mxWaitNRIOrder waits until the host that find picks in the NRI node's hosts.toml
+// (the first or the last) is master i's.
+func mxWaitNRIOrder(t *testing.T, l *lab.Lab, i int, where string, find func(s, sub string) int) {
+	t.Helper()
 	want := `[host."https://` + lab.MasterAddr(l.Slot, i) + `"]`
 	path := l.Nodes[mxNRI-1].HostsToml(l.ImageHost)
 	if why := clPoll(plWait, func() string {
@@ -648,11 +605,31 @@ func mxWaitNRILast(t *testing.T, l *lab.Lab, i int) {
 		if err != nil {
 			return err.Error()
 		}
-		if j := strings.LastIndex(string(b), `[host."`); j < 0 || !strings.HasPrefix(string(b[j:]), want) {
-			return fmt.Sprintf("%s does not list master-%d last:\n%s", path, i, b)
+		if j := find(string(b), `[host."`); j < 0 || !strings.HasPrefix(string(b[j:]), want) {
+			return fmt.Sprintf("%s does not list master-%d %s:\n%s", path, i, where, b)
 		}
 		return ""
 	}); why != "" {
 		t.Fatal(why)
+	}
+}
+
+// mxDamage returns a row's damage: do, on every master that stores d.
+func mxDamage(what string, do func(l *lab.Lab, master int, d string) error) func(t *testing.T, l *lab.Lab, d string) {
+	return func(t *testing.T, l *lab.Lab, d string) {
+		t.Helper()
+		n := 0
+		for i, m := range l.Masters {
+			if _, ok := clStoreBlobs(t, l, m.Name)[d]; !ok {
+				continue
+			}
+			if err := do(l, i+1, d); err != nil {
+				t.Fatal(err)
+			}
+			n++
+		}
+		if n == 0 {
+			t.Fatalf("no master stores %s to %s", d, what)
+		}
 	}
 }
