@@ -632,6 +632,11 @@ func (s *Store) sharedVerified(ctx context.Context, key verifyKey) bool {
 // up to adoptWait for the owner's copy and, once it is there with the same size,
 // records it and removes the spool file instead of uploading a second copy. It
 // reports whether it did; when it did not, the caller commits as usual.
+//
+// The owner records its hash of the copy just after the copy appears; AdoptBlob
+// waits for that record too (within adoptWait), so that this master's first read
+// of the copy trusts it instead of hashing it again. A copy without a record (its
+// owner died in between) is adopted all the same and hashed on its first read.
 func (s *Store) AdoptBlob(ctx context.Context, d digest.Digest, spoolPath string, size int64) (bool, error) {
 	if s.shared == nil {
 		return false, nil
@@ -642,22 +647,31 @@ func (s *Store) AdoptBlob(ctx context.Context, d digest.Digest, spoolPath string
 	ctx, cancel := context.WithTimeout(ctx, s.shared.adoptWait)
 	defer cancel()
 	wait := s.shared.adoptPoll
+	stored := false
 	for {
-		have, err := s.storedSize(ctx, d)
-		if err == nil && have == size {
-			break
+		fi, err := s.drv.Stat(ctx, blobPath(d))
+		if err != nil && !isNotFound(err) && ctx.Err() == nil {
+			return false, fmt.Errorf("adopt blob %s: stat the owner's copy: %w", d, err)
 		}
-		if err != nil && !errdefs.IsNotFound(err) {
-			return false, fmt.Errorf("adopt blob %s: %w", d, err)
+		if err == nil && !fi.IsDir() && fi.Size() == size {
+			stored = true
+			if s.sharedVerified(ctx, verifyKey{d: d, id: driverFileID(fi)}) {
+				break
+			}
 		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return false, nil
 		case <-t.C:
 		}
+		if ctx.Err() != nil {
+			break
+		}
 		wait = min(2*wait, 2*time.Second)
+	}
+	if !stored {
+		return false, nil
 	}
 	mu := s.stripe(string(d))
 	mu.Lock()

@@ -324,6 +324,26 @@ func TestSharedAdoptBlob(t *testing.T) {
 	if !lists(m2, d) {
 		t.Error("m2 does not list the adopted blob")
 	}
+	if got := counter(t, m2.m.SharedVerified); got != 1 {
+		t.Errorf("m2 trusted m1's recorded hash %g times while adopting, want 1", got)
+	}
+
+	// A copy whose owner has not recorded its hash (died before it could) is adopted
+	// once the wait ends, and hashed on its first read.
+	third := randomBytes(9, 4096)
+	td := commit(t, m1, third)
+	if err := c.drv.Delete(t.Context(), verifiedPath(td)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(m2.SpoolPath(td), third, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := m2.AdoptBlob(t.Context(), td, m2.SpoolPath(td), int64(len(third))); !ok || err != nil {
+		t.Errorf("AdoptBlob of a copy without a hash record = %v, %v; want true, nil", ok, err)
+	}
+	if got := counter(t, m2.m.SharedVerified); got != 1 {
+		t.Errorf("m2 trusted %g recorded hashes, want still 1", got)
+	}
 
 	// Nothing to adopt: the caller commits its own.
 	other := randomBytes(8, 4096)

@@ -89,7 +89,7 @@ func upstreamManifestReads(t *testing.T, l *lab.Lab, since int, repo, ref string
 func describeEntries(es []lab.AccessEntry) string {
 	var b strings.Builder
 	for _, e := range es {
-		fmt.Fprintf(&b, "\n  %s %s range=%q status=%d bytes=%d aborted=%v", e.Method, e.Path, e.Range, e.Status, e.Bytes, e.Aborted)
+		fmt.Fprintf(&b, "\n  %s %s %s from %s range=%q status=%d bytes=%d aborted=%v", e.Time.Format("15:04:05.000"), e.Method, e.Path, e.Remote, e.Range, e.Status, e.Bytes, e.Aborted)
 	}
 	if b.Len() == 0 {
 		return " (none)"
