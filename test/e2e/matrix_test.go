@@ -96,7 +96,7 @@ func TestFaultMatrix(t *testing.T) {
 	l := upLab(t, slotMatrix, 3, 3, func(o *lab.Options) {
 		o.NodeModes = []string{lab.ModeInprocess, lab.ModeNRI, lab.ModeNginx}
 		o.Proxies, o.NginxToProxies = 3, true
-		// A disk of its own per master, which a row fills.
+		// A disk of its own per master and per proxy, which a row fills.
 		o.Registryd.StorageTmpfs = "128m"
 	})
 	succeeds := func(t *testing.T, _ *lab.Lab, node int, _ lab.SeedResult, o mxOutcome) {
@@ -197,12 +197,13 @@ func TestFaultMatrix(t *testing.T) {
 			}},
 		{name: "a master's stored blob truncated to half", expect: "pulls the right bytes: the master finds the size wrong and fetches the blob again", warm: true, damage: mxDamage("truncate", (*lab.Lab).TruncateStoredBlob),
 			fault: func(t *testing.T, l *lab.Lab, _ string) func() { return func() {} }, check: succeeds},
-		{name: "every master's disk full (its storage tmpfs filled; the proxies' disks are not)", expect: "pulls: the misses are streamed through, verified, not stored",
+		{name: "every master's and every proxy's disk full (their storage tmpfs filled)", expect: "pulls: the misses are streamed through, verified, not stored",
 			fault: func(t *testing.T, l *lab.Lab, _ string) func() {
 				var undo []func()
 				for i := range l.Masters {
-					root := l.StorageRoot(i + 1)
-					undo = append(undo, takeDisk(t, root, "mx-filler", freeSpace(t, root)-64<<10))
+					for _, root := range []string{l.StorageRoot(i + 1), l.ProxyStorageRoot(i + 1)} {
+						undo = append(undo, takeDisk(t, root, "mx-filler", freeSpace(t, root)-64<<10))
+					}
 				}
 				return func() {
 					for _, u := range undo {

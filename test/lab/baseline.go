@@ -71,6 +71,9 @@ func (l *Lab) startProxies(ctx context.Context, ca *CA, n int, extraIPs ...net.I
 		if l.Storage == StorageS3 {
 			args = append(args, l.proxyS3Args(name)...)
 		} else {
+			if err := l.mountStorage(d); err != nil {
+				return err
+			}
 			args = append(args, "--storage", filepath.Join(d, "data"))
 		}
 		if err := l.launch(ctx, name, args, filepath.Join(d, "log"), httpsReady(ca.Pool(), "https://"+addr+"/v2/")); err != nil {

@@ -102,7 +102,7 @@ func (l *Lab) HopToProxies(ctx context.Context) error {
 		if err := l.launch(ctx, name, hop.Args, hop.Log, httpsReady(pool, "https://"+addr+"/v2/")); err != nil {
 			return err
 		}
-		data := l.nginxHostsData(i + 1)
+		data := l.nginxHostsData(n, i+1)
 		data["Why"] = l.ImageHost + " is served by the stock distribution proxies through this node's NGINX stream hop"
 		data["CA"] = l.BenchCABundle()
 		hosts, err := render(hostsToml, data)

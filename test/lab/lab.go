@@ -134,6 +134,9 @@ type Options struct {
 	// (default) or StorageS3, one bucket for all of them on a SeaweedFS server
 	// (s3.go).
 	Storage string
+	// NodeCAs gives nodes, by name, a CA file to trust in place of the lab's CA:
+	// a wrong CA on one node.
+	NodeCAs map[string]string
 }
 
 // RegistrydOptions tune the masters' registryd.toml.
@@ -156,8 +159,8 @@ type RegistrydOptions struct {
 	PeerHealthInterval string `json:"peer_health_interval,omitempty"`
 	// NoPeers leaves the peers section out: each master fills on its own.
 	NoPeers bool `json:"no_peers,omitempty"`
-	// StorageTmpfs, e.g. "24m", puts each master's storage root on a tmpfs of that
-	// size (tmpfs.go); it needs root.
+	// StorageTmpfs, e.g. "24m", puts each master's storage root, and each stock
+	// proxy's storage directory, on a tmpfs of that size (tmpfs.go); it needs root.
 	StorageTmpfs string `json:"storage_tmpfs,omitempty"`
 	// PinTTL is api.pin_ttl, e.g. "10s".
 	PinTTL string `json:"pin_ttl,omitempty"`
@@ -188,6 +191,17 @@ type Node struct {
 	// NRIPlugin is how the node runs hopless-nri (NRIExternal, NRIPreinstalled),
 	// empty for none.
 	NRIPlugin string `json:"nri_plugin,omitempty"`
+	// CA is the CA file the node trusts for the masters and the upstream; empty
+	// is the lab's CA.
+	CA string `json:"ca,omitempty"`
+}
+
+// caOf is the CA file node n trusts.
+func (l *Lab) caOf(n Node) string {
+	if n.CA != "" {
+		return n.CA
+	}
+	return l.CA
 }
 
 // Lab is a running (or recorded) lab.
@@ -226,6 +240,8 @@ type Lab struct {
 	Containers    bool   `json:"containers,omitempty"`
 	// Storage is the Option of the same name.
 	Storage string `json:"storage,omitempty"`
+	// NodeCAs is the Option of the same name.
+	NodeCAs map[string]string `json:"node_cas,omitempty"`
 	// NginxToProxies says that the nginx nodes' hops go to the stock proxies
 	// (Options.NginxToProxies, or HopToProxies since).
 	NginxToProxies bool `json:"nginx_to_proxies,omitempty"`
@@ -329,6 +345,7 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 		Containers:     o.Containers,
 		Storage:        o.Storage,
 		NginxToProxies: o.NginxToProxies,
+		NodeCAs:        o.NodeCAs,
 	}
 	if l.NRIPlugin == "" && slices.Contains(o.modes(), ModeNRI) {
 		l.NRIPlugin = NRIExternal
@@ -639,7 +656,7 @@ func (l *Lab) startNode(ctx context.Context, i int, mode, nriPlugin string) erro
 	if err != nil {
 		return err
 	}
-	n := Node{Name: name, Dir: d, Sock: sock, Crictl: filepath.Join(d, "crictl.yaml"), Mode: mode, NRIPlugin: nriPlugin}
+	n := Node{Name: name, Dir: d, Sock: sock, Crictl: filepath.Join(d, "crictl.yaml"), Mode: mode, NRIPlugin: nriPlugin, CA: l.NodeCAs[name]}
 	if mode == ModeNginx {
 		if err := l.startNginx(ctx, i); err != nil {
 			return err

@@ -164,10 +164,10 @@ func (l *Lab) nginxReady(pool *x509.CertPool, name string) func(context.Context)
 
 // nginxHostsData is node i's hosts.toml data in nginx mode: one mirror, the
 // node's hop, as in real clusters (there it is https://127.0.0.1:5001).
-func (l *Lab) nginxHostsData(i int) map[string]any {
+func (l *Lab) nginxHostsData(n Node, i int) map[string]any {
 	why := l.ImageHost + " is served by the masters through this node's NGINX stream hop"
 	if l.NginxToProxies {
 		why = l.ImageHost + " is served by the stock distribution proxies through this node's NGINX stream hop"
 	}
-	return map[string]any{"Why": why, "Server": l.ImageHost, "CA": l.CA, "Masters": []string{NginxAddr(l.Slot, i)}}
+	return map[string]any{"Why": why, "Server": l.ImageHost, "CA": l.caOf(n), "Masters": []string{NginxAddr(l.Slot, i)}}
 }

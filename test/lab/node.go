@@ -200,13 +200,14 @@ func (l *Lab) writeNodeConfig(n Node, i int) error {
 	for _, m := range l.Masters {
 		masters = append(masters, m.Addr)
 	}
+	ca := l.caOf(n)
 	// The image host's hosts.toml is the node's original path: the masters in stock
 	// mode; in inprocess mode, where the plugin reaches the masters, the upstream, which
 	// a fallback pull then uses.
-	hostsData := map[string]any{"Why": l.ImageHost + " is served by the masters", "Server": l.ImageHost, "CA": l.CA, "Masters": masters}
+	hostsData := map[string]any{"Why": l.ImageHost + " is served by the masters", "Server": l.ImageHost, "CA": ca, "Masters": masters}
 	mode := l.modeOf(n)
 	if mode == ModeInprocess {
-		h := &hopless{Host: l.ImageHost, CA: l.CA, Fallback: l.Fallback, Credentials: l.NodeCredentials}
+		h := &hopless{Host: l.ImageHost, CA: ca, Fallback: l.Fallback, Credentials: l.NodeCredentials}
 		for j, m := range l.Masters {
 			w := 1
 			if len(l.Weights) > j {
@@ -219,10 +220,10 @@ func (l *Lab) writeNodeConfig(n Node, i int) error {
 		}
 		data["Hopless"] = h
 		data["Metrics"] = NodeMetricsAddr(l.Slot, i)
-		hostsData = map[string]any{"Why": "the hopless plugin serves " + l.ImageHost + "; a fallback pull goes to the upstream", "Server": l.Upstream, "CA": l.CA, "Masters": nil}
+		hostsData = map[string]any{"Why": "the hopless plugin serves " + l.ImageHost + "; a fallback pull goes to the upstream", "Server": l.Upstream, "CA": ca, "Masters": nil}
 	}
 	if mode == ModeNginx {
-		hostsData = l.nginxHostsData(i)
+		hostsData = l.nginxHostsData(n, i)
 	}
 	if mode == ModeInprocess && n.NRIPlugin != "" {
 		data["NRI"] = &n
@@ -233,7 +234,7 @@ func (l *Lab) writeNodeConfig(n Node, i int) error {
 	if mode == ModeNRI {
 		// What the node had before hopless: the image host alone, where nothing
 		// listens. hopless-nri backs it up before its first write.
-		hostsData = map[string]any{"Why": "the node's own hosts.toml, before hopless-nri", "Server": l.ImageHost, "CA": l.CA, "Masters": nil}
+		hostsData = map[string]any{"Why": "the node's own hosts.toml, before hopless-nri", "Server": l.ImageHost, "CA": ca, "Masters": nil}
 		data["NRI"] = &n
 		if err := l.writeNRIConfig(n, i); err != nil {
 			return err
@@ -263,7 +264,7 @@ func (l *Lab) writeNodeConfig(n Node, i int) error {
 		direct[p.Addr] = "pulls through " + p.Name + ", distribution's own proxy (a baseline)"
 	}
 	for host, why := range direct {
-		up, err := render(upstreamHostsToml, map[string]any{"Host": host, "CA": l.CA, "Why": why})
+		up, err := render(upstreamHostsToml, map[string]any{"Host": host, "CA": ca, "Why": why})
 		if err != nil {
 			return err
 		}

@@ -65,7 +65,7 @@ func (n Node) HostsToml(host string) string {
 // plugin directory whose name is not NN-name.
 func (l *Lab) writeNRIConfig(n Node, i int) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "# hopless lab: the masters of %s for %s\n[[registry]]\nhost = %q\n[registry.tls]\nca = %q\n", l.ImageHost, n.Name, l.ImageHost, l.CA)
+	fmt.Fprintf(&b, "# hopless lab: the masters of %s for %s\n[[registry]]\nhost = %q\n[registry.tls]\nca = %q\n", l.ImageHost, n.Name, l.ImageHost, l.caOf(n))
 	for j, m := range l.Masters {
 		w := 1
 		if len(l.Weights) > j {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 )
@@ -13,11 +14,17 @@ import (
 // A master's storage root on a tmpfs of its own (RegistrydOptions.StorageTmpfs): a
 // small disk that really fills up, for tests of a full disk. It is mounted before the
 // master first starts, stays mounted while the master is stopped and started again,
-// and is unmounted by Down. Mounting needs root.
+// and is unmounted by Down. Mounting needs root. The stock proxies' storage (on the
+// filesystem) gets one of the same size, so that a full disk can be compared.
 
 // StorageRoot is master i's (1-based) storage.root.
 func (l *Lab) StorageRoot(i int) string {
 	return filepath.Join(l.Dir, fmt.Sprintf("master-%d", i), "data")
+}
+
+// ProxyStorageRoot is stock proxy i's (1-based) storage directory.
+func (l *Lab) ProxyStorageRoot(i int) string {
+	return filepath.Join(l.Dir, proxyPrefix+strconv.Itoa(i), "data")
 }
 
 // mountStorage mounts the storage tmpfs on the storage root in masterDir, if the
@@ -50,9 +57,15 @@ func (l *Lab) unmountStorage() error {
 	if l.Registryd.StorageTmpfs == "" {
 		return nil
 	}
-	var errs []error
+	roots, err := filepath.Glob(filepath.Join(l.Dir, proxyPrefix+"*", "data"))
+	if err != nil {
+		return fmt.Errorf("lab: listing the proxies' storage: %w", err)
+	}
 	for i := range l.Masters {
-		root := l.StorageRoot(i + 1)
+		roots = append(roots, l.StorageRoot(i+1))
+	}
+	var errs []error
+	for _, root := range roots {
 		mounted, err := isMountPoint(root)
 		if err != nil || !mounted {
 			continue
