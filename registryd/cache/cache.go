@@ -57,7 +57,9 @@ type Cache struct {
 
 	tagCalls      flight[tagResult]
 	manifestCalls flight[manifestResult]
-	scope         scope // see scope.go
+	tagListCalls  flight[[]string]
+	tagLists      tagLists // see taglist.go
+	scope         scope    // see scope.go
 }
 
 // Config carries the parts a Cache is built from.
@@ -107,6 +109,7 @@ func New(ctx context.Context, c Config) *Cache {
 func (c *Cache) Close() {
 	c.tagCalls.close()
 	c.manifestCalls.close()
+	c.tagListCalls.close()
 	c.scope.confirms.close()
 }
 

@@ -21,7 +21,7 @@ type Metrics struct {
 	// CacheHits and CacheMisses count lookups by kind (blob, manifest, tag).
 	CacheHits   *prometheus.CounterVec
 	CacheMisses *prometheus.CounterVec
-	// StaleServed counts tags served from the last known answer rather than a
+	// StaleServed counts tags and tag lists served from the last known answer rather than a
 	// fresh one, by kind: timeout (the revalidation had no answer within
 	// cache.stale_after), error (the upstream failed), negative (the upstream's
 	// failure is remembered, it was not asked) and peer (the answer is another
@@ -127,14 +127,14 @@ func New() *Metrics {
 		}, []string{"kind"}),
 	}
 	m.CacheHits = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "hopless_registryd_cache_hits_total", Help: "Lookups served from the cache, by kind (blob, manifest, tag).",
+		Name: "hopless_registryd_cache_hits_total", Help: "Lookups served from the cache, by kind (blob, manifest, tag, tag-list).",
 	}, []string{"kind"})
 	m.CacheMisses = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "hopless_registryd_cache_misses_total", Help: "Lookups not in the cache, by kind (blob, manifest, tag).",
+		Name: "hopless_registryd_cache_misses_total", Help: "Lookups not in the cache, by kind (blob, manifest, tag, tag-list).",
 	}, []string{"kind"})
 	m.StaleServed = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "hopless_registryd_stale_served_total",
-		Help: "Tags served from the last known answer, by kind (timeout, error, negative, peer).",
+		Help: "Tags and tag lists served from the last known answer, by kind (timeout, error, negative, peer).",
 	}, []string{"kind"})
 	for _, kind := range []string{"timeout", "error", "negative", "peer"} {
 		m.StaleServed.WithLabelValues(kind)

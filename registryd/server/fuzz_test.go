@@ -43,10 +43,10 @@ func FuzzV2(f *testing.F) {
 	env.Config.Cache.TagTTL.Duration = time.Hour
 	s, _ := newServer(f, env.Config)
 	methods := []string{http.MethodGet, http.MethodHead, http.MethodPut, http.MethodPost, http.MethodDelete, http.MethodPatch, http.MethodOptions}
-	// Every path registryd may send to the upstream: the base, or a manifest or blob
-	// of a valid repository under the alias's upstream path.
+	// Every path registryd may send to the upstream: the base, or a manifest, blob or
+	// tag list of a valid repository under the alias's upstream path.
 	upstreamPath := regexp.MustCompile(`^/v2/(?:` + regexp.QuoteMeta(registrytest.UpstreamPath) +
-		`/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*/(?:manifests|blobs)/[A-Za-z0-9_.:+=-]+)?$`)
+		`/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*/(?:(?:manifests|blobs)/[A-Za-z0-9_.:+=-]+|tags/list))?$`)
 
 	const repo = "/v2/system/deckhouse/install"
 	hex64 := strings.Repeat("a", 64)

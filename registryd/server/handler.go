@@ -91,14 +91,13 @@ func (s *Server) serveV2(w http.ResponseWriter, r *http.Request, registry http.H
 		writeRegistryError(w, status, code, msg)
 		return
 	}
-	if kind == kindTags {
-		// Checked after the name and ns, so that those errors come first.
-		writeRegistryError(w, http.StatusNotFound, "UNSUPPORTED", "registryd does not list tags")
-		return
-	}
 	ctx, w := cache.UpstreamFailures(r.Context(), w)
 	if req != nil {
 		ctx = cache.WithRequest(ctx, *req)
+	}
+	if kind == kindTags {
+		s.serveTags(ctx, w, r, *req)
+		return
 	}
 	registry.ServeHTTP(w, r.WithContext(ctx))
 }

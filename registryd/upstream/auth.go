@@ -18,6 +18,7 @@ const (
 	kindBlob     = "blob"
 	kindManifest = "manifest"
 	kindTag      = "tag"
+	kindTagList  = "tag-list"
 	kindPing     = "ping"
 	kindToken    = "token"
 )

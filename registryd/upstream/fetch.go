@@ -46,6 +46,7 @@ const manifestAccept = string(types.OCIImageIndex) + ", " + string(types.OCIMani
 type call struct {
 	method, kind, repo string
 	path               string // below /v2/<repo>/, e.g. "blobs/sha256:..."
+	query              url.Values
 	header             http.Header
 	what               string // what is being done, for errors
 }
@@ -61,7 +62,7 @@ func (c *Client) do(ctx context.Context, r call) (*http.Response, error) {
 	if err != nil {
 		return nil, c.waitError(ctx, r.what, err)
 	}
-	u := url.URL{Scheme: c.scheme, Host: c.host, Path: "/v2/" + r.repo + "/" + r.path}
+	u := url.URL{Scheme: c.scheme, Host: c.host, Path: "/v2/" + r.repo + "/" + r.path, RawQuery: r.query.Encode()}
 	resp, err := c.send(ctx, sc, r, &u)
 	if err != nil {
 		return nil, err

@@ -85,6 +85,8 @@ type Client struct {
 	log      *slog.Logger
 	metrics  *metrics.Metrics
 	stall    time.Duration
+	// tagPage is the page size asked for when listing tags; tests make it small.
+	tagPage int
 	// authTimeout bounds one detached ping or token exchange.
 	authTimeout time.Duration
 	http        *http.Transport
@@ -245,6 +247,7 @@ func New(u conf.Upstream, opts ...Option) (*Client, error) {
 		http:        ht,
 		now:         o.now,
 		scopes:      make(map[string]*flight[*scope]),
+		tagPage:     defaultTagPage,
 
 		maxRetryAfter: u.MaxRetryAfter.Duration,
 	}
