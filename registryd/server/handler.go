@@ -23,15 +23,16 @@ import (
 
 // Request kinds, the values of the kind label and log field.
 const (
-	kindManifest = "manifest"
-	kindBlob     = "blob"
-	kindTags     = "tags"
-	kindUpload   = "upload"
-	kindBase     = "base"
-	kindHealth   = "health"
-	kindPeer     = "peer"
-	kindAPI      = "api"
-	kindOther    = "other"
+	kindManifest  = "manifest"
+	kindBlob      = "blob"
+	kindTags      = "tags"
+	kindReferrers = "referrers"
+	kindUpload    = "upload"
+	kindBase      = "base"
+	kindHealth    = "health"
+	kindPeer      = "peer"
+	kindAPI       = "api"
+	kindOther     = "other"
 )
 
 // routes is the client-facing handler: health endpoints, registryd's own API, the
@@ -83,7 +84,7 @@ func (s *Server) serveV2(w http.ResponseWriter, r *http.Request, registry http.H
 		writeRegistryError(w, http.StatusBadRequest, "NAME_INVALID", fmt.Sprintf("invalid path %q: empty or dot segments", r.URL.Path))
 		return
 	case r.URL.Path == "/v2/_catalog":
-		writeRegistryError(w, http.StatusNotFound, "UNSUPPORTED", "registryd does not list repositories")
+		writeRegistryError(w, http.StatusNotFound, "UNSUPPORTED", "registryd does not list repositories: a master knows only what it has cached; ask the upstream for its catalog")
 		return
 	}
 	req, status, code, msg := s.route(r, name, kind, ref)
@@ -95,8 +96,12 @@ func (s *Server) serveV2(w http.ResponseWriter, r *http.Request, registry http.H
 	if req != nil {
 		ctx = cache.WithRequest(ctx, *req)
 	}
-	if kind == kindTags {
+	switch kind {
+	case kindTags:
 		s.serveTags(ctx, w, r, *req)
+		return
+	case kindReferrers:
+		s.serveReferrers(ctx, w, r, *req, digest.Digest(ref))
 		return
 	}
 	registry.ServeHTTP(w, r.WithContext(ctx))
@@ -113,7 +118,7 @@ func (s *Server) route(r *http.Request, name, kind, ref string) (*cache.Request,
 		return nil, http.StatusBadRequest, "NAME_INVALID", fmt.Sprintf("invalid repository name %q", name)
 	}
 	switch kind {
-	case kindBlob:
+	case kindBlob, kindReferrers:
 		if _, err := digest.Parse(ref); err != nil {
 			return nil, http.StatusBadRequest, "DIGEST_INVALID", fmt.Sprintf("invalid digest %q: %v", ref, err)
 		}
@@ -172,6 +177,8 @@ func splitV2(p string) (name, kind, ref string) {
 		return strings.Join(parts[:n-2], "/"), kindBlob, parts[n-1]
 	case parts[n-2] == "tags" && parts[n-1] == "list":
 		return strings.Join(parts[:n-2], "/"), kindTags, ""
+	case parts[n-2] == "referrers":
+		return strings.Join(parts[:n-2], "/"), kindReferrers, parts[n-1]
 	case parts[n-2] == "blobs" && parts[n-1] == "uploads":
 		return strings.Join(parts[:n-2], "/"), kindUpload, ""
 	case n >= 4 && parts[n-3] == "blobs" && parts[n-2] == "uploads":
