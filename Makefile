@@ -3,6 +3,9 @@ SHELL := /bin/bash
 GO ?= go
 CRICTL_VERSION := v1.37.0
 STATICCHECK_VERSION := v0.8.2
+# The OCI distribution-spec conformance test, run against a lab master and the lab's
+# upstream (test/e2e/conformance_test.go); a main module of its own.
+CONFORMANCE_VERSION := v0.0.0-20260831232431-97274622c111
 # SeaweedFS (weed version 4.53), the lab's S3 server (Options.Storage "s3").
 SEAWEEDFS_MODULE := github.com/seaweedfs/seaweedfs
 SEAWEEDFS_VERSION := v0.0.0-20261109003541-7506e5f91cd6
@@ -30,8 +33,15 @@ NGINX_STAMP := .tools/nginx.stamp
 # Pinned tools, built from the module proxy once and reused: crictl at
 # CRICTL_VERSION, a stock containerd from the version that go.mod pins, and
 # Debian's nginx with its stream module (the NGINX stream hop baseline), and
-# SeaweedFS's weed at SEAWEEDFS_VERSION (the lab's S3 server).
-tools: $(TOOLS)/crictl $(TOOLS)/containerd-stock $(TOOLS)/containerd-shim-runc-v2 $(NGINX_STAMP) $(RUNC_STAMP) $(TOOLS)/weed
+# SeaweedFS's weed at SEAWEEDFS_VERSION (the lab's S3 server), and the OCI
+# conformance test at CONFORMANCE_VERSION.
+tools: $(TOOLS)/crictl $(TOOLS)/containerd-stock $(TOOLS)/containerd-shim-runc-v2 $(NGINX_STAMP) $(RUNC_STAMP) $(TOOLS)/weed $(TOOLS)/conformance
+
+$(TOOLS)/conformance: .tools/conformance-$(CONFORMANCE_VERSION).stamp
+.tools/conformance-$(CONFORMANCE_VERSION).stamp:
+	mkdir -p $(TOOLS)
+	GOBIN=$(TOOLS) CGO_ENABLED=0 $(GO) install github.com/opencontainers/distribution-spec/conformance@$(CONFORMANCE_VERSION)
+	touch $@
 
 $(TOOLS)/crictl: .tools/crictl-$(CRICTL_VERSION).stamp
 .tools/crictl-$(CRICTL_VERSION).stamp:

@@ -3,11 +3,15 @@ package server
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"time"
 
 	"github.com/distribution/distribution/v3/configuration"
+	"github.com/distribution/distribution/v3/registry/api/errcode"
+	"github.com/distribution/distribution/v3/registry/auth"
 	"github.com/distribution/distribution/v3/registry/handlers"
 	"github.com/sirupsen/logrus"
 
@@ -77,6 +81,43 @@ func distributionLogLevel(level string) logrus.Level {
 	default:
 		return logrus.WarnLevel
 	}
+}
+
+// accessController builds the access controller that dc's client auth names, for the
+// routes registryd serves beside distribution; nil without client auth.
+func accessController(dc *configuration.Configuration) (auth.AccessController, error) {
+	typ := dc.Auth.Type()
+	if typ == "" {
+		return nil, nil
+	}
+	ac, err := auth.GetAccessController(typ, dc.Auth.Parameters())
+	if err != nil {
+		return nil, fmt.Errorf("client auth %s: %w", typ, err)
+	}
+	return ac, nil
+}
+
+// authorize checks that r may pull repository name, as distribution does for its
+// own routes: a missing or refused credential gets 401 UNAUTHORIZED with the
+// challenge, and false.
+func (s *Server) authorize(w http.ResponseWriter, r *http.Request, name string) bool {
+	if s.access == nil {
+		return true
+	}
+	access := auth.Access{Resource: auth.Resource{Type: "repository", Name: name}, Action: "pull"}
+	_, err := s.access.Authorized(r, access)
+	if err == nil {
+		return true
+	}
+	var ch auth.Challenge
+	if errors.As(err, &ch) {
+		ch.SetHeaders(r, w)
+		_ = errcode.ServeJSON(w, errcode.ErrorCodeUnauthorized.WithDetail([]auth.Access{access}))
+		return false
+	}
+	s.log.Error("checking a client's authorization failed", "repo", name, "error", err)
+	writeRegistryError(w, http.StatusBadRequest, "UNAUTHORIZED", "the authorization could not be checked")
+	return false
 }
 
 // newApp builds distribution's handler. NewApp reports configuration problems by

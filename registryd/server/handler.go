@@ -97,11 +97,17 @@ func (s *Server) serveV2(w http.ResponseWriter, r *http.Request, registry http.H
 		ctx = cache.WithRequest(ctx, *req)
 	}
 	switch kind {
-	case kindTags:
-		s.serveTags(ctx, w, r, *req)
-		return
-	case kindReferrers:
-		s.serveReferrers(ctx, w, r, *req, digest.Digest(ref))
+	case kindTags, kindReferrers:
+		// Served here, not by distribution, and so authorized here as distribution
+		// authorizes its routes.
+		if !s.authorize(w, r.WithContext(ctx), name) {
+			return
+		}
+		if kind == kindTags {
+			s.serveTags(ctx, w, r, *req)
+		} else {
+			s.serveReferrers(ctx, w, r, *req, digest.Digest(ref))
+		}
 		return
 	}
 	registry.ServeHTTP(w, r.WithContext(ctx))

@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/distribution/distribution/v3/registry/auth"
 	"github.com/distribution/distribution/v3/registry/handlers"
 
 	"github.com/hopless/hopless/conf"
@@ -51,11 +52,15 @@ const (
 
 // Server is one registryd instance. Create it with New and start it with Run.
 type Server struct {
-	cfg       *conf.Registryd
-	log       *slog.Logger
-	metrics   *metrics.Metrics
-	tls       *tls.Config // nil when serving plain HTTP
-	app       *handlers.App
+	cfg     *conf.Registryd
+	log     *slog.Logger
+	metrics *metrics.Metrics
+	tls     *tls.Config // nil when serving plain HTTP
+	app     *handlers.App
+	// access is the client auth of the routes served beside distribution (tag
+	// lists, referrers): the same access controller as distribution's, nil without
+	// client auth.
+	access    auth.AccessController
 	handler   http.Handler
 	store     *store.Store
 	filler    *fill.Filler
@@ -194,7 +199,11 @@ func New(ctx context.Context, cfg *conf.Registryd, opts ...Option) (s *Server, e
 		PrefetchWorkers: cfg.Cache.PrefetchWorkers, NodeKey: []byte(nodeKey), PinTTL: cfg.API.PinTTL.Duration, Now: o.now})
 
 	configureDistributionLogging(cfg.Log.Level)
-	s.app, err = newApp(bg, distributionConfig(cfg, s.cache))
+	dc := distributionConfig(cfg, s.cache)
+	s.app, err = newApp(bg, dc)
+	if err == nil {
+		s.access, err = accessController(dc)
+	}
 	if err != nil {
 		cancel()
 		s.filler.Close()

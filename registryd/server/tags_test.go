@@ -4,11 +4,15 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/hopless/hopless/registryd/cache"
 	"github.com/hopless/hopless/test/registrytest"
@@ -127,5 +131,46 @@ func TestTagListStaleIfError(t *testing.T) {
 	w = serve(s, http.MethodGet, "/v2/system/deckhouse/other/tags/list")
 	if w.Code != http.StatusBadGateway || w.Header().Get("Hopless-Upstream-Error") == "" {
 		t.Errorf("a list never made, with the upstream failing: %d %q %s; want 502 naming the upstream's failure", w.Code, w.Header().Get("Hopless-Upstream-Error"), w.Body)
+	}
+}
+
+// With client auth, the tag list and referrers (served beside distribution) ask for
+// credentials as distribution's routes do, and answer with them.
+func TestTagListAndReferrersNeedAuth(t *testing.T) {
+	t.Parallel()
+	up := registrytest.NewUpstream(t)
+	img := registrytest.Image(t, 512, 1)
+	up.Push(t, registrytest.UpstreamPath+"/app", "v1", img)
+	env := registrytest.NewEnv(t, "", up)
+	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.Config.Auth.Htpasswd = filepath.Join(env.Dir, "htpasswd")
+	if err := os.WriteFile(env.Config.Auth.Htpasswd, []byte("reader:"+string(hash)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := newServer(t, env.Config)
+	for _, target := range []string{
+		"/v2/system/deckhouse/app/tags/list",
+		"/v2/system/deckhouse/app/referrers/" + registrytest.Digest(t, img).String(),
+		"/v2/system/deckhouse/app/manifests/v1",
+	} {
+		w := serve(s, http.MethodGet, target)
+		if w.Code != http.StatusUnauthorized || w.Header().Get("WWW-Authenticate") == "" || registrytest.Errors(t, w.Body.Bytes())[0].Code != "UNAUTHORIZED" {
+			t.Errorf("GET %s without credentials: %d %q %s; want 401 UNAUTHORIZED with a challenge", target, w.Code, w.Header().Get("WWW-Authenticate"), w.Body)
+		}
+		for _, pass := range []string{"wrong", "s3cret"} {
+			r := httptest.NewRequest(http.MethodGet, target, nil)
+			r.SetBasicAuth("reader", pass)
+			w = httptest.NewRecorder()
+			s.handler.ServeHTTP(w, r)
+			if want := map[string]int{"wrong": http.StatusUnauthorized, "s3cret": http.StatusOK}[pass]; w.Code != want {
+				t.Errorf("GET %s with password %q: %d %s; want %d", target, pass, w.Code, w.Body, want)
+			}
+		}
+	}
+	if n := up.Count(tagLists); n != 1 {
+		t.Errorf("%d upstream tag lists, want 1 (for the authorized request only)", n)
 	}
 }
