@@ -58,8 +58,10 @@ type Cache struct {
 	tagCalls      flight[tagResult]
 	manifestCalls flight[manifestResult]
 	tagListCalls  flight[[]string]
-	tagLists      tagLists // see taglist.go
-	scope         scope    // see scope.go
+	tagLists      memo[[]string] // see taglist.go
+	referrerCalls flight[referrersAnswer]
+	referrers     memo[referrersAnswer] // see referrers.go
+	scope         scope                 // see scope.go
 }
 
 // Config carries the parts a Cache is built from.
@@ -110,6 +112,7 @@ func (c *Cache) Close() {
 	c.tagCalls.close()
 	c.manifestCalls.close()
 	c.tagListCalls.close()
+	c.referrerCalls.close()
 	c.scope.confirms.close()
 }
 

@@ -2,8 +2,10 @@ package server
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -85,5 +87,44 @@ func TestReferrers(t *testing.T) {
 	}
 	if w := serve(s, http.MethodGet, base+"sha256:nothex"); w.Code != http.StatusBadRequest || registrytest.Errors(t, w.Body.Bytes())[0].Code != "DIGEST_INVALID" {
 		t.Errorf("a bad digest: %d %s", w.Code, w.Body)
+	}
+}
+
+// An upstream with the referrers API is asked through it, once within the tag TTL;
+// the referrers tag is then not asked for.
+func TestReferrersFromTheUpstreamAPI(t *testing.T) {
+	t.Parallel()
+	up := registrytest.NewUpstream(t)
+	img := registrytest.Image(t, 512, 1)
+	up.Push(t, registrytest.UpstreamPath+"/app", "v1", img)
+	subject := registrytest.Digest(t, img).String()
+	sig := "sha256:" + strings.Repeat("ab", 32)
+	up.Intercept(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != "/v2/"+registrytest.UpstreamPath+"/app/referrers/"+subject {
+			return false
+		}
+		w.Header().Set("Content-Type", v1.MediaTypeImageIndex)
+		fmt.Fprintf(w, `{"schemaVersion":2,"mediaType":%q,"manifests":[{"mediaType":%q,"digest":%q,"size":10,"artifactType":"application/vnd.example.sig"},{"mediaType":%q,"digest":%q,"size":10,"artifactType":"application/vnd.example.sbom"}]}`,
+			v1.MediaTypeImageIndex, v1.MediaTypeImageManifest, sig, v1.MediaTypeImageManifest, "sha256:"+strings.Repeat("cd", 32))
+		return true
+	})
+	env := registrytest.NewEnv(t, "", up)
+	env.Config.Cache.TagTTL.Duration = time.Hour
+	s, _ := newServer(t, env.Config)
+	target := "/v2/system/deckhouse/app/referrers/" + subject
+	for range 2 {
+		w := serve(s, http.MethodGet, target+"?artifactType=application/vnd.example.sig")
+		var idx v1.Index
+		if err := json.Unmarshal(w.Body.Bytes(), &idx); err != nil || w.Code != http.StatusOK {
+			t.Fatalf("GET %s: %d %s", target, w.Code, w.Body)
+		}
+		if len(idx.Manifests) != 1 || idx.Manifests[0].Digest.String() != sig || w.Header().Get("OCI-Filters-Applied") != "artifactType" {
+			t.Errorf("referrers of one type: %+v, OCI-Filters-Applied %q", idx.Manifests, w.Header().Get("OCI-Filters-Applied"))
+		}
+	}
+	asked := up.Count(func(r registrytest.Request) bool { return strings.Contains(r.Path, "/referrers/") })
+	fallback := up.Count(func(r registrytest.Request) bool { return strings.Contains(r.Path, "/manifests/sha256-") })
+	if asked != 1 || fallback != 0 {
+		t.Errorf("the upstream was asked %d times for referrers and %d for the referrers tag; want 1 and 0", asked, fallback)
 	}
 }

@@ -15,12 +15,13 @@ import (
 
 // Request kinds, the values of the metrics' kind label.
 const (
-	kindBlob     = "blob"
-	kindManifest = "manifest"
-	kindTag      = "tag"
-	kindTagList  = "tag-list"
-	kindPing     = "ping"
-	kindToken    = "token"
+	kindBlob      = "blob"
+	kindManifest  = "manifest"
+	kindTag       = "tag"
+	kindTagList   = "tag-list"
+	kindReferrers = "referrers"
+	kindPing      = "ping"
+	kindToken     = "token"
 )
 
 type kindKey struct{}
