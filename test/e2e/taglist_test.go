@@ -1,8 +1,15 @@
 package e2e
 
 import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,7 +29,9 @@ const slotTagList = 74
 // remote (crane's client) does, through two masters and from the upstream itself,
 // in pages of two: the lists are the same, each master asked the upstream for the
 // list once, and an image pulled by a listed tag has the digest the upstream gives.
-// Then a signature of that image is listed by a master's referrers API.
+// Then a signature of that image is listed by a master's referrers API; and tags,
+// an index, its images and the referrers are read through the lab's Service name,
+// whose connections land on both masters.
 func TestTagListThroughMasters(t *testing.T) {
 	t.Parallel()
 	l := upLab(t, slotTagList, 2, 0)
@@ -122,4 +131,121 @@ func TestTagListThroughMasters(t *testing.T) {
 	if _, err := remote.Get(subjRef.Context().Digest(sigDigest.String()), remote.WithTransport(c.Transport), remote.WithContext(ctxFor(t, time.Minute))); err != nil {
 		t.Errorf("the listed signature does not pull through master-1: %v", err)
 	}
+
+	// The same through the Service name, as in-cluster clients reach the masters:
+	// each connection goes to the next master (the certificates name the Service),
+	// so one client's requests land on both, which fill from each other.
+	svc := svcTransport(t, l)
+	sopts := []remote.Option{remote.WithTransport(svc), remote.WithContext(ctxFor(t, time.Minute))}
+	srepo, err := name.NewRepository(lab.ServiceName + ":5001/" + clLocalName(repo))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := remote.List(srepo, sopts...); err != nil || !slices.Equal(got, want) {
+		t.Errorf("the Service lists %v (%v), the upstream %v", got, err, want)
+	}
+	idxTag := "multi"
+	multi, err := l.Seed(ctxFor(t, time.Minute), repo, idxTag, 1, 4<<10, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ii, err := remote.Index(srepo.Tag(idxTag), sopts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := ii.Digest(); d.String() != multi.Digest {
+		t.Errorf("the index by tag through the Service is %s, the upstream's %s", d, multi.Digest)
+	}
+	im2, err := ii.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range im2.Manifests {
+		img, err := remote.Image(srepo.Digest(m.Digest.String()), sopts...)
+		if err != nil {
+			t.Fatalf("image %s of the index through the Service: %v", m.Digest, err)
+		}
+		if err := validateImage(img); err != nil {
+			t.Errorf("image %s of the index through the Service: %v", m.Digest, err)
+		}
+	}
+	sidx, err := remote.Referrers(srepo.Digest(subject.Digest.String()), sopts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sm, err := sidx.IndexManifest(); err != nil || len(sm.Manifests) != 1 || sm.Manifests[0].Digest != sigDigest {
+		t.Errorf("referrers through the Service: %+v (%v), want the signature", sm, err)
+	}
+	for i, n := range svc.dials() {
+		if n == 0 {
+			t.Errorf("no connection through the Service reached master-%d", i+1)
+		}
+	}
+}
+
+// validateImage reads every layer of img and checks it against its digest.
+func validateImage(img v1.Image) error {
+	layers, err := img.Layers()
+	if err != nil {
+		return err
+	}
+	for _, layer := range layers {
+		rc, err := layer.Compressed()
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(io.Discard, rc) // go-containerregistry verifies the digest at EOF
+		if cerr := rc.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// serviceTransport reaches the masters by lab.ServiceName, as a headless Service's
+// clients do: every connection dials the next master's address, and TLS verifies
+// the Service name.
+type serviceTransport struct {
+	*http.Transport
+	mu    sync.Mutex
+	next  int
+	count []int
+}
+
+func svcTransport(t *testing.T, l *lab.Lab) *serviceTransport {
+	t.Helper()
+	pool, err := lab.LoadPool(l.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &serviceTransport{count: make([]int, len(l.Masters))}
+	var d net.Dialer
+	st.Transport = &http.Transport{
+		Proxy:             nil,
+		TLSClientConfig:   &tls.Config{RootCAs: pool, ServerName: lab.ServiceName, MinVersion: tls.VersionTLS12},
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if addr != lab.ServiceName+":5001" {
+				return nil, fmt.Errorf("dialing %s: only the Service name is reachable here", addr)
+			}
+			st.mu.Lock()
+			i := st.next % len(st.count)
+			st.next++
+			st.count[i]++
+			st.mu.Unlock()
+			return d.DialContext(ctx, network, lab.MasterAddr(l.Slot, i+1))
+		},
+	}
+	t.Cleanup(st.CloseIdleConnections)
+	return st
+}
+
+// dials is how many connections went to each master, master-1 first.
+func (st *serviceTransport) dials() []int {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return slices.Clone(st.count)
 }

@@ -93,9 +93,20 @@ func (ca *CA) Issue(dir string, ips ...net.IP) error {
 	return err
 }
 
+// IssueService is Issue for a master: its certificate also names ServiceName, the
+// lab's stand-in for the cluster's registry Service over the masters.
+func (ca *CA) IssueService(dir string, ips ...net.IP) error {
+	_, err := ca.issue(dir, time.Now().Add(-time.Hour), time.Now().Add(30*24*time.Hour), []string{ServiceName}, ips)
+	return err
+}
+
 // IssueValid is Issue for a certificate valid from notBefore to notAfter; it returns
 // the certificate (DER).
 func (ca *CA) IssueValid(dir string, notBefore, notAfter time.Time, ips ...net.IP) ([]byte, error) {
+	return ca.issue(dir, notBefore, notAfter, nil, ips)
+}
+
+func (ca *CA) issue(dir string, notBefore, notAfter time.Time, dnsNames []string, ips []net.IP) ([]byte, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("generating server key: %w", err)
@@ -108,6 +119,7 @@ func (ca *CA) IssueValid(dir string, notBefore, notAfter time.Time, ips ...net.I
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		IPAddresses:  ips,
+		DNSNames:     dnsNames,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {

@@ -105,7 +105,7 @@ func (l *Lab) writeCert(name string, kind CertKind) ([]byte, error) {
 	if kind == CertExpired {
 		notBefore, notAfter = time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour)
 	}
-	der, err := ca.IssueValid(dir, notBefore, notAfter, old.IPAddresses...)
+	der, err := ca.issue(dir, notBefore, notAfter, old.DNSNames, old.IPAddresses)
 	if err != nil {
 		return nil, fmt.Errorf("reissue cert for %s: %w", name, err)
 	}

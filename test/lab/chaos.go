@@ -126,7 +126,7 @@ func (l *Lab) RotateCA(ctx context.Context) error {
 			return fmt.Errorf("rotate CA: %w", err)
 		}
 		ip := net.ParseIP(strings.Split(MasterAddr(l.Slot, i+1), ":")[0])
-		if err := ca.Issue(l.MasterDir(m.Name), append([]net.IP{ip}, extra...)...); err != nil {
+		if err := ca.IssueService(l.MasterDir(m.Name), append([]net.IP{ip}, extra...)...); err != nil {
 			return fmt.Errorf("rotate CA: %s: %w", m.Name, err)
 		}
 		if err := l.Start(ctx, m.Name); err != nil {

@@ -63,6 +63,12 @@ func NodeMetricsAddr(slot, i int) string { return fmt.Sprintf("127.%d.6.%d:1338"
 // NRIMetricsAddr is the metrics address of node i's hopless-nri in slot.
 func NRIMetricsAddr(slot, i int) string { return fmt.Sprintf("127.%d.6.%d:1339", slot, i) }
 
+// ServiceName is the name every master's certificate carries besides its address:
+// the lab's stand-in for the cluster's registry Service (a headless Service over the
+// masters), which in-cluster clients reach the masters by. Nothing resolves it; a
+// client dials one master's address for it (see the e2e tests of the read API).
+const ServiceName = "registry.hopless-lab.svc"
+
 // MasterMetricsAddr is the metrics address of master i (1-based) in slot.
 func MasterMetricsAddr(slot, i int) string { return fmt.Sprintf("127.%d.1.%d:9101", slot, i) }
 
@@ -623,7 +629,7 @@ func (l *Lab) startMaster(ctx context.Context, ca *CA, i int, extraIPs ...net.IP
 	name := fmt.Sprintf("master-%d", i)
 	d := filepath.Join(l.Dir, name)
 	addr := MasterAddr(l.Slot, i)
-	if err := ca.Issue(d, append([]net.IP{net.ParseIP(strings.Split(addr, ":")[0])}, extraIPs...)...); err != nil {
+	if err := ca.IssueService(d, append([]net.IP{net.ParseIP(strings.Split(addr, ":")[0])}, extraIPs...)...); err != nil {
 		return err
 	}
 	if err := l.mountStorage(d); err != nil {
