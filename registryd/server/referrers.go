@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"strconv"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/opencontainers/go-digest"
@@ -31,11 +30,5 @@ func (s *Server) serveReferrers(ctx context.Context, w http.ResponseWriter, r *h
 	if refs.Filtered {
 		w.Header().Set("OCI-Filters-Applied", "artifactType")
 	}
-	w.Header().Set("Content-Type", v1.MediaTypeImageIndex)
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
-	w.WriteHeader(http.StatusOK)
-	if r.Method != http.MethodHead {
-		_, _ = w.Write(body)
-	}
+	writeJSON(w, r, v1.MediaTypeImageIndex, body)
 }

@@ -61,8 +61,12 @@ func (s *Server) serveTags(ctx context.Context, w http.ResponseWriter, r *http.R
 		writeRegistryError(w, http.StatusInternalServerError, "UNKNOWN", "encoding the tag list failed")
 		return
 	}
-	body = append(body, '\n')
-	w.Header().Set("Content-Type", "application/json")
+	writeJSON(w, r, "application/json", append(body, '\n'))
+}
+
+// writeJSON answers r with 200 and body of contentType, the body left out for HEAD.
+func writeJSON(w http.ResponseWriter, r *http.Request, contentType string, body []byte) {
+	w.Header().Set("Content-Type", contentType)
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	w.WriteHeader(http.StatusOK)

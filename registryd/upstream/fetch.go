@@ -294,15 +294,9 @@ func (c *Client) Manifest(ctx context.Context, repo, ref string, maxBytes int64)
 	if resp.StatusCode != http.StatusOK {
 		return Manifest{}, c.statusError(what, resp)
 	}
-	if resp.ContentLength > maxBytes {
-		return Manifest{}, tooLarge(what, resp.ContentLength, maxBytes)
-	}
-	payload, err := io.ReadAll(io.LimitReader(c.newBody(ctx, cancel, resp.Body, what), maxBytes+1))
+	payload, err := c.readAtMost(ctx, cancel, resp, what, maxBytes)
 	if err != nil {
 		return Manifest{}, err
-	}
-	if int64(len(payload)) > maxBytes {
-		return Manifest{}, tooLarge(what, -1, maxBytes)
 	}
 	d, err := c.manifestDigest(t, resp.Header, payload, what)
 	if err != nil {
@@ -367,6 +361,23 @@ func (c *Client) manifestCall(method string, t target, what string) call {
 		method: method, kind: t.kind(), repo: t.repo, path: "manifests/" + t.ref,
 		header: http.Header{"Accept": {manifestAccept}}, what: what,
 	}
+}
+
+// readAtMost reads resp's body, refusing one of more than maxBytes (as the
+// upstream announces it, or as it turns out) with tooLarge. cancel ends the
+// request, as newBody's stall timer needs.
+func (c *Client) readAtMost(ctx context.Context, cancel context.CancelFunc, resp *http.Response, what string, maxBytes int64) ([]byte, error) {
+	if resp.ContentLength > maxBytes {
+		return nil, tooLarge(what, resp.ContentLength, maxBytes)
+	}
+	b, err := io.ReadAll(io.LimitReader(c.newBody(ctx, cancel, resp.Body, what), maxBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > maxBytes {
+		return nil, tooLarge(what, -1, maxBytes)
+	}
+	return b, nil
 }
 
 func tooLarge(what string, size, limit int64) error {

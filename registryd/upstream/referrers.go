@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 
 	"github.com/containerd/errdefs"
@@ -41,15 +40,9 @@ func (c *Client) Referrers(ctx context.Context, repo string, d digest.Digest, ma
 	default:
 		return v1.Index{}, false, c.statusError(what, resp)
 	}
-	if resp.ContentLength > maxBytes {
-		return v1.Index{}, false, tooLarge(what, resp.ContentLength, maxBytes)
-	}
-	body, err := io.ReadAll(io.LimitReader(c.newBody(ctx, cancel, resp.Body, what), maxBytes+1))
+	body, err := c.readAtMost(ctx, cancel, resp, what, maxBytes)
 	if err != nil {
 		return v1.Index{}, false, err
-	}
-	if int64(len(body)) > maxBytes {
-		return v1.Index{}, false, tooLarge(what, -1, maxBytes)
 	}
 	var idx v1.Index
 	if err := json.Unmarshal(body, &idx); err != nil || idx.MediaType != v1.MediaTypeImageIndex {

@@ -13,10 +13,6 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/hopless/hopless/test/lab"
@@ -60,22 +56,11 @@ func TestOCIConformance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	subject, err := partial.Descriptor(image)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg, err := image.ConfigName()
 	if err != nil {
 		t.Fatal(err)
 	}
-	sig := mutate.Subject(mutate.ConfigMediaType(empty.Image, "application/vnd.example.sig"), *subject).(v1.Image)
-	if err := remote.Write(ref.Context().Tag("sig"), sig, opts...); err != nil {
-		t.Fatal(err)
-	}
-	sigDigest, err := sig.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, sigDigest := pushSignature(t, l, c, repo, image)
 	data := map[string]string{
 		"OCI_RO_DATA_TAGS":      "v1 multi sig",
 		"OCI_RO_DATA_MANIFESTS": strings.Join([]string{img.Digest, idx.Digest, sigDigest.String()}, " "),

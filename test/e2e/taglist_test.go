@@ -96,22 +96,7 @@ func TestTagListThroughMasters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	subject, err := partial.Descriptor(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sig := mutate.Subject(mutate.ConfigMediaType(empty.Image, "application/vnd.example.sig"), *subject).(v1.Image)
-	sigRef, err := name.NewTag(l.Upstream + "/" + repo + ":sig")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(sigRef, sig, remote.WithTransport(c.Transport), remote.WithContext(ctxFor(t, time.Minute))); err != nil {
-		t.Fatal(err)
-	}
-	sigDigest, err := sig.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	subject, sigDigest := pushSignature(t, l, c, repo, img)
 	subjRef, err := name.NewDigest(lab.MasterAddr(l.Slot, 1) + "/" + clLocalName(repo) + "@" + subject.Digest.String())
 	if err != nil {
 		t.Fatal(err)
@@ -181,6 +166,31 @@ func TestTagListThroughMasters(t *testing.T) {
 			t.Errorf("no connection through the Service reached master-%d", i+1)
 		}
 	}
+}
+
+// pushSignature pushes repo:sig to the upstream: an artifact of type
+// application/vnd.example.sig whose subject is img. go-containerregistry keeps the
+// referrers tag of a registry without the referrers API (distribution) up to date.
+// It returns the subject's descriptor and the signature's digest.
+func pushSignature(t *testing.T, l *lab.Lab, c *http.Client, repo string, img v1.Image) (*v1.Descriptor, v1.Hash) {
+	t.Helper()
+	subject, err := partial.Descriptor(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig := mutate.Subject(mutate.ConfigMediaType(empty.Image, "application/vnd.example.sig"), *subject).(v1.Image)
+	ref, err := name.NewTag(l.Upstream + "/" + repo + ":sig")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, sig, remote.WithTransport(c.Transport), remote.WithContext(ctxFor(t, time.Minute))); err != nil {
+		t.Fatal(err)
+	}
+	d, err := sig.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return subject, d
 }
 
 // validateImage reads every layer of img and checks it against its digest.
