@@ -44,7 +44,7 @@ func (c *Cache) Referrers(ctx context.Context, req Request, d digest.Digest, art
 	r := recall[referrersAnswer]{c: c, m: &c.referrers, calls: &c.referrerCalls, kind: "referrers",
 		host: up.Host(), repo: req.Route.Repo, key: up.Host() + "/" + req.Route.Repo + "@" + d.String(),
 		what: "listing the referrers of " + req.Route.Repo + "@" + d.String()}
-	ans, _, err := r.get(ctx, func(ctx context.Context) (referrersAnswer, error) {
+	ans, err := r.get(ctx, func(ctx context.Context) (referrersAnswer, error) {
 		idx, supported, err := up.Referrers(ctx, req.Route.Repo, d, c.maxManifest)
 		return referrersAnswer{index: idx, supported: supported}, err
 	})

@@ -19,13 +19,6 @@ const maxListedTags = 100_000
 // beyond it the one asked for least recently is forgotten.
 const maxTagLists = 1024
 
-// TagList is a repository's tags, sorted, and whether they are a last known list
-// served because the upstream failed or did not answer in time.
-type TagList struct {
-	Tags  []string
-	Stale bool
-}
-
 // remembered is an upstream's answer kept in memory, and when the upstream gave it.
 type remembered[T any] struct {
 	val       T
@@ -43,14 +36,14 @@ type memo[T any] struct {
 // Tags lists req's repository as its upstream does, sorted. A list is kept for the
 // tag TTL, and asked for again as recall says. Lists live in memory only: a
 // restarted master asks again.
-func (c *Cache) Tags(ctx context.Context, req Request) (TagList, error) {
+func (c *Cache) Tags(ctx context.Context, req Request) ([]string, error) {
 	up, err := c.upstreamFor(req)
 	if err != nil {
-		return TagList{}, err
+		return nil, err
 	}
 	r := recall[[]string]{c: c, m: &c.tagLists, calls: &c.tagListCalls, kind: "tag-list",
 		host: up.Host(), repo: req.Route.Repo, key: up.Host() + "/" + req.Route.Repo, what: "listing the tags of " + req.Route.Repo}
-	tags, stale, err := r.get(ctx, func(ctx context.Context) ([]string, error) {
+	return r.get(ctx, func(ctx context.Context) ([]string, error) {
 		tags, err := up.Tags(ctx, req.Route.Repo, maxListedTags)
 		if err != nil {
 			return nil, err
@@ -59,7 +52,6 @@ func (c *Cache) Tags(ctx context.Context, req Request) (TagList, error) {
 		slices.Sort(tags)
 		return slices.Compact(tags), nil
 	})
-	return TagList{Tags: tags, Stale: stale}, err
 }
 
 // recall is one lookup of an upstream answer kept in m by key (a tag list, a
@@ -77,20 +69,20 @@ type recall[T any] struct {
 	host, repo, key, what string
 }
 
-func (r recall[T]) get(ctx context.Context, fetch func(context.Context) (T, error)) (T, bool, error) {
+func (r recall[T]) get(ctx context.Context, fetch func(context.Context) (T, error)) (T, error) {
 	c := r.c
 	var zero T
 	last, ok := r.m.get(r.key, c.now())
 	if ok && c.now().Sub(last.validated) < c.tagTTL {
 		c.metrics.CacheHits.WithLabelValues(r.kind).Inc()
-		return last.val, false, nil
+		return last.val, nil
 	}
 	c.metrics.CacheMisses.WithLabelValues(r.kind).Inc()
-	stale := func(kind string, why any) (T, bool, error) {
+	stale := func(kind string, why any) (T, error) {
 		c.metrics.StaleServed.WithLabelValues(kind).Inc()
 		c.log.Warn("serving a stale "+r.kind, "upstream", r.host, "repo", r.repo, "key", r.key, "validated", last.validated, "kind", kind, "why", why)
 		markStale(ctx)
-		return last.val, true, nil
+		return last.val, nil
 	}
 	flightKey := r.key + ":" + r.kind
 	if failure := c.admit(r.host, r.repo, flightKey); failure != nil {
@@ -99,7 +91,7 @@ func (r recall[T]) get(ctx context.Context, fetch func(context.Context) (T, erro
 			return stale(staleNegative, err)
 		}
 		c.metrics.NegativeFailures.Inc()
-		return zero, false, err
+		return zero, err
 	}
 	call, err := r.calls.start(flightKey, func() (T, error) {
 		lctx, cancel := context.WithTimeout(c.ctx, c.lookupTimeout)
@@ -117,7 +109,7 @@ func (r recall[T]) get(ctx context.Context, fetch func(context.Context) (T, erro
 		if ok {
 			return stale(staleError, err)
 		}
-		return zero, false, err
+		return zero, err
 	}
 	var v T
 	if ok {
@@ -130,13 +122,13 @@ func (r recall[T]) get(ctx context.Context, fetch func(context.Context) (T, erro
 	}
 	switch {
 	case err == nil:
-		return v, false, nil
+		return v, nil
 	case ok && upstreamUnavailable(err) && ctx.Err() == nil:
 		return stale(staleError, err)
 	case errdefs.IsNotFound(err):
 		r.m.drop(r.key)
 	}
-	return zero, false, err
+	return zero, err
 }
 
 // TagsError is the registry error a client gets for err from Tags: NAME_UNKNOWN for

@@ -28,12 +28,11 @@ func (s *Server) serveTags(ctx context.Context, w http.ResponseWriter, r *http.R
 			return
 		}
 	}
-	list, err := s.cache.Tags(ctx, req)
+	tags, err := s.cache.Tags(ctx, req)
 	if err != nil {
 		_ = errcode.ServeJSON(w, s.cache.TagsError(ctx, req, err))
 		return
 	}
-	tags := list.Tags
 	if last := q.Get("last"); last != "" {
 		tags = tags[sort.SearchStrings(tags, last):]
 		if len(tags) > 0 && tags[0] == last {
